@@ -1,0 +1,86 @@
+"""A Dataset driven by the CSVs of ``prepare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from gliomaseg.data.files import read_slice_pair, read_slices_csv
+from gliomaseg.data.transforms import eval_transforms
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an image (area) and its mask (nearest) to ``size`` x ``size``; no-op when already there."""
+    if size is None or image.shape[:2] == (size, size):
+        return image, mask
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+class SliceDataset(Dataset):
+    """Slices listed in a CSV (``patient, image_path, mask_path``; more columns are kept).
+
+    Item ``i`` is ``(image, mask)``: image float32 (3, H, W) in RGB order, normalized by the
+    transform (ImageNet by default); mask float32 (1, H, W) of 0/1.
+
+    Args:
+        csv_path: a CSV from ``prepare`` or a DataFrame with the same columns.
+        transform: an albumentations pipeline taking ``image`` (H,W,3 uint8) and ``mask`` (H,W uint8)
+            and ending in ``ToTensorV2``; default :func:`eval_transforms`.
+        cache: keep decoded (and resized) uint8 slices in memory so later epochs decode no file.
+        image_size: resize slices to this square size when they are read (before caching).
+    """
+
+    def __init__(
+        self,
+        csv_path: str | Path | pd.DataFrame,
+        transform: Callable | None = None,
+        cache: bool = False,
+        image_size: int | None = None,
+    ) -> None:
+        if isinstance(csv_path, pd.DataFrame):
+            self.frame = csv_path.reset_index(drop=True)
+            self.source = "<DataFrame>"
+        else:
+            self.frame = read_slices_csv(csv_path)
+            self.source = str(csv_path)
+        self.transform = transform if transform is not None else eval_transforms()
+        self.cache = cache
+        self.image_size = image_size
+        self._store: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw slice: image (H, W, 3) uint8 RGB and mask (H, W) uint8 0/1, resized if asked."""
+        if index in self._store:
+            return self._store[index]
+        row = self.frame.iloc[index]
+        image, mask = read_slice_pair(row["image_path"], row["mask_path"], expected_size=None)
+        image, mask = resize_pair(image, mask, self.image_size)
+        if self.cache:
+            self._store[index] = (image, mask)
+        return image, mask
+
+    def preload(self) -> "SliceDataset":
+        """Decode every slice now (in the main process, so DataLoader workers share the cache)."""
+        if self.cache:
+            for index in range(len(self)):
+                self.load(index)
+        return self
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(index)
+        out = self.transform(image=image, mask=mask)
+        mask_t = torch.as_tensor(out["mask"]).float()
+        if mask_t.ndim == 2:
+            mask_t = mask_t.unsqueeze(0)
+        return out["image"].float(), mask_t

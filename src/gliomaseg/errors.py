@@ -1,0 +1,23 @@
+"""Errors that the CLI reports as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class GliomasegError(Exception):
+    """Base class: a problem the user can fix, with a message that names the file and the problem."""
+
+
+class DataError(GliomasegError, ValueError):
+    """A slice, mask, folder or CSV that cannot be used."""
+
+
+class CheckpointError(GliomasegError):
+    """A file that is not a gliomaseg checkpoint, or one that does not fit the model."""
+
+
+class ConfigError(GliomasegError, ValueError):
+    """An unknown architecture, encoder, loss, option or a malformed experiment file."""
+
+
+class TrainingDivergedError(GliomasegError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,164 @@
+"""Plots, contour overlays and GIFs. Matplotlib runs on the non-interactive Agg backend."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+PREDICTION_COLOUR = (0, 255, 0)  # RGB green
+TRUTH_COLOUR = (255, 0, 0)  # RGB red
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def natural_key(text: str | Path) -> list:
+    """Sort key that orders numbers by value: ``p_2`` before ``p_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def plot_patient_slices(info: pd.DataFrame, path: str | Path) -> Path:
+    """Slices per patient, stacked by tumour (diagnosis 1) and no tumour (diagnosis 0)."""
+    plt = _pyplot()
+    counts = info.groupby("patient")["diagnosis"].agg(tumour="sum", total="count")
+    counts["no_tumour"] = counts["total"] - counts["tumour"]
+    fig, ax = plt.subplots(figsize=(max(8, 0.14 * len(counts) + 4), 4.5))
+    x = np.arange(len(counts))
+    ax.bar(x, counts["tumour"], color="#d62728", label=f"tumour (diagnosis 1): {int(counts['tumour'].sum())} slices")
+    ax.bar(
+        x,
+        counts["no_tumour"],
+        bottom=counts["tumour"],
+        color="#1f77b4",
+        label=f"no tumour (diagnosis 0): {int(counts['no_tumour'].sum())} slices",
+    )
+    ax.set_xticks(x)
+    ax.set_xticklabels(counts.index, rotation=90, fontsize=6)
+    ax.set_ylabel("slices")
+    ax.set_title(f"Slices per patient ({len(counts)} patients, {len(info)} slices)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_sample_slices(info: pd.DataFrame, path: str | Path, count: int = 6, seed: int = 0) -> Path:
+    """A grid of sample slices (FLAIR channel and RGB) with the tumour contour in red."""
+    from gliomaseg.data.files import read_slice_pair
+
+    plt = _pyplot()
+    positives = info[info["diagnosis"] == 1]
+    pool = positives if len(positives) >= count else info
+    rows = pool.sample(n=min(count, len(pool)), random_state=seed)
+    fig, axes = plt.subplots(2, len(rows), figsize=(2.2 * len(rows), 4.6), squeeze=False)
+    for col, (_, row) in enumerate(rows.iterrows()):
+        image, mask = read_slice_pair(row["image_path"], row["mask_path"], expected_size=None)
+        axes[0, col].imshow(image)
+        axes[0, col].set_title(f"{row['patient'][-13:]}\nslice {row['slice']}", fontsize=7)
+        axes[1, col].imshow(overlay_contours(image, truth=mask))
+        axes[1, col].set_title("mask (red)", fontsize=7)
+        for ax in axes[:, col]:
+            ax.axis("off")
+    return _save(fig, path)
+
+
+def overlay_contours(
+    image: np.ndarray, prediction: np.ndarray | None = None, truth: np.ndarray | None = None, legend: bool = False
+) -> np.ndarray:
+    """Draw contours on an RGB uint8 slice: prediction in green, ground truth in red.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        prediction, truth: (H, W) masks, nonzero = tumour; either may be None.
+    Returns:
+        (H, W, 3) uint8 RGB copy with contours (and a small legend when asked).
+    """
+    canvas = np.ascontiguousarray(image.copy())
+    thickness = max(1, round(min(image.shape[:2]) / 256))
+    for mask, colour in ((truth, TRUTH_COLOUR), (prediction, PREDICTION_COLOUR)):
+        if mask is None:
+            continue
+        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(canvas, contours, -1, colour, thickness)
+    if legend:
+        entries = [("prediction", PREDICTION_COLOUR)] + ([("truth", TRUTH_COLOUR)] if truth is not None else [])
+        scale = max(0.3, min(image.shape[:2]) / 700)
+        for i, (label, colour) in enumerate(entries):
+            y = int(12 + i * 30 * scale * 1.3)
+            cv2.rectangle(canvas, (4, y - 7), (12, y + 1), colour, -1)
+            cv2.putText(canvas, label, (16, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) -> Path:
+    """Write RGB uint8 frames as an endlessly looping GIF (``duration`` per frame in ms)."""
+    import imageio.v3 as iio
+
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+    return path
+
+
+def plot_bars(
+    labels: Sequence[str], values: Sequence[float], path: str | Path, *, title: str, ylabel: str,
+    reference: Sequence[float | None] | None = None, reference_label: str = "reference",
+) -> Path:
+    """A bar chart of one value per label, optionally with a reference value beside each bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 3), 4))
+    x = np.arange(len(labels))
+    width = 0.4 if reference is not None else 0.7
+    bars = ax.bar(x - (width / 2 if reference is not None else 0), values, width, label="ours", color="#2ca02c")
+    for bar, value in zip(bars, values):
+        if value == value:  # not NaN
+            ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=7)
+    if reference is not None:
+        ref = [np.nan if r is None else r for r in reference]
+        ax.bar(x + width / 2, ref, width, label=reference_label, color="#7f7f7f")
+        ax.legend(fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "training curves") -> Path:
+    """Loss and validation IoU per epoch from Lightning's ``metrics.csv``."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for column, ax in (("train_loss_epoch", left), ("val_loss", left), ("val_iou_imagewise", right), ("val_dice_imagewise", right)):
+        if column in metrics.columns:
+            series = metrics[["epoch", column]].dropna()
+            ax.plot(series["epoch"], series[column], marker="o", ms=3, label=column)
+    left.set_title("loss")
+    right.set_title("validation (image-wise)")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
