@@ -45,6 +45,111 @@ def _prepare(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in result.written))
 
 
+@command("train")
+def _train(args: argparse.Namespace) -> None:
+    from gliomaseg.training import TrainConfig, train
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "no_cache", "no_augment", "no_progress")}
+    values.update(cache=not args.no_cache, augment=not args.no_augment, progress=not args.no_progress)
+    values["out"] = str(values["out"])
+    result = train(TrainConfig.from_dict(values))
+    s = result.summary
+    print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
+          f"({s['train_images_per_second']:.1f} images/s); best val image-wise IoU {s['best_val_iou_imagewise']}")
+    print(f"run folder: {result.out} (best.ckpt, last.ckpt, summary.json)")
+
+
+@command("evaluate")
+def _evaluate(args: argparse.Namespace) -> None:
+    from gliomaseg.evaluation import evaluate
+    from gliomaseg.inference.postprocess import PostProcess
+
+    summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
+                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device)
+    print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
+    print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
+
+
+@command("predict")
+def _predict(args: argparse.Namespace) -> None:
+    from gliomaseg.inference.postprocess import PostProcess
+    from gliomaseg.inference.predict import predict
+
+    if args.backend == "onnx":
+        from gliomaseg.inference.runtime import OnnxPredictor
+
+        if not args.model:
+            raise GliomasegError("--backend onnx needs --model model.onnx")
+        predictor = OnnxPredictor(args.model)
+    else:
+        from gliomaseg.inference.predictor import load_checkpoint
+
+        if not args.checkpoint:
+            raise GliomasegError("--backend torch needs --checkpoint CKPT")
+        predictor = load_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+    result = predict(predictor, args.input, args.out, threshold=args.threshold, batch_size=args.batch_size,
+                     tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps)
+    print(f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) into {result.out}")
+    if len(result.patients):
+        print(result.patients.drop(columns=[c for c in ("gif",) if c in result.patients]).to_string(index=False))
+    if len(result.skipped):
+        print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> None:
+    from gliomaseg.export import export_onnx
+
+    result = export_onnx(args.checkpoint, args.out, opset=args.opset)
+    print(f"wrote {result['path']}; ONNX Runtime vs PyTorch max abs logit difference {result['max_abs_diff']:.2e} "
+          f"(limit {result['tolerance']:.0e})")
+
+
+@command("gif")
+def _gif(args: argparse.Namespace) -> None:
+    from gliomaseg.inference.predict import gif_from_folder
+
+    print(f"wrote {gif_from_folder(args.input, args.out, fps=args.fps)}")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from gliomaseg.training import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
+
+    p.add_argument("--data", help="a prepare output folder holding data_train.csv and data_val.csv")
+    p.add_argument("--train-csv", help="training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv")
+    p.add_argument("--val-csv", help="validation CSV, used to pick best.ckpt (default DATA/data_val.csv)")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--model", default="unet", help="smp architecture (unet, unetpp, fpn, deeplabv3p, ...)")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--encoder-weights", default=None, help="none (default), imagenet (hub, or a file in --weights-dir), local, or a file path")
+    p.add_argument("--weights-dir", default=None, help="folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)")
+    p.add_argument("--loss", default="dice", help="dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--scheduler", default="plateau", choices=SCHEDULERS)
+    p.add_argument("--lowlr", action="store_true", help="encoder at 0.1x the learning rate")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-time", default=None, help="stop after HH:MM:SS")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="auto", help="e.g. ddp")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    p.add_argument("--no-cache", action="store_true", help="decode slices every epoch instead of keeping them in memory")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--limit-train-batches", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit-val-batches", type=int, default=None, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gliomaseg", description="Lower-grade glioma segmentation in brain MRI.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +171,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=None, help="also write K patient-grouped folds (data_folds.csv)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad slices with a warning; list them in skipped.csv")
     p.add_argument("--no-plots", action="store_true")
+
+    p = sub.add_parser("train", help="train an smp model on the CSVs of prepare")
+    _add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="per-slice, per-patient and summary metrics of a checkpoint on a CSV")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
+    p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
+    p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("predict", help="masks, contour overlays and GIFs for a slice, a folder or a CSV")
+    p.add_argument("--checkpoint", type=Path, help="a training checkpoint (torch backend)")
+    p.add_argument("--model", type=Path, help="an exported model.onnx (onnx backend)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--input", required=True, type=Path, help="a slice, a patient folder, a kaggle_3m root or a CSV")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
+    p.add_argument("--postprocess", default="none",
+                   help="none, all, or steps: min_size=64,fill_holes,largest_3d,opening=3,closing=3")
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32")
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--opset", type=int, default=17)
+
+    p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--fps", type=float, default=2.0)
     return parser
 
 

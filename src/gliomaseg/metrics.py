@@ -1,0 +1,188 @@
+"""Segmentation metrics from per-slice confusion counts, and the dataset report.
+
+Counts come from smp's ``get_stats`` in binary mode: tp, fp, fn, tn per slice, each (N, 1).
+Reductions (smp's names):
+
+- ``micro``: sum the counts over all slices, then compute once (dataset-wise). Empty slices add
+  only true negatives, so they neither help nor hurt IoU or Dice.
+- ``macro`` / ``weighted``: per class over the summed counts, then averaged (with one class,
+  binary: the same as micro).
+- ``micro-imagewise`` / ``macro-imagewise`` / ``weighted-imagewise``: compute per slice, then average
+  over slices. A slice with tp = fp = fn = 0 (no tumour, none predicted) has IoU 0/0; we score it
+  1 (``zero_division=1``), as the case study's mIoU does, which is why image-wise IoU runs high on a
+  dataset where most slices are empty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+# torch and smp are imported inside the functions that need them, so that the torch-free
+# inference path (ONNX Runtime) can use the plain-number metrics below.
+METRIC_NAMES = (
+        "fbeta_score", "f1_score", "iou_score", "accuracy", "precision", "recall", "sensitivity", "specificity",
+        "balanced_accuracy", "positive_predictive_value", "negative_predictive_value", "false_negative_rate",
+        "false_positive_rate", "false_discovery_rate", "false_omission_rate", "positive_likelihood_ratio",
+        "negative_likelihood_ratio",
+)
+REDUCTIONS = ("micro", "macro", "weighted", "micro-imagewise", "macro-imagewise", "weighted-imagewise")
+REDUCTION_MEANING = {
+    "micro": "counts summed over all slices, then one score (dataset-wise)",
+    "macro": "per class over summed counts, then the mean over classes (one class: equals micro)",
+    "weighted": "per class over summed counts, weighted by class weight (one class: equals micro)",
+    "micro-imagewise": "one score per slice over its classes' summed counts, then the mean over slices",
+    "macro-imagewise": "one score per slice and class, mean over slices, then over classes",
+    "weighted-imagewise": "as macro-imagewise with class weights (one class: equals macro-imagewise)",
+}
+
+
+def confusion(prediction, target) -> tuple:
+    """tp, fp, fn, tn per slice, each (N, 1) int64 tensors, from binary mask tensors (N, 1, H, W)."""
+    import segmentation_models_pytorch as smp
+
+    return smp.metrics.get_stats(prediction.long(), target.long(), mode="binary")
+
+
+def all_metrics(tp, fp, fn, tn, zero_division: float = 1.0) -> dict[str, dict[str, float]]:
+    """Every smp metric under every reduction: ``{metric: {reduction: value}}``.
+
+    Args: tp, fp, fn, tn: (N, C) integer tensors (or arrays), one row per slice.
+    """
+    import segmentation_models_pytorch as smp
+    import torch
+
+    tp, fp, fn, tn = (torch.as_tensor(np.asarray(x)).long().reshape(len(x), -1) for x in (tp, fp, fn, tn))
+    weights = [1.0] * tp.shape[1]
+    out: dict[str, dict[str, float]] = {}
+    for name in METRIC_NAMES:
+        fn_ = getattr(smp.metrics, name)
+        out[name] = {}
+        for reduction in REDUCTIONS:
+            kwargs = {"class_weights": weights} if "weighted" in reduction else {}
+            value = fn_(tp, fp, fn, tn, reduction=reduction, zero_division=zero_division, **kwargs)
+            out[name][reduction] = float(value)
+    return out
+
+
+def ratio(numerator: float, denominator: float, empty: float = 1.0) -> float:
+    """numerator / denominator, ``empty`` when both are 0 (nothing to find, nothing found)."""
+    return empty if denominator == 0 else numerator / denominator
+
+
+def iou(tp, fp, fn) -> float:
+    return ratio(tp, tp + fp + fn)
+
+
+def dice(tp, fp, fn) -> float:
+    return ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """95th-percentile Hausdorff distance between two masks' surfaces, in pixels.
+
+    Works on 2D slices or 3D volumes (slices stacked, the slice step counted as one pixel).
+    NaN when both are empty, infinity when exactly one is.
+    """
+    prediction, truth = prediction.astype(bool), truth.astype(bool)
+    if not prediction.any() and not truth.any():
+        return math.nan
+    if not prediction.any() or not truth.any():
+        return math.inf
+    pred_surface = prediction ^ ndimage.binary_erosion(prediction)
+    true_surface = truth ^ ndimage.binary_erosion(truth)
+    to_truth = ndimage.distance_transform_edt(~true_surface)[pred_surface]
+    to_prediction = ndimage.distance_transform_edt(~pred_surface)[true_surface]
+    return float(max(np.percentile(to_truth, 95), np.percentile(to_prediction, 95)))
+
+
+def confusion_numpy(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """tp, fp, fn, tn of two binary masks of any shape (numpy, no torch)."""
+    prediction, truth = prediction.astype(bool), truth.astype(bool)
+    tp = int(np.count_nonzero(prediction & truth))
+    fp = int(np.count_nonzero(prediction)) - tp
+    fn = int(np.count_nonzero(truth)) - tp
+    return tp, fp, fn, truth.size - tp - fp - fn
+
+
+def slice_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add per-slice ``iou``, ``dice`` (1 for an empty slice predicted empty) and ``has_tumour``."""
+    rows = rows.copy()
+    rows["has_tumour"] = (rows["tp"] + rows["fn"]) > 0
+    rows["iou"] = [iou(tp, fp, fn) for tp, fp, fn in zip(rows["tp"], rows["fp"], rows["fn"])]
+    rows["dice"] = [dice(tp, fp, fn) for tp, fp, fn in zip(rows["tp"], rows["fp"], rows["fn"])]
+    return rows
+
+
+def patient_table(slices: pd.DataFrame, hd95_by_patient: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row a patient: its slices as one 3D volume (counts summed), Dice, IoU and HD95."""
+    grouped = slices.groupby("patient", sort=True).agg(
+        slices=("tp", "size"), tumour_slices=("has_tumour", "sum"), tp=("tp", "sum"), fp=("fp", "sum"),
+        fn=("fn", "sum"), tn=("tn", "sum"),
+    ).reset_index()
+    grouped["has_tumour"] = (grouped["tp"] + grouped["fn"]) > 0
+    grouped["dice_3d"] = [dice(tp, fp, fn) for tp, fp, fn in zip(grouped["tp"], grouped["fp"], grouped["fn"])]
+    grouped["iou_3d"] = [iou(tp, fp, fn) for tp, fp, fn in zip(grouped["tp"], grouped["fp"], grouped["fn"])]
+    if hd95_by_patient is not None:
+        grouped["hd95_px"] = grouped["patient"].map(hd95_by_patient)
+    return grouped
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame) -> dict:
+    """The numbers of a dataset report, each named by its reduction.
+
+    Args:
+        slices: :func:`slice_table` rows (patient, tp, fp, fn, tn, iou, dice, has_tumour).
+        patients: :func:`patient_table` rows.
+    """
+    tumour = slices[slices["has_tumour"]]
+    tp, fp, fn = (int(slices[c].sum()) for c in ("tp", "fp", "fn"))
+    with_tumour = patients[patients["has_tumour"]]
+    hd = _finite(patients["hd95_px"]) if "hd95_px" in patients else []
+    report = {
+        "slices": len(slices),
+        "tumour_slices": len(tumour),
+        "empty_slices": len(slices) - len(tumour),
+        "empty_slices_predicted_empty": int(((~slices["has_tumour"]) & (slices["fp"] == 0)).sum()),
+        "patients": len(patients),
+        "iou_imagewise": float(slices["iou"].mean()),
+        "dice_imagewise": float(slices["dice"].mean()),
+        "iou_imagewise_tumour_slices": float(tumour["iou"].mean()) if len(tumour) else math.nan,
+        "dice_imagewise_tumour_slices": float(tumour["dice"].mean()) if len(tumour) else math.nan,
+        "iou_micro": iou(tp, fp, fn),
+        "dice_micro": dice(tp, fp, fn),
+        "patient_dice_mean": float(patients["dice_3d"].mean()),
+        "patient_dice_median": float(patients["dice_3d"].median()),
+        "patient_dice_mean_tumour_patients": float(with_tumour["dice_3d"].mean()) if len(with_tumour) else math.nan,
+        "patient_hd95_px_mean": float(np.mean(hd)) if hd else math.nan,
+        "patient_hd95_px_median": float(np.median(hd)) if hd else math.nan,
+        "patient_hd95_undefined": int(len(patients) - len(hd)) if "hd95_px" in patients else 0,
+    }
+    report["smp"] = all_metrics(
+        slices["tp"].to_numpy()[:, None], slices["fp"].to_numpy()[:, None],
+        slices["fn"].to_numpy()[:, None], slices["tn"].to_numpy()[:, None],
+    )
+    return report
+
+
+REPORT_MEANING = {
+    "iou_imagewise": "mean per-slice IoU over all slices; an empty slice predicted empty scores 1 (the case study's mIoU)",
+    "dice_imagewise": "mean per-slice Dice over all slices; empty predicted empty scores 1",
+    "iou_imagewise_tumour_slices": "mean per-slice IoU over slices whose mask has tumour only: no free 1s",
+    "dice_imagewise_tumour_slices": "mean per-slice Dice over slices whose mask has tumour only",
+    "iou_micro": "dataset-wise IoU: tp, fp, fn summed over every slice, then one IoU; empty slices add nothing",
+    "dice_micro": "dataset-wise Dice from the summed counts",
+    "patient_dice_mean": "mean over patients of the 3D Dice of each patient's slices as one volume",
+    "patient_dice_median": "median of the per-patient 3D Dice",
+    "patient_dice_mean_tumour_patients": "mean 3D Dice over patients who have tumour",
+    "patient_hd95_px_mean": "mean per-patient 3D HD95 in pixels (slice step = 1 pixel), over patients where it is defined",
+    "patient_hd95_px_median": "median per-patient HD95 in pixels",
+}

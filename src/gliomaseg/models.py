@@ -1,0 +1,188 @@
+"""Model factory over every smp architecture, with offline encoder weights.
+
+``build_model("unet", "resnet18")`` gives an smp model. Encoder weights come from nowhere
+(``None``), from smp's hub (``"imagenet"``, needs internet), or from a local file: a
+torchvision checkpoint (``resnet18-f37072fd.pth``) or an smp / safetensors encoder state dict,
+mapped onto the encoder with a check that every key matched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from gliomaseg.errors import CheckpointError, ConfigError
+
+ARCHITECTURES: dict[str, str] = {cls.__name__.lower(): cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
+ALIASES = {"unetpp": "unetplusplus", "unet++": "unetplusplus", "deeplabv3p": "deeplabv3plus", "deeplabv3+": "deeplabv3plus"}
+# The nine architectures the case study compares, in its order.
+CASE_STUDY_ARCHITECTURES = ["Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN"]
+VIT_ONLY = {"dpt"}
+DEFAULT_VIT_ENCODER = "tu-vit_tiny_patch16_224"
+WEIGHTS_ENV = "GLIOMASEG_WEIGHTS_DIR"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+
+
+def canonical_architecture(name: str) -> str:
+    """smp's class name for ``name`` (case-insensitive, case-study short names accepted)."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in ARCHITECTURES:
+        valid = ", ".join(sorted(ARCHITECTURES.values()) + sorted(ALIASES))
+        raise ConfigError(f"unknown architecture {name!r}; valid names: {valid}")
+    return ARCHITECTURES[key]
+
+
+def check_encoder(name: str) -> None:
+    if name.startswith("tu-"):
+        import timm
+
+        if not timm.list_models(name[3:]):
+            raise ConfigError(f"unknown timm encoder {name!r} (timm has no model {name[3:]!r})")
+        return
+    names = smp.encoders.get_encoder_names()
+    if name not in names:
+        raise ConfigError(f"unknown encoder {name!r}; valid names: {', '.join(sorted(names))} (or any timm model as tu-<name>)")
+
+
+def min_image_size(arch: str) -> int:
+    """The smallest square input an architecture accepts (PAN pools down to 1/128)."""
+    return 128 if canonical_architecture(arch) == "PAN" else 32
+
+
+def check_image_size(arch: str, size: int) -> None:
+    smallest = min_image_size(arch)
+    if size < smallest or size % 32:
+        raise ConfigError(f"image size {size} does not fit {canonical_architecture(arch)}: use a multiple of 32, at least {smallest}")
+
+
+def find_weights(encoder: str, weights_dir: str | Path | None = None) -> Path | None:
+    """A local weight file for ``encoder`` in ``weights_dir`` (or $GLIOMASEG_WEIGHTS_DIR), if any.
+
+    Matches ``<encoder>.<ext>`` and ``<encoder>-<hash>.<ext>`` (torchvision's naming), ext in
+    .pth/.pt/.safetensors/.bin.
+    """
+    folder = weights_dir or os.environ.get(WEIGHTS_ENV)
+    if not folder:
+        return None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: weights folder does not exist")
+    pattern = re.compile(rf"^{re.escape(encoder)}([-_.][^/]*)?$")
+    hits = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and pattern.match(p.stem))
+    return hits[0] if hits else None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors or a torch file, loaded without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoder error means the same thing to the user
+        raise CheckpointError(f"{path}: not a readable weight file ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Map a torchvision / smp / timm state dict onto ``encoder``; every encoder key must match.
+
+    Prefixes such as ``module.``, ``encoder.`` or ``model.`` are stripped, and classifier heads
+    (``fc.``, ``classifier.``, ``head.``) that an encoder does not have are dropped.
+    """
+    state = read_state_dict(path)
+    wanted = encoder.state_dict()
+    candidates = [state] + [
+        {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} for prefix in ("module.", "model.", "encoder.", "module.encoder.", "model.encoder.")
+    ]
+    state = max(candidates, key=lambda c: len(wanted.keys() & c.keys()))
+    state = {k: v for k, v in state.items() if k in wanted or not k.startswith(("fc.", "classifier.", "head."))}
+    missing = sorted(set(wanted) - set(state))
+    unexpected = sorted(set(state) - set(wanted))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not fit the encoder: {len(missing)} missing key(s) {missing[:4]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:4]}"
+        )
+    wrong = [k for k in wanted if wanted[k].shape != state[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path}: key {k} has shape {tuple(state[k].shape)}, the encoder expects {tuple(wanted[k].shape)}")
+    encoder.load_state_dict(state, strict=True)
+
+
+def resolve_encoder_weights(encoder: str, encoder_weights: str | None, weights_dir: str | Path | None = None) -> str | Path | None:
+    """What ``encoder_weights`` means: None, a local file, or ``"imagenet"`` from smp's hub.
+
+    ``"imagenet"`` turns into a local file when the weights folder has one for the encoder,
+    so the same command runs offline.
+    """
+    if encoder_weights in (None, "", "none", "None"):
+        return None
+    if encoder_weights == "imagenet":
+        local = find_weights(encoder, weights_dir)
+        return local if local is not None else "imagenet"
+    path = Path(encoder_weights)
+    if path.is_file():
+        return path
+    local = find_weights(encoder, weights_dir) if encoder_weights == "local" else None
+    if local is not None:
+        return local
+    raise ConfigError(
+        f"{encoder_weights}: encoder weights must be None, 'imagenet', 'local' (found in --weights-dir / ${WEIGHTS_ENV}) "
+        f"or an existing file; no such file"
+    )
+
+
+def build_model(
+    arch: str,
+    encoder: str = "resnet18",
+    in_channels: int = 3,
+    classes: int = 1,
+    encoder_weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> nn.Module:
+    """An smp model producing logits (N, classes, H, W) from images (N, in_channels, H, W)."""
+    name = canonical_architecture(arch)
+    if name.lower() in VIT_ONLY and not encoder.startswith("tu-"):
+        raise ConfigError(f"{name} needs a timm ViT encoder such as {DEFAULT_VIT_ENCODER!r}, not {encoder!r}")
+    check_encoder(encoder)
+    weights = resolve_encoder_weights(encoder, None if encoder_weights is None else str(encoder_weights), weights_dir)
+    extra = {"dynamic_img_size": True} if name.lower() in VIT_ONLY else {}
+    hub = "imagenet" if weights == "imagenet" else None
+    model = smp.create_model(name, encoder_name=encoder, encoder_weights=hub, in_channels=in_channels, classes=classes, **extra)
+    if isinstance(weights, Path):
+        load_encoder_weights(model.encoder, weights)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gflops(model: nn.Module, image_size: int, in_channels: int = 3) -> float:
+    """Forward-pass GFLOPs for one image (multiply-add counted as 2), by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, in_channels, image_size, image_size))
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9

@@ -1,0 +1,360 @@
+"""Training with Lightning: one ``train(TrainConfig)`` call per run folder.
+
+The run folder holds ``config.json``, ``best.ckpt`` (by validation image-wise IoU), ``last.ckpt``,
+TensorBoard and CSV logs, and ``summary.json``. ``resume=True`` continues from ``last.ckpt``.
+Checkpoints hold only tensors and plain data, so they load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from gliomaseg.data.dataset import SliceDataset
+from gliomaseg.data.files import read_slices_csv, write_text
+from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
+from gliomaseg.errors import ConfigError, DataError, TrainingDivergedError
+from gliomaseg.losses import build_loss
+from gliomaseg.metrics import confusion
+from gliomaseg.models import build_model, canonical_architecture, check_image_size, count_parameters
+
+MONITOR = "val_iou_imagewise"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("plateau", "step", "cosine", "none")
+PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``config.json`` in the run folder."""
+
+    out: str
+    data: str | None = None
+    train_csv: str | None = None
+    val_csv: str | None = None
+    model: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    weights_dir: str | None = None
+    loss: str = "dice"
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 100
+    batch_size: int = 16
+    workers: int = 2
+    scheduler: str = "plateau"
+    lowlr: bool = False
+    image_size: int = 256
+    precision: str = "32"
+    seed: int = 42
+    max_time: str | None = None
+    devices: str = "auto"
+    accelerator: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    cache: bool = True
+    channels_last: bool = True
+    augment: bool = True
+    resume: bool = False
+    progress: bool = True
+    limit_train_batches: float | int | None = None
+    limit_val_batches: float | int | None = None
+    threshold: float = 0.5
+
+    def csv_paths(self) -> tuple[Path, Path]:
+        """The training and validation CSVs: explicit ones, else ``data/data_train.csv`` and ``data/data_val.csv``."""
+        data = Path(self.data) if self.data else None
+        train = Path(self.train_csv) if self.train_csv else (data / "data_train.csv" if data else None)
+        val = Path(self.val_csv) if self.val_csv else (data / "data_val.csv" if data else None)
+        if train is None or val is None:
+            raise ConfigError("give --data (a prepare output folder) or both --train-csv and --val-csv")
+        if data is not None and self.train_csv and not train.is_absolute() and not train.exists():
+            train, val = data / train, (data / val if self.val_csv and not val.exists() else val)
+        return train, val
+
+    def validate(self) -> None:
+        canonical_architecture(self.model)
+        check_image_size(self.model, self.image_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs, batch size and learning rate must be positive")
+        build_loss(self.loss)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+class SegmentationTask(L.LightningModule):
+    """An smp model, its loss and the validation metrics. Hyperparameters are plain data only."""
+
+    def __init__(
+        self,
+        arch: str = "Unet",
+        encoder: str = "resnet18",
+        in_channels: int = 3,
+        classes: int = 1,
+        loss: str = "dice",
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        scheduler: str = "plateau",
+        epochs: int = 100,
+        lowlr: bool = False,
+        image_size: int = 256,
+        mean: list[float] = list(IMAGENET_MEAN),
+        std: list[float] = list(IMAGENET_STD),
+        threshold: float = 0.5,
+        channels_last: bool = True,
+        encoder_weights: str | None = None,
+        weights_dir: str | None = None,
+        train_csv: str | None = None,
+        val_csv: str | None = None,
+        gliomaseg_version: str = "",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(arch, encoder, in_channels, classes, encoder_weights, weights_dir)
+        self.loss_fn = build_loss(loss)
+        self._val_stats: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.loss_fn(self(images), masks)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                "training stopped, last.ckpt and best.ckpt hold the last good weights (try a lower --lr)"
+            )
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, masks = batch
+        logits = self(images)
+        self.log("val_loss", self.loss_fn(logits, masks), on_epoch=True, prog_bar=True, batch_size=len(images))
+        prediction = (logits.float().sigmoid() > self.hparams.threshold).long()
+        self._val_stats.append(torch.cat(confusion(prediction, masks.long()), dim=1))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_stats:
+            return
+        stats = self.all_gather(torch.cat(self._val_stats)).reshape(-1, 4).double()
+        self._val_stats.clear()
+        tp, fp, fn, _ = stats.unbind(1)
+        empty = (tp + fp + fn) == 0
+        iou = torch.where(empty, torch.ones_like(tp), tp / (tp + fp + fn).clamp(min=1))
+        dice = torch.where(empty, torch.ones_like(tp), 2 * tp / (2 * tp + fp + fn).clamp(min=1))
+        total = 2 * tp.sum() + fp.sum() + fn.sum()
+        self.log_dict(
+            {
+                MONITOR: iou.mean().float(),
+                "val_dice_imagewise": dice.mean().float(),
+                "val_iou_micro": (tp.sum() / (tp.sum() + fp.sum() + fn.sum()).clamp(min=1)).float(),
+                "val_dice_micro": (2 * tp.sum() / total.clamp(min=1)).float(),
+            },
+            prog_bar=True,
+            sync_dist=False,
+        )
+
+    def parameter_groups(self) -> list[dict]:
+        """One group, or with ``lowlr`` the encoder at 0.1x the learning rate and the rest at 1x."""
+        lr = self.hparams.lr
+        if not self.hparams.lowlr:
+            return [{"params": list(self.model.parameters()), "lr": lr, "name": "all"}]
+        encoder = list(self.model.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": encoder, "lr": 0.1 * lr, "name": "encoder"}, {"params": rest, "lr": lr, "name": "decoder"}]
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = self.parameter_groups()
+        if h.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        elif h.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=h.lr, weight_decay=h.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+        if h.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=10, cooldown=5)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR}}
+        if h.scheduler == "step":
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.1)}
+        if h.scheduler == "cosine":
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=h.epochs)}
+        return optimizer
+
+
+class Throughput(Callback):
+    """Training images per second, data loading included, validation excluded."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._last = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._last
+        self._last = now
+        self.images += len(batch[0])
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else math.nan
+
+
+def _max_time(value: str | None) -> str | None:
+    """HH:MM:SS (or DD:HH:MM:SS) for Lightning, which wants DD:HH:MM:SS."""
+    if not value:
+        return None
+    parts = value.split(":")
+    if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--max-time must be HH:MM:SS or DD:HH:MM:SS, got {value!r}")
+    return ":".join(["00"] * (4 - len(parts)) + parts)
+
+
+def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader, Path, Path]:
+    train_csv, val_csv = config.csv_paths()
+    train_frame, val_frame = read_slices_csv(train_csv), read_slices_csv(val_csv)
+    shared = set(train_frame["image_path"]) & set(val_frame["image_path"])
+    if shared:
+        raise DataError(f"{val_csv}: {len(shared)} slice(s) are also in {train_csv}, e.g. {sorted(shared)[0]}")
+    train_set = SliceDataset(train_frame, train_transforms() if config.augment else eval_transforms(), config.cache, config.image_size)
+    val_set = SliceDataset(val_frame, eval_transforms(), config.cache, config.image_size)
+    if config.cache:
+        train_set.preload()
+        val_set.preload()
+    common = {"num_workers": config.workers, "persistent_workers": config.workers > 0, "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(
+        train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size, **common
+    )
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False, **common)
+    return train_loader, val_loader, train_csv, val_csv
+
+
+def task_from_config(config: TrainConfig) -> SegmentationTask:
+    from gliomaseg import __version__
+
+    train_csv, val_csv = config.csv_paths()
+    return SegmentationTask(
+        arch=canonical_architecture(config.model), encoder=config.encoder, loss=config.loss, optimizer=config.optimizer,
+        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, scheduler=config.scheduler,
+        epochs=config.epochs, lowlr=config.lowlr, image_size=config.image_size, threshold=config.threshold,
+        channels_last=config.channels_last, encoder_weights=config.encoder_weights, weights_dir=config.weights_dir,
+        train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()), gliomaseg_version=__version__,
+    )
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    summary: dict = field(default_factory=dict)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one run into ``config.out``; resume from ``last.ckpt`` when ``config.resume``."""
+    config.validate()
+    out = Path(config.out)
+    last = out / "last.ckpt"
+    resume_from = last if config.resume and last.is_file() else None
+    if not config.resume and last.exists():
+        raise ConfigError(f"{out}: holds a run already (last.ckpt); pass --resume to continue it or pick another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    train_loader, val_loader, train_csv, val_csv = build_loaders(config)
+    write_text(json.dumps(asdict(config), indent=2), out / "config.json")
+    task = task_from_config(config)
+    throughput = Throughput()
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=True, save_top_k=1)
+    checkpoint.CHECKPOINT_NAME_LAST = "last"
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=config.epochs,
+        max_time=_max_time(config.max_time),
+        accelerator=config.accelerator,
+        devices=config.devices if config.devices == "auto" else int(config.devices),
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=PRECISIONS[config.precision],
+        logger=[TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="logs", version="")],
+        callbacks=[checkpoint, LearningRateMonitor("epoch"), throughput],
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(50, len(train_loader))),
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
+        num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    seconds = time.perf_counter() - started
+    best_score = checkpoint.best_model_score
+    summary = {
+        "model": canonical_architecture(config.model),
+        "encoder": config.encoder,
+        "loss": config.loss,
+        "image_size": config.image_size,
+        "epochs_completed": int(trainer.current_epoch),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "stopped_by": "max_time" if trainer.current_epoch < config.epochs else "epochs",
+        "train_seconds_this_session": round(seconds, 2),
+        "train_images_per_second": round(throughput.images_per_second, 2),
+        "parameters": count_parameters(task.model),
+        f"best_{MONITOR}": None if best_score is None else float(best_score),
+        "best_checkpoint": str(out / "best.ckpt"),
+        "train_csv": str(train_csv),
+        "model_selection_csv": str(val_csv),
+        "note": "best.ckpt is picked on model_selection_csv: its scores are validation scores, not a held-out test",
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+    }
+    previous = out / "summary.json"
+    if resume_from and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        summary["train_seconds"] = round(earlier.get("train_seconds", 0.0) + seconds, 2)
+    else:
+        summary["train_seconds"] = round(seconds, 2)
+    write_text(json.dumps(summary, indent=2), previous)
+    return TrainResult(out=out, best_checkpoint=out / "best.ckpt", last_checkpoint=last, summary=summary)
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
