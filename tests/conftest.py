@@ -28,3 +28,14 @@ def prepared(synth_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     prepare(synth_root, out, plots=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared, tmp_path_factory) -> Path:
+    """A tiny Unet-resnet18 trained for 2 epochs at 64 px: a real checkpoint for inference tests."""
+    from gliomaseg.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(out=str(out), data=str(prepared), epochs=2, batch_size=4, image_size=64, workers=0,
+                      progress=False, lr=0.05, scheduler="none"))
+    return out

@@ -56,7 +56,7 @@ def all_metrics(tp, fp, fn, tn, zero_division: float = 1.0) -> dict[str, dict[st
     import segmentation_models_pytorch as smp
     import torch
 
-    tp, fp, fn, tn = (torch.as_tensor(np.asarray(x)).long().reshape(len(x), -1) for x in (tp, fp, fn, tn))
+    tp, fp, fn, tn = (torch.as_tensor(np.array(x, dtype=np.int64)).reshape(len(x), -1) for x in (tp, fp, fn, tn))
     weights = [1.0] * tp.shape[1]
     out: dict[str, dict[str, float]] = {}
     for name in METRIC_NAMES:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -315,7 +316,8 @@ def train(config: TrainConfig) -> TrainResult:
         num_nodes=config.num_nodes,
         strategy=config.strategy,
         precision=PRECISIONS[config.precision],
-        logger=[TensorBoardLogger(out, name="tensorboard", version=""), CSVLogger(out, name="logs", version="")],
+        # A new log version per session: Lightning's loggers would delete the interrupted session's logs.
+        logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="logs")],
         callbacks=[checkpoint, LearningRateMonitor("epoch"), throughput],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
@@ -354,6 +356,14 @@ def train(config: TrainConfig) -> TrainResult:
         summary["train_seconds"] = round(seconds, 2)
     write_text(json.dumps(summary, indent=2), previous)
     return TrainResult(out=out, best_checkpoint=out / "best.ckpt", last_checkpoint=last, summary=summary)
+
+
+def read_metrics(run: str | Path) -> pd.DataFrame:
+    """The CSV logs of every session of a run (resumed runs have several), one table by step."""
+    files = sorted(Path(run).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files:
+        return pd.DataFrame(columns=["epoch", "step"])
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
 
 def default_workers() -> int:

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from gliomaseg.cli import main
+from gliomaseg.errors import ConfigError, TrainingDivergedError
+from gliomaseg.evaluation import evaluate
+from gliomaseg.training import SegmentationTask, TrainConfig, read_metrics, train
+
+
+def _config(prepared: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(out=str(out), data=str(prepared), epochs=1, batch_size=4, image_size=64, workers=0, progress=False,
+                  lr=0.05, scheduler="none")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_folder_and_checkpoint_contents(trained_run: Path, prepared: Path):
+    for name in ("best.ckpt", "last.ckpt", "config.json", "summary.json", "logs/version_0/metrics.csv"):
+        assert (trained_run / name).is_file(), name
+    assert list((trained_run / "tensorboard").glob("version_0/events.out.tfevents*"))
+    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
+    h = checkpoint["hyper_parameters"]
+    assert (h["arch"], h["encoder"], h["image_size"]) == ("Unet", "resnet18", 64)
+    assert h["mean"] == pytest.approx([0.485, 0.456, 0.406]) and h["val_csv"].endswith("data_val.csv")
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["train_images_per_second"] > 0
+    assert summary["model_selection_csv"].endswith("data_val.csv")
+
+
+def test_training_lowers_the_loss(prepared: Path, tmp_path: Path):
+    train(_config(prepared, tmp_path, epochs=4, loss="dice+bce", lr=0.02, scheduler="none", augment=False, seed=1))
+    metrics = read_metrics(tmp_path)
+    losses = metrics["train_loss_epoch"].dropna().tolist()
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+
+
+def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path):
+    train(_config(prepared, tmp_path, epochs=1))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 0
+    with pytest.raises(ConfigError, match="--resume"):
+        train(_config(prepared, tmp_path, epochs=2))
+    result = train(_config(prepared, tmp_path, epochs=2, resume=True))
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and result.summary["epochs_completed"] == 2
+    assert result.summary["resumed_from"].endswith("last.ckpt")
+    epochs = read_metrics(tmp_path)["epoch"].dropna().unique().tolist()
+    assert epochs == [0, 1]  # the first session's log survives the resume
+
+
+def test_lowlr_parameter_groups():
+    task = SegmentationTask(lr=0.01, lowlr=True, scheduler="none")
+    optimizer = task.configure_optimizers()
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["encoder"]["lr"] == pytest.approx(0.001) and groups["decoder"]["lr"] == pytest.approx(0.01)
+    encoder_ids = {id(p) for p in task.model.encoder.parameters()}
+    assert {id(p) for p in groups["encoder"]["params"]} == encoder_ids
+    assert not encoder_ids & {id(p) for p in groups["decoder"]["params"]}
+    n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in task.model.parameters())
+    assert len(SegmentationTask(lowlr=False, scheduler="none").configure_optimizers().param_groups) == 1
+
+
+def test_bf16_mixed_on_cpu(prepared: Path, tmp_path: Path):
+    result = train(_config(prepared, tmp_path, precision="bf16-mixed", limit_train_batches=2))
+    assert result.summary["epochs_completed"] == 1 and (tmp_path / "best.ckpt").is_file()
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good(prepared: Path, tmp_path: Path, monkeypatch):
+    train(_config(prepared, tmp_path, epochs=1))
+    good = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, masks):
+            return (logits * float("nan")).mean()
+
+    monkeypatch.setattr("gliomaseg.training.build_loss", lambda spec: NanLoss())
+    with pytest.raises(TrainingDivergedError, match="loss became nan"):
+        train(_config(prepared, tmp_path, epochs=2, resume=True))
+    kept = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(kept[k], good[k]) for k in good)
+
+
+def test_bad_options_are_clear(prepared: Path, tmp_path: Path, capsys):
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--model", "unet9"]) == 2
+    assert "unknown architecture 'unet9'" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--loss", "dice+foo"]) == 2
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "r"), "--image-size", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_and_val_must_not_overlap(prepared: Path, tmp_path: Path):
+    from gliomaseg.errors import DataError
+
+    with pytest.raises(DataError, match="also in"):
+        train(_config(prepared, tmp_path, val_csv=str(prepared / "data_train.csv")))
+
+
+def test_evaluate_outputs_and_names_the_selection_csv(trained_run: Path, prepared: Path, tmp_path: Path):
+    summary = evaluate(trained_run / "best.ckpt", prepared / "data_val.csv", tmp_path)
+    for name in ("slices.csv", "patients.csv", "summary.json", "summary.md", "patient_dice.png"):
+        assert (tmp_path / name).is_file()
+    slices = pd.read_csv(tmp_path / "slices.csv")
+    assert len(slices) == len(pd.read_csv(prepared / "data_val.csv"))
+    assert summary["held_out"] is False
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "these are validation scores" in markdown and "micro-imagewise" in markdown
+    assert {"none", "tta:flip", "post:all", "post:largest_3d"} <= set(summary["variants"])
+    assert summary["iou_imagewise"] == pytest.approx(slices["iou"].mean())
+
+
+class _Oracle:
+    """A predictor that returns the true mask: evaluation must then report 1 everywhere."""
+
+    image_size = 256
+    threshold = 0.5
+    info = None
+
+    def __init__(self, frame: pd.DataFrame):
+        from gliomaseg.data.files import read_image, read_mask
+
+        import numpy as np
+
+        self.truth = {}
+        for r in frame.itertuples():
+            image, mask = read_image(r.image_path), read_mask(r.mask_path).astype("float32")
+            for axis in (None, 0, 1):  # also the flipped copies that flip-TTA sends
+                im, m = (image, mask) if axis is None else (np.flip(image, axis), np.flip(mask, axis))
+                self.truth[np.ascontiguousarray(im).tobytes()] = np.ascontiguousarray(m)
+
+    def probabilities(self, images):
+        import numpy as np
+
+        return np.stack([self.truth[im.tobytes()] for im in images])
+
+
+def test_perfect_prediction_gives_one_everywhere(prepared: Path, tmp_path: Path):
+    frame = pd.read_csv(prepared / "data_val.csv")
+    summary = evaluate("oracle", prepared / "data_val.csv", tmp_path, predictor=_Oracle(frame))
+    for key in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro",
+                "patient_dice_mean", "patient_dice_median"):
+        assert summary[key] == 1.0, key
+    assert summary["patient_hd95_px_mean"] == 0.0
+    for variant in ("none", "tta:flip"):  # post-processing may legitimately change a perfect mask's edges
+        assert all(v == 1.0 for v in summary["variants"][variant].values()), variant
