@@ -113,7 +113,7 @@ def _gif(args: argparse.Namespace) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from gliomaseg.training import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
+    from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
 
     p.add_argument("--data", help="a prepare output folder holding data_train.csv and data_val.csv")
     p.add_argument("--train-csv", help="training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv")

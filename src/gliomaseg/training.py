@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.files import read_slices_csv, write_text
 from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
@@ -31,9 +31,6 @@ from gliomaseg.metrics import confusion
 from gliomaseg.models import build_model, canonical_architecture, check_image_size, count_parameters
 
 MONITOR = "val_iou_imagewise"
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("plateau", "step", "cosine", "none")
-PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
 
 
 @dataclass
@@ -365,6 +362,3 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["epoch", "step"])
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)

@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from gliomaseg.cli import main
+from gliomaseg.errors import CheckpointError, DataError
+from gliomaseg.inference.postprocess import PostProcess, process_patient
+from gliomaseg.inference.predict import collect_inputs, gif_from_folder, predict
+from gliomaseg.inference.predictor import load_checkpoint
+from gliomaseg.inference.tta import tta_probabilities
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run: Path):
+    return load_checkpoint(trained_run / "best.ckpt")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(trained_run: Path, tmp_path_factory) -> Path:
+    from gliomaseg.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    result = export_onnx(trained_run / "best.ckpt", out)
+    assert result["max_abs_diff"] < 1e-4
+    return out
+
+
+def _patient(synth_root: Path) -> Path:
+    return sorted(synth_root.iterdir())[0]
+
+
+def test_predict_patient_folder_outputs(predictor, synth_root: Path, tmp_path: Path):
+    patient = _patient(synth_root)
+    result = predict(predictor, patient, tmp_path, fps=4)
+    images = sorted((p for p in patient.glob("*.tif") if not p.stem.endswith("_mask")), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    assert len(result.predictions) == len(images)
+    assert result.predictions["slice"].tolist() == sorted(result.predictions["slice"].tolist())
+    for row in result.predictions.itertuples():
+        mask = cv2.imread(row.mask_out, cv2.IMREAD_UNCHANGED)
+        overlay = cv2.imread(row.overlay_out)
+        assert mask.shape == (256, 256) and set(np.unique(mask)) <= {0, 255}  # model runs at 64, mask at input size
+        assert overlay.shape == (256, 256, 3)
+        assert 0 <= row.dice <= 1 and 0.0 <= row.max_probability <= 1.0
+    frames = iio.imread(result.patients["gif"][0], index=None)
+    assert frames.shape[0] == len(images)
+    overlays = [cv2.cvtColor(cv2.imread(r), cv2.COLOR_BGR2RGB).astype(float) for r in result.predictions["overlay_out"]]
+    for i, frame in enumerate(frames):  # frame i is the overlay of slice i (numeric order)
+        errors = [np.abs(frame[..., :3].astype(float) - o).mean() for o in overlays]
+        assert int(np.argmin(errors)) == i
+    row = result.patients.iloc[0]
+    assert row["tumour_volume_voxels"] == result.predictions["tumour_pixels"].sum()
+    assert "dice_3d" in result.patients
+
+
+def test_overlay_draws_prediction_green_and_truth_red():
+    from gliomaseg.visualization import overlay_contours
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[10:30, 10:30] = 1
+    prediction = np.zeros_like(truth)
+    prediction[35:55, 35:55] = 1
+    out = overlay_contours(image, prediction=prediction, truth=truth)
+    assert tuple(out[10, 20]) == (255, 0, 0) and tuple(out[35, 45]) == (0, 255, 0)
+    assert tuple(out[20, 20]) == (0, 0, 0)  # contours, not filled
+
+
+def test_predict_inputs_of_every_kind(predictor, synth_root: Path, prepared: Path, tmp_path: Path):
+    patient = _patient(synth_root)
+    one = next(p for p in patient.glob("*_3.tif"))
+    assert len(predict(predictor, one, tmp_path / "one").predictions) == 1
+    root = predict(predictor, synth_root, tmp_path / "root", gifs=False)
+    assert root.predictions["patient"].nunique() == 6
+    csv = predict(predictor, prepared / "data_val.csv", tmp_path / "csv", gifs=False)
+    assert len(csv.predictions) == len(pd.read_csv(prepared / "data_val.csv"))
+    png = tmp_path / "slice_7.png"
+    big = cv2.resize(tifffile.imread(one), (300, 300))
+    cv2.imwrite(str(png), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    result = predict(predictor, png, tmp_path / "png")
+    mask = cv2.imread(result.predictions["mask_out"][0], cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (300, 300)  # resized back to the input's size
+
+
+def test_onnx_agrees_with_pytorch_and_skips_torch(onnx_model: Path, predictor, synth_root: Path, tmp_path: Path):
+    from gliomaseg.inference.runtime import OnnxPredictor
+
+    patient = _patient(synth_root)
+    torch_result = predict(predictor, patient, tmp_path / "t", gifs=False, overlays=False)
+    onnx_result = predict(OnnxPredictor(onnx_model), patient, tmp_path / "o", gifs=False, overlays=False)
+    agree = [
+        (cv2.imread(a, cv2.IMREAD_UNCHANGED) == cv2.imread(b, cv2.IMREAD_UNCHANGED)).mean()
+        for a, b in zip(torch_result.predictions["mask_out"], onnx_result.predictions["mask_out"])
+    ]
+    assert np.mean(agree) >= 0.999
+    code = (
+        "import sys; from gliomaseg.cli import main; "
+        f"rc = main(['predict', '--backend', 'onnx', '--model', r'{onnx_model}', '--input', r'{patient}', '--out', r'{tmp_path / 'cli'}']); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "cli" / "predictions.csv").is_file()
+
+
+def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
+    import json
+
+    import onnx
+
+    assert main(["export", "--checkpoint", str(trained_run / "best.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "max abs logit difference" in capsys.readouterr().out
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["gliomaseg"])
+    assert meta["threshold"] == 0.5 and meta["image_size"] == 64 and len(meta["mean"]) == 3
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_postprocess_removes_speck_and_keeps_tumour():
+    masks = [np.zeros((64, 64), np.uint8) for _ in range(4)]
+    for m in masks[1:3]:
+        cv2.circle(m, (30, 30), 10, 1, -1)
+        m[27:30, 28:31] = 0  # a hole inside the tumour
+    masks[0][2:4, 2:4] = 1  # a speck on another slice, not connected in 3D
+    masks[2][55:58, 55:58] = 1  # a speck beside the tumour
+    out = process_patient(masks, PostProcess(min_size=20, fill_holes=True))
+    assert out[0].sum() == 0 and out[2][55:58, 55:58].sum() == 0
+    assert out[1][28, 29] == 1  # hole filled
+    assert out[1].sum() >= masks[1].sum()
+    only_3d = process_patient(masks, PostProcess(largest_3d=True))
+    assert only_3d[0].sum() == 0 and only_3d[2][55:58, 55:58].sum() == 0 and only_3d[1].sum() == masks[1].sum()
+    opened = process_patient([masks[2]], PostProcess(opening=5))[0]
+    assert opened[55:58, 55:58].sum() == 0 and opened[30, 30] == 1
+    assert PostProcess.parse("min_size=10,fill_holes") == PostProcess(min_size=10, fill_holes=True)
+    with pytest.raises(Exception, match="unknown post-processing step"):
+        PostProcess.parse("blur")
+
+
+def test_tta_is_a_valid_mask_and_exact_for_symmetric_models(predictor, synth_root: Path):
+    images = np.stack([tifffile.imread(p) for p in sorted(_patient(synth_root).glob("*_[2-4].tif"))])
+    images = np.stack([cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA) for im in images])
+    for mode in ("flip", "d4"):
+        probs = tta_probabilities(predictor.probabilities, images, mode)
+        assert probs.shape == images.shape[:3] and probs.min() >= 0 and probs.max() <= 1
+    brightness = lambda batch: batch.mean(axis=3).astype(np.float32) / 255.0  # an equivariant "model"
+    for mode in ("flip", "d4"):
+        assert np.allclose(tta_probabilities(brightness, images, mode), brightness(images), atol=1e-6)
+    shifted = lambda batch: np.roll(brightness(batch), 1, axis=2)  # not equivariant: TTA must change it
+    assert not np.allclose(tta_probabilities(shifted, images, "d4"), shifted(images))
+
+
+def test_gif_command_sorts_numerically(tmp_path: Path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(1, 13):
+        cv2.imwrite(str(folder / f"frame_{k}.png"), np.full((16, 16, 3), k * 20, np.uint8))
+    (folder / "notes.txt").write_text("ignored")
+    assert main(["gif", "--input", str(folder), "--out", str(tmp_path / "a.gif"), "--fps", "5"]) == 0
+    frames = iio.imread(tmp_path / "a.gif", index=None)
+    assert len(frames) == 12
+    means = [f[..., :3].mean() for f in frames]
+    assert means == sorted(means)  # frame_2 before frame_10
+    assert iio.immeta(tmp_path / "a.gif", index=0)["duration"] == 200
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        gif_from_folder(tmp_path / "empty", tmp_path / "b.gif")
+
+
+def test_bad_inputs_in_a_batch_are_skipped_and_listed(predictor, synth_root: Path, tmp_path: Path):
+    folder = tmp_path / "patient"
+    shutil.copytree(_patient(synth_root), folder)
+    (folder / "broken_2.tif").write_bytes(tifffile.imread(next(folder.glob("*_1.tif"))).tobytes()[:100])
+    (folder / "truncated_3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (folder / "scan_4.nii").write_bytes(b"not supported")
+    gray = tmp_path / "patient" / "gray_5.png"
+    cv2.imwrite(str(gray), np.full((256, 256), 80, np.uint8))
+    deep = tmp_path / "patient" / "deep_6.png"
+    cv2.imwrite(str(deep), np.full((256, 256, 3), 40000, np.uint16))
+    with pytest.warns(UserWarning) as caught:
+        result = predict(predictor, folder, tmp_path / "out")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "gray_5.png: grayscale slice replicated" in messages and "deep_6.png: 16-bit image scaled" in messages
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert {Path(p).name for p in skipped["path"]} == {"broken_2.tif", "truncated_3.png", "scan_4.nii"}
+    assert skipped["problem"].str.contains("does not decode|unsupported format|empty").all()
+    done = {Path(p).name for p in result.predictions["image_path"]}
+    assert {"gray_5.png", "deep_6.png"} <= done and len(done) == len(list(_patient(synth_root).glob("*.tif"))) // 2 + 2
+
+
+def test_bad_single_inputs_are_clear(predictor, trained_run: Path, tmp_path: Path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no slices found"):
+        collect_inputs(tmp_path / "empty")
+    (tmp_path / "x.nii").write_bytes(b"0")
+    with pytest.raises(DataError, match=r"x\.nii: unsupported input format"):
+        collect_inputs(tmp_path / "x.nii")
+    fake = tmp_path / "fake.ckpt"
+    fake.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="fake.ckpt: not a loadable checkpoint"):
+        load_checkpoint(fake)
+    import torch
+
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a gliomaseg checkpoint"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    assert main(["predict", "--checkpoint", str(fake), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "fake.ckpt" in capsys.readouterr().err
+
+
+def test_pickled_code_in_a_checkpoint_is_refused(tmp_path: Path):
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"arch": Evil()}}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "evil.ckpt")
