@@ -112,6 +112,24 @@ def _gif(args: argparse.Namespace) -> None:
     print(f"wrote {gif_from_folder(args.input, args.out, fps=args.fps)}")
 
 
+@command("experiment")
+def _experiment(args: argparse.Namespace) -> None:
+    from gliomaseg.experiments import run_experiment
+
+    results = run_experiment(args.name, args.data, args.out, preset=args.preset, epochs=args.epochs, image_size=args.image_size,
+                             max_time=args.max_time, only=args.only, include_extra=args.all)
+    shown = [c for c in ("run", "iou_imagewise", "reference_iou", "dice_imagewise", "patient_dice_mean", "epochs", "status") if c in results]
+    print(results[shown].to_string(index=False))
+    print(f"results in {Path(args.out) / results.attrs.get('name', args.name)}/results.md")
+
+
+@command("report")
+def _report(args: argparse.Namespace) -> None:
+    from gliomaseg.report import build_report
+
+    print(f"wrote {build_report(args.runs, args.out)}")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
 
@@ -205,6 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--opset", type=int, default=17)
+
+    p = sub.add_parser("experiment", help="run a comparison experiment (configs/experiments/NAME.yaml)")
+    p.add_argument("name", help="encoders, architectures, lowlr, split, losses, or a path to a .yaml file")
+    p.add_argument("--data", required=True, type=Path, help="a prepare output folder")
+    p.add_argument("--out", required=True, type=Path, help="experiments folder; runs go to OUT/NAME/RUN")
+    p.add_argument("--preset", default="cpu", help="cpu (2 CPU cores) or gpu (the case study's setting)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--max-time", default=None, help="per run, HH:MM:SS")
+    p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these runs")
+    p.add_argument("--all", action="store_true", help="architectures: also UPerNet, Segformer, DPT")
+
+    p = sub.add_parser("report", help="one self-contained HTML page from experiment and run folders")
+    p.add_argument("--runs", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
 
     p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
     p.add_argument("--input", required=True, type=Path)

@@ -1,0 +1,46 @@
+"""Shared helpers for the benchmarks: the data they run on and how results are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kaggle_3m"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def prepared_data(use_real: bool = True) -> tuple[Path, str]:
+    """A prepare output folder: the real kaggle_3m when it is beside the repo, else synthetic data."""
+    from gliomaseg.data.prepare import prepare
+    from gliomaseg.data.synth import generate
+
+    work = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-"))
+    if use_real and REAL_DATA.is_dir():
+        prepare(REAL_DATA, work / "prepared", plots=False)
+        return work / "prepared", f"real kaggle_3m ({REAL_DATA})"
+    generate(work / "synth", patients=12, slices=20, seed=0)
+    prepare(work / "synth", work / "prepared", plots=False)
+    return work / "prepared", "synthetic (12 patients x ~20 slices)"
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def write_results(name: str, rows: list[dict], meta: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))

@@ -1,0 +1,101 @@
+"""Training throughput of Unet-resnet18 at 256x256, data loading included.
+
+Compares the case study's way (decode every tif each step, fp32, NCHW) with ours (cached slices,
+channels_last, bf16-mixed autocast), and ours through the full ``gliomaseg train`` (Lightning) path.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, prepared_data, print_table, write_results  # noqa: E402
+
+from gliomaseg.data.dataset import SliceDataset  # noqa: E402
+from gliomaseg.data.transforms import train_transforms  # noqa: E402
+from gliomaseg.losses import build_loss  # noqa: E402
+from gliomaseg.models import build_model  # noqa: E402
+
+
+def measure(data: Path, *, cache: bool, channels_last: bool, bf16: bool, workers: int, steps: int, warmup: int, size: int, batch: int) -> float:
+    torch.manual_seed(0)
+    dataset = SliceDataset(data / "data_train.csv", transform=train_transforms(), cache=cache, image_size=size)
+    if cache:
+        dataset.preload()  # decoded once before timing, as `gliomaseg train` does before the first epoch
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    model = build_model("unet", "resnet18").train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss("dice")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    images_done, started = 0, None
+    iterator = iter(loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            started = time.perf_counter()
+        images, masks = next(iterator)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            images_done += len(images)
+    return images_done / (time.perf_counter() - started)
+
+
+def lightning_path(data: Path, steps: int, size: int, batch: int) -> float:
+    from gliomaseg.training import TrainConfig, train
+
+    out = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-run-"))
+    result = train(TrainConfig(out=str(out), data=str(data), epochs=1, batch_size=batch, image_size=size, workers=0, progress=False,
+                               precision="bf16-mixed", limit_train_batches=steps + 2, limit_val_batches=1))
+    return result.summary["train_images_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--synthetic", action="store_true", help="use synthetic data even when the real data is there")
+    args = parser.parse_args()
+    data, source = prepared_data(not args.synthetic)
+    common = dict(steps=args.steps, warmup=args.warmup, size=args.size, batch=args.batch)
+    rows = []
+    cases = [
+        ("case study: tif decoded every step, fp32, NCHW, 2 workers", dict(cache=False, channels_last=False, bf16=False, workers=2)),
+        ("ours: cached slices, fp32, channels_last", dict(cache=True, channels_last=True, bf16=False, workers=0)),
+        ("ours: cached slices, bf16-mixed, channels_last", dict(cache=True, channels_last=True, bf16=True, workers=0)),
+    ]
+    for label, options in cases:
+        rows.append({"path": label, "images_per_s": round(measure(data, **options, **common), 2)})
+        print(f"{label}: {rows[-1]['images_per_s']} images/s", flush=True)
+    rows.append({"path": "ours through `gliomaseg train` (Lightning, bf16-mixed)",
+                 "images_per_s": round(lightning_path(data, args.steps, args.size, args.batch), 2)})
+    base = rows[0]["images_per_s"]
+    for row in rows:
+        row["speedup"] = f"{row['images_per_s'] / base:.2f}x"
+    print()
+    print(f"Unet-resnet18, {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up; data: {source}")
+    print(f"machine: {machine()}")
+    print_table(rows, ["path", "images_per_s", "speedup"])
+    path = write_results("train_throughput", rows, {"data": source, "machine": machine(), **vars(args)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

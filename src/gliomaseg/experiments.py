@@ -1,0 +1,276 @@
+"""Comparison experiments from YAML files: each run an ordinary training run in its own folder.
+
+An experiment file (``configs/experiments/NAME.yaml``)::
+
+    name: encoders
+    description: ...
+    base: {model: unet}                 # TrainConfig values shared by every run
+    compare_with: architectures         # optional: another experiment shown beside this one
+    runs:
+      - {name: resnet18, encoder: resnet18, reference: 0.82}   # reference: the case study's number
+      - {name: image, split: image}     # split: patient (default) or image
+      - {name: UPerNet, model: upernet, extra: true}           # only with --all
+
+The runner skips finished runs, resumes interrupted ones from ``last.ckpt``, records a failing
+run as failed and goes on, then writes ``results.csv``, ``results.md`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from gliomaseg.data.files import write_csv, write_text
+from gliomaseg.errors import ConfigError, DataError
+from gliomaseg.training import TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments"
+REFERENCE_LABEL = "case study (GPU, ImageNet encoder, mIoU picked and reported on val)"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The case study's setting.
+    "gpu": {"image_size": 256, "epochs": 100, "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "scheduler": "plateau",
+            "precision": "32", "workers": 4},
+    # Measured on 2 CPU cores (docs/benchmarks.md): the most Dice per hour there.
+    "cpu": {"image_size": 128, "epochs": 8, "batch_size": 16, "optimizer": "adam", "lr": 0.002, "scheduler": "cosine",
+            "precision": "32", "workers": 0, "cache": True},
+}
+RUN_KEYS = {"name", "reference", "split", "extra"}
+FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets"}
+
+
+@dataclass
+class RunSpec:
+    name: str
+    options: dict[str, Any]
+    split: str = "patient"
+    reference: float | None = None
+    extra: bool = False
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    runs: list[RunSpec]
+    path: Path
+    compare_with: str | None = None
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def experiment_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"{path}: experiment file does not exist")
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown experiment {name_or_path!r}; known: {', '.join(known)} (or give a .yaml path)")
+    return candidate
+
+
+def load_experiment(name_or_path: str | Path) -> Experiment:
+    """Read and check an experiment file; every run's options are validated before anything runs."""
+    path = experiment_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("runs"), list) or not raw["runs"]:
+        raise ConfigError(f"{path}: an experiment needs a 'runs' list")
+    unknown = sorted(set(raw) - FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(FILE_KEYS))}")
+    base = raw.get("base") or {}
+    train_keys = set(TrainConfig.__dataclass_fields__) - {"out", "data", "train_csv", "val_csv", "resume"}
+    runs, names = [], set()
+    for index, entry in enumerate(raw["runs"]):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{path}: run {index + 1} needs a name")
+        bad = sorted(set(entry) - RUN_KEYS - train_keys) + sorted(set(base) - train_keys)
+        if bad:
+            raise ConfigError(f"{path}: run {entry['name']!r}: unknown option(s) {', '.join(bad)}; valid: "
+                              f"{', '.join(sorted(RUN_KEYS | train_keys))}")
+        name = str(entry["name"])
+        if name in names:
+            raise ConfigError(f"{path}: two runs are named {name!r}")
+        names.add(name)
+        split = entry.get("split", "patient")
+        if split not in ("patient", "image"):
+            raise ConfigError(f"{path}: run {name!r}: split must be patient or image, got {split!r}")
+        options = {**base, **{k: v for k, v in entry.items() if k not in RUN_KEYS}}
+        try:
+            TrainConfig.from_dict({"out": "-", "data": "-", **options}).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: run {name!r}: {exc}") from exc
+        runs.append(RunSpec(name=name, options=options, split=split, reference=entry.get("reference"), extra=bool(entry.get("extra"))))
+    return Experiment(name=str(raw.get("name", path.stem)), description=str(raw.get("description", "")), runs=runs, path=path,
+                      compare_with=raw.get("compare_with"), presets=raw.get("presets") or {})
+
+
+def split_csvs(data: Path, split: str) -> tuple[Path, Path]:
+    """The CSVs of a split, making the image split from ``data_info.csv`` when it is missing."""
+    if split == "patient":
+        return data / "data_train.csv", data / "data_val.csv"
+    train, val = data / "data_train_split_by_img.csv", data / "data_val_split_by_img.csv"
+    if not (train.is_file() and val.is_file()):
+        from gliomaseg.data.files import read_slices_csv
+        from gliomaseg.data.prepare import split_by_image
+
+        info = read_slices_csv(data / "data_info.csv")
+        image_train, image_val = split_by_image(info)
+        write_csv(image_train, train)
+        write_csv(image_val, val)
+    return train, val
+
+
+def _status(run_dir: Path) -> dict:
+    path = run_dir / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _set_status(run_dir: Path, **values) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(json.dumps({**_status(run_dir), **values}, indent=2), run_dir / "status.json")
+
+
+def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any]) -> dict:
+    """Train (or resume) and evaluate one run; returns its results row."""
+    from gliomaseg.evaluation import evaluate
+    from gliomaseg.models import build_model, gflops
+    from gliomaseg.training import train
+
+    train_csv, val_csv = split_csvs(data, spec.split)
+    options = {**spec.options, **overrides}
+    resume = (run_dir / "last.ckpt").is_file()
+    config = TrainConfig.from_dict({**options, "out": str(run_dir), "train_csv": str(train_csv), "val_csv": str(val_csv),
+                                    "resume": resume, "progress": False})
+    summary_path = run_dir / "summary.json"
+    trained = _status(run_dir).get("trained") and summary_path.is_file()
+    if not trained:
+        _set_status(run_dir, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        train(config)
+        _set_status(run_dir, trained=True)
+    summary = json.loads(summary_path.read_text())
+    report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=False)
+    model = build_model(config.model, config.encoder)
+    return {
+        "run": spec.name, "model": summary["model"], "encoder": summary["encoder"], "loss": summary["loss"],
+        "split": spec.split, "lowlr": bool(options.get("lowlr", False)), "image_size": config.image_size,
+        "iou_imagewise": report["iou_imagewise"], "dice_imagewise": report["dice_imagewise"],
+        "iou_imagewise_tumour_slices": report["iou_imagewise_tumour_slices"], "iou_micro": report["iou_micro"],
+        "patient_dice_mean": report["patient_dice_mean"], "patient_dice_median": report["patient_dice_median"],
+        "epochs": summary["epochs_completed"], "train_seconds": summary["train_seconds"],
+        "images_per_s": summary["train_images_per_second"], "parameters_M": round(summary["parameters"] / 1e6, 2),
+        "gflops": round(gflops(model, config.image_size), 2), "reference_iou": spec.reference, "status": "done",
+    }
+
+
+def run_experiment(
+    name_or_path: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    preset: str = "cpu",
+    epochs: int | None = None,
+    image_size: int | None = None,
+    max_time: str | None = None,
+    only: list[str] | None = None,
+    include_extra: bool = False,
+    extra_options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Run (or continue) an experiment under ``out/<name>``; returns the results table."""
+    experiment = load_experiment(name_or_path)
+    presets = {**PRESETS, **experiment.presets}
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
+    data = Path(data)
+    if not (data / "data_info.csv").is_file():
+        raise DataError(f"{data}: no data_info.csv here; run `gliomaseg prepare --data-path ... --out {data}` first")
+    overrides = dict(presets[preset])
+    overrides.update({k: v for k, v in {"epochs": epochs, "image_size": image_size, "max_time": max_time}.items() if v is not None})
+    overrides.update(extra_options or {})
+    runs = [r for r in experiment.runs if include_extra or not r.extra]
+    if only:
+        missing = sorted(set(only) - {r.name for r in experiment.runs})
+        if missing:
+            raise ConfigError(f"--only names no run of {experiment.name}: {', '.join(missing)}; runs: {', '.join(r.name for r in experiment.runs)}")
+        runs = [r for r in experiment.runs if r.name in only]
+    root = Path(out) / experiment.name
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(json.dumps({"experiment": experiment.name, "file": str(experiment.path), "preset": preset, "overrides": overrides,
+                           "data": str(data.resolve())}, indent=2), root / "experiment.json")
+    rows = []
+    for spec in runs:
+        run_dir = root / spec.name
+        status = _status(run_dir)
+        if status.get("state") == "done" and status.get("row"):
+            print(f"[{experiment.name}] {spec.name}: done, skipped")
+            rows.append(status["row"])
+            continue
+        print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / 'last.ckpt').is_file() else 'starting'}")
+        try:
+            row = run_one(spec, data, run_dir, overrides)
+            _set_status(run_dir, state="done", row=row, error=None)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one failing run must not stop the others
+            _set_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            print(f"[{experiment.name}] {spec.name}: FAILED: {type(exc).__name__}: {exc}")
+            row = {"run": spec.name, "split": spec.split, "reference_iou": spec.reference, "status": f"failed: {type(exc).__name__}: {exc}"}
+        rows.append(row)
+    results = pd.DataFrame(rows)
+    write_results(results, root, experiment, preset, Path(out))
+    return results
+
+
+def write_results(results: pd.DataFrame, root: Path, experiment: Experiment, preset: str, out: Path) -> None:
+    from gliomaseg.visualization import plot_bars
+
+    if experiment.compare_with:
+        other = out / experiment.compare_with / "results.csv"
+        if other.is_file():
+            beside = pd.read_csv(other).set_index("run")["iou_imagewise"]
+            results[f"{experiment.compare_with}_iou_imagewise"] = results["run"].map(beside)
+    write_csv(results, root / "results.csv")
+    write_text(results_markdown(results, experiment, preset), root / "results.md")
+    if "iou_imagewise" in results:
+        values = [float(v) if isinstance(v, (int, float)) and not math.isnan(v) else math.nan for v in results["iou_imagewise"]]
+        reference = [None if (r is None or (isinstance(r, float) and math.isnan(r))) else float(r) for r in results["reference_iou"]]
+        plot_bars(list(results["run"]), values, root / "results.png", title=f"{experiment.name}: image-wise IoU (validation)",
+                  ylabel="image-wise IoU", reference=reference if any(r is not None for r in reference) else None,
+                  reference_label="case study")
+
+
+COLUMNS = ["run", "iou_imagewise", "reference_iou", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro",
+           "patient_dice_mean", "patient_dice_median", "epochs", "train_seconds", "images_per_s", "parameters_M", "gflops", "status"]
+
+
+def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str) -> str:
+    columns = [c for c in COLUMNS if c in results] + [c for c in results if c.endswith("_iou_imagewise") and c != "iou_imagewise"]
+    lines = [f"# Experiment `{experiment.name}`: {experiment.description}", "",
+             f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in results.iterrows():
+        cells = []
+        for c in columns:
+            v = row.get(c)
+            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "- `iou_imagewise`: mean per-slice IoU, an empty slice predicted empty scores 1 (the case study's mIoU).",
+              "- `iou_imagewise_tumour_slices`: the same over slices with tumour only (no free 1s).",
+              "- `iou_micro`: dataset-wise IoU from counts summed over all slices.",
+              "- `patient_dice_*`: 3D Dice of each validation patient's slices as one volume, mean and median over patients.",
+              f"- `reference_iou`: {REFERENCE_LABEL}.",
+              "- `images_per_s`: training images per second, data loading included; `gflops`: forward pass of one image."]
+    return "\n".join(lines) + "\n"

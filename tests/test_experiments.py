@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gliomaseg.cli import main
+from gliomaseg.errors import ConfigError
+from gliomaseg.experiments import load_experiment, run_experiment
+
+TINY = {"batch_size": 4, "limit_train_batches": 2, "workers": 0}
+
+
+def _yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def two_runs(tmp_path: Path) -> Path:
+    return _yaml(tmp_path / "two.yaml", """
+name: two
+description: two tiny runs
+base: {model: unet, encoder: resnet18}
+runs:
+  - {name: dice, loss: dice, reference: 0.8}
+  - {name: image-split, split: image, loss: bce}
+""")
+
+
+def test_runner_writes_results_then_skips_finished_runs(two_runs: Path, prepared: Path, tmp_path: Path, monkeypatch, capsys):
+    out = tmp_path / "exp"
+    results = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+    assert list(results["run"]) == ["dice", "image-split"] and (results["status"] == "done").all()
+    for name in ("results.csv", "results.md", "results.png", "experiment.json"):
+        assert (out / "two" / name).is_file()
+    table = pd.read_csv(out / "two" / "results.csv")
+    for column in ("iou_imagewise", "dice_imagewise", "iou_micro", "patient_dice_mean", "patient_dice_median", "epochs",
+                   "train_seconds", "images_per_s", "parameters_M", "gflops", "reference_iou"):
+        assert column in table, column
+    assert table.loc[0, "reference_iou"] == 0.8 and table.loc[0, "parameters_M"] > 10 and table.loc[0, "gflops"] > 0
+    assert (prepared / "data_train_split_by_img.csv").is_file()  # the image split was made for the run
+    assert "reference_iou" in (out / "two" / "results.md").read_text()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("gliomaseg.training.train", must_not_train)
+    again = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+    assert capsys.readouterr().out.count("done, skipped") == 2
+    assert again["iou_imagewise"].tolist() == pytest.approx(results["iou_imagewise"].tolist())
+
+
+def test_killed_run_resumes(prepared: Path, tmp_path: Path, monkeypatch):
+    spec = _yaml(tmp_path / "one.yaml", "name: one\nruns:\n  - {name: unet, model: unet}\n")
+    import gliomaseg.training as training
+
+    real_train = training.train
+
+    def killed_after_first_epoch(config):
+        config.epochs = 1
+        real_train(config)
+        raise KeyboardInterrupt  # the user pressed Ctrl-C (or the machine went away) after epoch 1
+
+    monkeypatch.setattr(training, "train", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec, prepared, tmp_path / "exp", epochs=2, image_size=64, extra_options=TINY)
+    run = tmp_path / "exp" / "one" / "unet"
+    assert json.loads((run / "status.json").read_text())["state"] == "running"
+    monkeypatch.setattr(training, "train", real_train)
+    results = run_experiment(spec, prepared, tmp_path / "exp", epochs=2, image_size=64, extra_options=TINY)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("last.ckpt") and summary["epochs_completed"] == 2
+    assert results.loc[0, "status"] == "done" and results.loc[0, "epochs"] == 2
+
+
+def test_failing_run_is_recorded_and_others_go_on(prepared: Path, tmp_path: Path):
+    spec = _yaml(tmp_path / "mixed.yaml", "name: mixed\nruns:\n  - {name: pan, model: pan}\n  - {name: fpn, model: fpn}\n")
+    results = run_experiment(spec, prepared, tmp_path / "exp", epochs=1, image_size=64, extra_options=TINY)
+    status = dict(zip(results["run"], results["status"]))
+    assert status["pan"].startswith("failed") and "multiple of 32, at least 128" in status["pan"]
+    assert status["fpn"] == "done"
+    assert json.loads((tmp_path / "exp" / "mixed" / "pan" / "status.json").read_text())["state"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: t\nruns:\n  - {name: a, encodr: resnet18}\n", "unknown option.*encodr"),
+        ("name: t\nruns:\n  - {name: a, model: unett}\n", "run 'a': unknown architecture 'unett'"),
+        ("name: t\nrun:\n  - {name: a}\n", "needs a 'runs' list"),
+        ("name: t\nruns:\n  - {name: a, loss: dise}\n", "unknown loss term 'dise'"),
+        ("name: t\nruns: [{name: a}\n", "not valid YAML"),
+        ("name: t\nruns:\n  - {name: a}\n  - {name: a}\n", "two runs are named 'a'"),
+    ],
+)
+def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
+    path = _yaml(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_experiment(path)
+    assert "bad.yaml" in str(info.value)
+
+
+def test_shipped_experiments_load():
+    for name, count in (("encoders", 3), ("architectures", 12), ("lowlr", 9), ("split", 2), ("losses", 9)):
+        experiment = load_experiment(name)
+        assert len(experiment.runs) == count
+    assert sum(not r.extra for r in load_experiment("architectures").runs) == 9
+    assert all(r.options.get("lowlr") for r in load_experiment("lowlr").runs)
+    with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
+        load_experiment("encoder")
+
+
+def test_report_is_self_contained(two_runs: Path, prepared: Path, tmp_path: Path):
+    out = tmp_path / "exp"
+    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+    assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4  # bar chart, 2 training curves, overlays
+    assert "<table" in page and "Experiment: two" in page and "Sample overlays" in page
+    assert "src=\"http" not in page and "href=\"http" not in page
