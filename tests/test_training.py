@@ -151,3 +151,20 @@ def test_perfect_prediction_gives_one_everywhere(prepared: Path, tmp_path: Path)
     assert summary["patient_hd95_px_mean"] == 0.0
     for variant in ("none", "tta:flip"):  # post-processing may legitimately change a perfect mask's edges
         assert all(v == 1.0 for v in summary["variants"][variant].values()), variant
+
+
+def test_csv_names_resolve_inside_the_data_folder(prepared: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(prepared, tmp_path, train_csv="data_val.csv", val_csv="data_train.csv")
+    assert config.csv_paths() == (prepared / "data_val.csv", prepared / "data_train.csv")
+    assert _config(prepared, tmp_path).csv_paths() == (prepared / "data_train.csv", prepared / "data_val.csv")
+    with pytest.raises(ConfigError, match="give --data"):
+        TrainConfig(out=str(tmp_path)).csv_paths()
+
+
+def test_lowlr_logs_both_learning_rates(prepared: Path, tmp_path: Path):
+    train(_config(prepared, tmp_path, lowlr=True, lr=0.01, limit_train_batches=1))
+    metrics = read_metrics(tmp_path)
+    encoder = metrics["lr-SGD/encoder"].dropna().iloc[0]
+    decoder = metrics["lr-SGD/decoder"].dropna().iloc[0]
+    assert encoder == pytest.approx(0.001) and decoder == pytest.approx(0.01)

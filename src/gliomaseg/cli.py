@@ -120,7 +120,7 @@ def _experiment(args: argparse.Namespace) -> None:
                              max_time=args.max_time, only=args.only, include_extra=args.all)
     shown = [c for c in ("run", "iou_imagewise", "reference_iou", "dice_imagewise", "patient_dice_mean", "epochs", "status") if c in results]
     print(results[shown].to_string(index=False))
-    print(f"results in {Path(args.out) / results.attrs.get('name', args.name)}/results.md")
+    print(f"results in {results.attrs['folder']}/results.md")
 
 
 @command("report")

@@ -75,7 +75,7 @@ def evaluate(
         if len({m.shape for m in raw}) == 1:
             hd[patient] = hd95(np.stack(raw), np.stack(truths))
         for row, prob, mask, truth in zip(group.itertuples(), probs, raw, truths):
-            rows.append({"patient": patient, "slice": getattr(row, "slice", None), "image_path": row.image_path,
+            rows.append({"patient": patient, "slice": getattr(row, "slice", None), "image_path": row.image_path, "mask_path": row.mask_path,
                          "true_pixels": int(truth.sum()), "predicted_pixels": int(mask.sum()), "max_probability": float(prob.max())})
     slices = slice_table(pd.concat([pd.DataFrame(rows), pd.DataFrame(counts["none"], columns=["patient", "tp", "fp", "fn", "tn"]).drop(columns="patient")], axis=1))
     patients = patient_table(slices, hd)

@@ -231,6 +231,7 @@ def run_experiment(
         rows.append(row)
     results = pd.DataFrame(rows)
     write_results(results, root, experiment, preset, Path(out))
+    results.attrs["folder"] = str(root)
     return results
 
 

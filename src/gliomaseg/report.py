@@ -61,7 +61,8 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     predictor = load_checkpoint(run / "best.ckpt")
     out = []
     for row in picked.itertuples():
-        mask_path = Path(row.image_path).with_name(Path(row.image_path).stem + "_mask.tif")
+        # slices.csv of older runs has no mask_path: fall back to the kaggle_3m naming.
+        mask_path = getattr(row, "mask_path", None) or str(Path(row.image_path).with_name(Path(row.image_path).stem + "_mask.tif"))
         image, truth = read_slice_pair(row.image_path, mask_path, expected_size=None)
         prob = predict_probabilities(predictor, [image])[0]
         out.append(_png(overlay_contours(image, prediction=prob > predictor.threshold, truth=truth, legend=True)))

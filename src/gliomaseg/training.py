@@ -73,14 +73,23 @@ class TrainConfig:
     threshold: float = 0.5
 
     def csv_paths(self) -> tuple[Path, Path]:
-        """The training and validation CSVs: explicit ones, else ``data/data_train.csv`` and ``data/data_val.csv``."""
+        """The training and validation CSVs: explicit ones, else ``data/data_train.csv`` and ``data/data_val.csv``.
+
+        A relative ``train_csv`` / ``val_csv`` that is not found as given is looked up inside ``data``.
+        """
         data = Path(self.data) if self.data else None
-        train = Path(self.train_csv) if self.train_csv else (data / "data_train.csv" if data else None)
-        val = Path(self.val_csv) if self.val_csv else (data / "data_val.csv" if data else None)
+
+        def resolve(name: str | None, default: str) -> Path | None:
+            if name is None:
+                return data / default if data else None
+            path = Path(name)
+            if data is not None and not path.is_absolute() and not path.exists() and (data / path).exists():
+                return data / path
+            return path
+
+        train, val = resolve(self.train_csv, "data_train.csv"), resolve(self.val_csv, "data_val.csv")
         if train is None or val is None:
             raise ConfigError("give --data (a prepare output folder) or both --train-csv and --val-csv")
-        if data is not None and self.train_csv and not train.is_absolute() and not train.exists():
-            train, val = data / train, (data / val if self.val_csv and not val.exists() else val)
         return train, val
 
     def validate(self) -> None:

@@ -6,7 +6,6 @@ Torch-free: it runs any :class:`~gliomaseg.inference.predictor.Predictor`.
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -166,11 +165,7 @@ def predict(
         loaded: list[tuple[SliceInput, np.ndarray, np.ndarray | None]] = []
         for item in slices:
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    image = read_image(item.image_path, lenient=True)
-                for w in caught:
-                    warnings.warn(str(w.message), stacklevel=2)
+                image = read_image(item.image_path, lenient=True)
                 loaded.append((item, image, _read_truth(item, image.shape[:2])))
             except DataError as exc:
                 skipped.append((str(item.image_path), str(exc).partition(": ")[2] or str(exc)))
