@@ -27,7 +27,7 @@ HEADLINE = [
 
 def _variant_scores(counts: list[tuple[str, int, int, int, int]]) -> dict[str, float]:
     slices = slice_table(pd.DataFrame(counts, columns=["patient", "tp", "fp", "fn", "tn"]))
-    report = dataset_report(slices, patient_table(slices))
+    report = dataset_report(slices, patient_table(slices), with_smp=False)
     return {k: report[k] for k in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro", "patient_dice_mean")}
 
 

@@ -136,12 +136,13 @@ def _finite(values: Iterable[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
-def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame) -> dict:
+def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame, *, with_smp: bool = True) -> dict:
     """The numbers of a dataset report, each named by its reduction.
 
     Args:
         slices: :func:`slice_table` rows (patient, tp, fp, fn, tn, iou, dice, has_tumour).
         patients: :func:`patient_table` rows.
+        with_smp: also compute every smp metric under every reduction (``report["smp"]``).
     """
     tumour = slices[slices["has_tumour"]]
     tp, fp, fn = (int(slices[c].sum()) for c in ("tp", "fp", "fn"))
@@ -166,6 +167,8 @@ def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame) -> dict:
         "patient_hd95_px_median": float(np.median(hd)) if hd else math.nan,
         "patient_hd95_undefined": int(len(patients) - len(hd)) if "hd95_px" in patients else 0,
     }
+    if not with_smp:
+        return report
     report["smp"] = all_metrics(
         slices["tp"].to_numpy()[:, None], slices["fp"].to_numpy()[:, None],
         slices["fn"].to_numpy()[:, None], slices["tn"].to_numpy()[:, None],
