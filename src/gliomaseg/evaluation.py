@@ -90,7 +90,7 @@ def evaluate(
         "held_out": None if selection_csv is None else selection_csv != evaluated,
         "threshold": threshold,
         "model": None if info is None else f"{info.arch}-{info.encoder} @ {info.image_size}px",
-        **{k: v for k, v in report.items()},
+        **report,
         "variants": {name: _variant_scores(c) for name, c in counts.items()} if compare else {},
         "meaning": REPORT_MEANING,
         "reductions": REDUCTION_MEANING,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from gliomaseg.data.files import write_text
@@ -25,13 +24,6 @@ def _img(path_or_png: Path | bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _png(array: np.ndarray) -> bytes:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
-    return encoded.tobytes()
-
-
 def _curves(run: Path) -> bytes | None:
     from gliomaseg.training import read_metrics
     from gliomaseg.visualization import plot_curves
@@ -39,11 +31,8 @@ def _curves(run: Path) -> bytes | None:
     metrics = read_metrics(run)
     if metrics.empty:
         return None
-    buffer = run / ".curves.png"
-    plot_curves(metrics, buffer, title=run.name)
-    data = buffer.read_bytes()
-    buffer.unlink()
-    return data
+    with tempfile.TemporaryDirectory() as folder:  # plot outside the run folder, which may be read-only
+        return plot_curves(metrics, Path(folder) / "curves.png", title=run.name).read_bytes()
 
 
 def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
@@ -51,7 +40,7 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     from gliomaseg.data.files import read_slice_pair
     from gliomaseg.inference.predict import predict_probabilities
     from gliomaseg.inference.predictor import load_checkpoint
-    from gliomaseg.visualization import overlay_contours
+    from gliomaseg.visualization import encode_png, overlay_contours
 
     slices_csv = run / "eval" / "slices.csv"
     if not (run / "best.ckpt").is_file() or not slices_csv.is_file():
@@ -61,11 +50,9 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     predictor = load_checkpoint(run / "best.ckpt")
     out = []
     for row in picked.itertuples():
-        # slices.csv of older runs has no mask_path: fall back to the kaggle_3m naming.
-        mask_path = getattr(row, "mask_path", None) or str(Path(row.image_path).with_name(Path(row.image_path).stem + "_mask.tif"))
-        image, truth = read_slice_pair(row.image_path, mask_path, expected_size=None)
+        image, truth = read_slice_pair(row.image_path, row.mask_path, expected_size=None)
         prob = predict_probabilities(predictor, [image])[0]
-        out.append(_png(overlay_contours(image, prediction=prob > predictor.threshold, truth=truth, legend=True)))
+        out.append(encode_png(overlay_contours(image, prediction=prob > predictor.threshold, truth=truth, legend=True)))
     return out
 
 

@@ -276,10 +276,9 @@ def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader, Path, Pa
     return train_loader, val_loader, train_csv, val_csv
 
 
-def task_from_config(config: TrainConfig) -> SegmentationTask:
+def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> SegmentationTask:
     from gliomaseg import __version__
 
-    train_csv, val_csv = config.csv_paths()
     return SegmentationTask(
         arch=canonical_architecture(config.model), encoder=config.encoder, loss=config.loss, optimizer=config.optimizer,
         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, scheduler=config.scheduler,
@@ -309,7 +308,7 @@ def train(config: TrainConfig) -> TrainResult:
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
     write_text(json.dumps(asdict(config), indent=2), out / "config.json")
-    task = task_from_config(config)
+    task = task_from_config(config, train_csv, val_csv)
     throughput = Throughput()
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=True, save_top_k=1)
     checkpoint.CHECKPOINT_NAME_LAST = "last"

@@ -99,6 +99,16 @@ def overlay_contours(
     return canvas
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (H, W, 3) or grayscale (H, W) uint8 array."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"could not encode an array of shape {array.shape} as PNG")
+    return encoded.tobytes()
+
+
 def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) -> Path:
     """Write RGB uint8 frames as an endlessly looping GIF (``duration`` per frame in ms)."""
     import imageio.v3 as iio

@@ -19,7 +19,7 @@ from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import PostProcess, process_patient
 from gliomaseg.inference.tta import tta_probabilities
 from gliomaseg.metrics import confusion_numpy, dice, iou
-from gliomaseg.visualization import natural_key, overlay_contours, write_gif
+from gliomaseg.visualization import encode_png, natural_key, overlay_contours, write_gif
 
 _NUMBER = re.compile(r"_(\d+)$")
 
@@ -118,12 +118,8 @@ def predict_probabilities(predictor, images: list[np.ndarray], batch_size: int =
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
-    array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise DataError(f"{path}: could not encode PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
-    encoded.tofile(str(path))
+    path.write_bytes(encode_png(array))
     return path
 
 
@@ -182,14 +178,15 @@ def predict(
                 "tumour_pixels": int(mask.sum()), "max_probability": float(prob.max()),
                 "mask_out": str(_write_png(folder / f"{stem}_pred.png", mask * 255)),
             }
-            overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
+            if overlays or gifs:
+                overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
+                frames.append(overlay)
             if overlays:
                 row["overlay_out"] = str(_write_png(folder / f"{stem}_overlay.png", overlay))
             if truth is not None:
                 tp, fp, fn, _ = confusion_numpy(mask, truth)
                 row.update(true_pixels=int(truth.sum()), tp=tp, fp=fp, fn=fn, dice=dice(tp, fp, fn), iou=iou(tp, fp, fn))
             rows.append(row)
-            frames.append(overlay)
         patient_row = {
             "patient": patient,
             "slices": len(loaded),
