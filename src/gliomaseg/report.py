@@ -98,7 +98,7 @@ def build_report(runs: str | Path, out: str | Path) -> Path:
             if curves:
                 parts.append(_img(curves, f"curves {run.name}"))
             if best is None:
-                score = summary.get("best_val_iou_imagewise")
+                score = summary.get("best_val_patient_dice")
                 best = (score, run) if score is not None else best
     if best is not None:
         overlays = _sample_overlays(best[1])

@@ -1,6 +1,7 @@
 """Training with Lightning: one ``train(TrainConfig)`` call per run folder.
 
-The run folder holds ``config.json``, ``best.ckpt`` (by validation image-wise IoU), ``last.ckpt``,
+The run folder holds ``config.json``, ``best.ckpt`` (by validation mean per-patient 3D Dice at the masks'
+native resolution, the number ``evaluate`` reports), ``last.ckpt``,
 TensorBoard and CSV logs, and ``summary.json``. ``resume=True`` continues from ``last.ckpt``.
 Checkpoints hold only tensors and plain data, so they load with ``torch.load(weights_only=True)``.
 """
@@ -15,22 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS
 from gliomaseg.data.dataset import SliceDataset
+from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import read_slices_csv, write_text
 from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from gliomaseg.errors import ConfigError, DataError, TrainingDivergedError
 from gliomaseg.losses import build_loss
-from gliomaseg.metrics import confusion
-from gliomaseg.models import build_model, canonical_architecture, check_image_size, count_parameters
+from gliomaseg.metrics import confusion, patient_table, slice_table
+from gliomaseg.models import build_model, canonical_architecture, check_image_size, count_parameters, encoder_normalization
 
-MONITOR = "val_iou_imagewise"
+# best.ckpt is picked on the figure users read: mean per-patient 3D Dice at the masks' own resolution.
+MONITOR = "val_patient_dice"
 
 
 @dataclass
@@ -46,6 +51,7 @@ class TrainConfig:
     encoder_weights: str | None = None
     weights_dir: str | None = None
     loss: str = "dice"
+    oversample: float = 1.0
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -103,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs, batch size and learning rate must be positive")
+        if not self.oversample >= 1:
+            raise ConfigError(f"oversample must be 1 (no oversampling) or more, got {self.oversample}")
         build_loss(self.loss)
 
     @classmethod
@@ -147,6 +155,9 @@ class SegmentationTask(L.LightningModule):
         self.model = build_model(arch, encoder, in_channels, classes, encoder_weights, weights_dir)
         self.loss_fn = build_loss(loss)
         self._val_stats: list[torch.Tensor] = []
+        # Patient of each validation slice, in the validation dataset's order (set by ``train``);
+        # without it every slice counts as its own patient.
+        self.val_patients: list[str] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -169,28 +180,41 @@ class SegmentationTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, masks = batch
-        logits = self(images)
-        self.log("val_loss", self.loss_fn(logits, masks), on_epoch=True, prog_bar=True, batch_size=len(images))
-        prediction = (logits.float().sigmoid() > self.hparams.threshold).long()
-        self._val_stats.append(torch.cat(confusion(prediction, masks.long()), dim=1))
+        """Batch: images (N, 3, S, S), masks (N, 1, H, W) at their own size, dataset indices (N,)."""
+        images, masks, index = batch
+        logits = self(images).float()
+        small = masks if masks.shape[-2:] == logits.shape[-2:] else F.interpolate(masks, size=logits.shape[-2:], mode="nearest")
+        self.log("val_loss", self.loss_fn(logits, small), on_epoch=True, prog_bar=True, batch_size=len(images))
+        probabilities = logits.sigmoid()
+        if probabilities.shape[-2:] != masks.shape[-2:]:
+            # Back to the masks' resolution exactly as ``evaluate`` does it, so the pick scores what users read.
+            size = tuple(masks.shape[-2:])
+            resized = [resize_probabilities(p, size) for p in probabilities[:, 0].cpu().numpy()]
+            probabilities = torch.from_numpy(np.stack(resized))[:, None].to(masks.device)
+        prediction = (probabilities > self.hparams.threshold).long()
+        self._val_stats.append(torch.cat([index.view(-1, 1).long(), *confusion(prediction, masks.long())], dim=1))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_stats:
             return
-        stats = self.all_gather(torch.cat(self._val_stats)).reshape(-1, 4).double()
+        stats = self.all_gather(torch.cat(self._val_stats)).reshape(-1, 5).cpu().numpy()
         self._val_stats.clear()
-        tp, fp, fn, _ = stats.unbind(1)
-        empty = (tp + fp + fn) == 0
-        iou = torch.where(empty, torch.ones_like(tp), tp / (tp + fp + fn).clamp(min=1))
-        dice = torch.where(empty, torch.ones_like(tp), 2 * tp / (2 * tp + fp + fn).clamp(min=1))
-        total = 2 * tp.sum() + fp.sum() + fn.sum()
+        # A distributed sampler pads with repeated slices: count each slice once.
+        _, first = np.unique(stats[:, 0], return_index=True)
+        stats = stats[first]
+        patients = [self.val_patients[i] for i in stats[:, 0]] if self.val_patients is not None else [str(i) for i in stats[:, 0]]
+        slices = slice_table(pd.DataFrame({"patient": patients, "tp": stats[:, 1], "fp": stats[:, 2], "fn": stats[:, 3], "tn": stats[:, 4]}))
+        per_patient = patient_table(slices)
+        tp, fp, fn = (float(slices[c].sum()) for c in ("tp", "fp", "fn"))
         self.log_dict(
             {
-                MONITOR: iou.mean().float(),
-                "val_dice_imagewise": dice.mean().float(),
-                "val_iou_micro": (tp.sum() / (tp.sum() + fp.sum() + fn.sum()).clamp(min=1)).float(),
-                "val_dice_micro": (2 * tp.sum() / total.clamp(min=1)).float(),
+                MONITOR: float(per_patient["dice_3d"].mean()),
+                "val_patient_dice_median": float(per_patient["dice_3d"].median()),
+                "val_iou_imagewise": float(slices["iou"].mean()),
+                "val_dice_imagewise": float(slices["dice"].mean()),
+                "val_iou_tumour_slices": float(slices.loc[slices["has_tumour"], "iou"].mean()) if slices["has_tumour"].any() else float("nan"),
+                "val_iou_micro": tp / max(tp + fp + fn, 1.0),
+                "val_dice_micro": 2 * tp / max(2 * tp + fp + fn, 1.0),
             },
             prog_bar=True,
             sync_dist=False,
@@ -257,35 +281,72 @@ def _max_time(value: str | None) -> str | None:
     return ":".join(["00"] * (4 - len(parts)) + parts)
 
 
+class IndexedSlices(Dataset):
+    """A dataset's items with their index appended: ``(image, mask, index)``."""
+
+    def __init__(self, data: SliceDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        image, mask = self.data[index]
+        return image, mask, index
+
+
+def tumour_sampler(frame: pd.DataFrame, oversample: float, seed: int) -> WeightedRandomSampler | None:
+    """Draw slices with tumour ``oversample`` times as often as empty ones (None: plain shuffling).
+
+    An epoch keeps its length (one draw per slice, with replacement).
+    """
+    if oversample == 1:
+        return None
+    if "diagnosis" not in frame:
+        raise DataError("oversampling needs the CSV's diagnosis column (1 = the slice's mask has tumour); run prepare again")
+    weights = torch.where(torch.as_tensor(frame["diagnosis"].to_numpy()) > 0, float(oversample), 1.0).double()
+    return WeightedRandomSampler(weights, num_samples=len(frame), replacement=True, generator=torch.Generator().manual_seed(seed))
+
+
 def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader, Path, Path]:
+    """Training loader (augmented, optionally tumour-oversampled) and validation loader yielding
+    ``(image, native-size mask, index)``; normalization is the one the encoder's weights expect."""
     train_csv, val_csv = config.csv_paths()
     train_frame, val_frame = read_slices_csv(train_csv), read_slices_csv(val_csv)
     shared = set(train_frame["image_path"]) & set(val_frame["image_path"])
     if shared:
         raise DataError(f"{val_csv}: {len(shared)} slice(s) are also in {train_csv}, e.g. {sorted(shared)[0]}")
-    train_set = SliceDataset(train_frame, train_transforms() if config.augment else eval_transforms(), config.cache, config.image_size)
-    val_set = SliceDataset(val_frame, eval_transforms(), config.cache, config.image_size)
+    mean, std = encoder_normalization(config.encoder, config.encoder_weights)
+    train_set = SliceDataset(train_frame, train_transforms(mean, std) if config.augment else eval_transforms(mean, std),
+                             config.cache, config.image_size)
+    val_set = SliceDataset(val_frame, eval_transforms(mean, std), config.cache, config.image_size, native_masks=True)
     if config.cache:
         train_set.preload()
         val_set.preload()
     common = {"num_workers": config.workers, "persistent_workers": config.workers > 0, "pin_memory": torch.cuda.is_available()}
+    sampler = tumour_sampler(train_set.frame, config.oversample, config.seed)
     train_loader = DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(train_set) > config.batch_size, **common
+        train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(train_set) > config.batch_size, **common
     )
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, shuffle=False, **common)
+    val_loader = DataLoader(IndexedSlices(val_set), batch_size=config.batch_size, shuffle=False, **common)
     return train_loader, val_loader, train_csv, val_csv
 
 
 def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> SegmentationTask:
     from gliomaseg import __version__
 
-    return SegmentationTask(
+    mean, std = encoder_normalization(config.encoder, config.encoder_weights)
+    task = SegmentationTask(
         arch=canonical_architecture(config.model), encoder=config.encoder, loss=config.loss, optimizer=config.optimizer,
         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, scheduler=config.scheduler,
         epochs=config.epochs, lowlr=config.lowlr, image_size=config.image_size, threshold=config.threshold,
         channels_last=config.channels_last, encoder_weights=config.encoder_weights, weights_dir=config.weights_dir,
         train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()), gliomaseg_version=__version__,
+        mean=list(mean), std=list(std),
     )
+    task.val_patients = list(read_slices_csv(val_csv)["patient"])
+    return task
 
 
 @dataclass

@@ -148,15 +148,15 @@ def plot_bars(
 
 
 def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "training curves") -> Path:
-    """Loss and validation IoU per epoch from Lightning's ``metrics.csv``."""
+    """Loss, and validation per-patient Dice (the checkpoint pick) and image-wise scores per epoch, from Lightning's ``metrics.csv``."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for column, ax in (("train_loss_epoch", left), ("val_loss", left), ("val_iou_imagewise", right), ("val_dice_imagewise", right)):
+    for column, ax in (("train_loss_epoch", left), ("val_loss", left), ("val_patient_dice", right), ("val_iou_imagewise", right), ("val_iou_tumour_slices", right)):
         if column in metrics.columns:
             series = metrics[["epoch", column]].dropna()
             ax.plot(series["epoch"], series[column], marker="o", ms=3, label=column)
     left.set_title("loss")
-    right.set_title("validation (image-wise)")
+    right.set_title("validation")
     for ax in (left, right):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)

@@ -5,23 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from gliomaseg.data.files import read_slice_pair, read_slices_csv
+from gliomaseg.data.resize import resize_pair
 from gliomaseg.data.transforms import eval_transforms
-
-
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an image (area) and its mask (nearest) to ``size`` x ``size``; no-op when already there."""
-    if size is None or image.shape[:2] == (size, size):
-        return image, mask
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return image, mask
 
 
 class SliceDataset(Dataset):
@@ -36,6 +27,8 @@ class SliceDataset(Dataset):
             and ending in ``ToTensorV2``; default :func:`eval_transforms`.
         cache: keep decoded (and resized) uint8 slices in memory so later epochs decode no file.
         image_size: resize slices to this square size when they are read (before caching).
+        native_masks: resize only the images and keep masks at their own size, so that validation
+            scores predictions at the resolution the masks were drawn at (as ``evaluate`` does).
     """
 
     def __init__(
@@ -44,6 +37,7 @@ class SliceDataset(Dataset):
         transform: Callable | None = None,
         cache: bool = False,
         image_size: int | None = None,
+        native_masks: bool = False,
     ) -> None:
         if isinstance(csv_path, pd.DataFrame):
             self.frame = csv_path.reset_index(drop=True)
@@ -54,6 +48,7 @@ class SliceDataset(Dataset):
         self.transform = transform if transform is not None else eval_transforms()
         self.cache = cache
         self.image_size = image_size
+        self.native_masks = native_masks
         self._store: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -65,7 +60,7 @@ class SliceDataset(Dataset):
             return self._store[index]
         row = self.frame.iloc[index]
         image, mask = read_slice_pair(row["image_path"], row["mask_path"], expected_size=None)
-        image, mask = resize_pair(image, mask, self.image_size)
+        image, mask = resize_pair(image, mask, self.image_size, resize_mask=not self.native_masks)
         if self.cache:
             self._store[index] = (image, mask)
         return image, mask
@@ -79,7 +74,11 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
-        out = self.transform(image=image, mask=mask)
+        if self.native_masks and image.shape[:2] != mask.shape:
+            # Geometry-free transform (validation): the image alone, the mask as it is.
+            out = {**self.transform(image=image), "mask": mask}
+        else:
+            out = self.transform(image=image, mask=mask)
         mask_t = torch.as_tensor(out["mask"]).float()
         if mask_t.ndim == 2:
             mask_t = mask_t.unsqueeze(0)

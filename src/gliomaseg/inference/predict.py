@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv, write_csv
 from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import PostProcess, process_patient
@@ -112,8 +113,7 @@ def predict_probabilities(predictor, images: list[np.ndarray], batch_size: int =
         batch = np.stack([im if im.shape[:2] == (size, size) else cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in chunk])
         probs = tta_probabilities(predictor.probabilities, batch, tta)
         for image, prob in zip(chunk, probs):
-            h, w = image.shape[:2]
-            out.append(prob if (h, w) == (size, size) else cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR))
+            out.append(resize_probabilities(prob, image.shape[:2]))
     return out
 
 
