@@ -266,6 +266,10 @@ class Throughput(Callback):
         self._last = now
         self.images += len(batch[0])
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Cumulative training time, so quality can be plotted against minutes spent (resumed sessions restart it).
+        pl_module.log("train_minutes", self.seconds / 60.0, on_epoch=True)
+
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else math.nan
