@@ -75,18 +75,9 @@ def _predict(args: argparse.Namespace) -> None:
     from gliomaseg.inference.postprocess import PostProcess
     from gliomaseg.inference.predict import predict
 
-    if args.backend == "onnx":
-        from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.inference.predictor import open_predictor
 
-        if not args.model:
-            raise GliomasegError("--backend onnx needs --model model.onnx")
-        predictor = OnnxPredictor(args.model)
-    else:
-        from gliomaseg.inference.predictor import load_checkpoint
-
-        if not args.checkpoint:
-            raise GliomasegError("--backend torch needs --checkpoint CKPT")
-        predictor = load_checkpoint(args.checkpoint, device=args.device, precision=args.precision)
+    predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision)
     result = predict(predictor, args.input, args.out, threshold=args.threshold, batch_size=args.batch_size,
                      tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps)
     print(f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) into {result.out}")
@@ -205,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("predict", help="masks, contour overlays and GIFs for a slice, a folder or a CSV")
-    p.add_argument("--checkpoint", type=Path, help="a training checkpoint (torch backend)")
-    p.add_argument("--model", type=Path, help="an exported model.onnx (onnx backend)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--checkpoint", type=Path, help="a training checkpoint (PyTorch)")
+    p.add_argument("--model", type=Path, help="an exported model.onnx (ONNX Runtime, no torch); with neither, the model that ships with gliomaseg")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                   help="kept for older scripts: the backend follows from --checkpoint (torch) or --model / the shipped model (onnx)")
     p.add_argument("--input", required=True, type=Path, help="a slice, a patient folder, a kaggle_3m root or a CSV")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")

@@ -110,3 +110,28 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {info.arch}-{info.encoder} ({str(exc).splitlines()[0]})") from exc
     return TorchPredictor(model, info, device=device, precision=precision, channels_last=channels_last)
+
+
+def open_predictor(checkpoint: str | Path | None = None, model: str | Path | None = None, *, backend: str | None = None,
+                   device: str = "cpu", precision: str = "32", **onnx_options) -> Predictor:
+    """The predictor a user asked for: a training checkpoint (PyTorch), an exported ONNX model, or,
+    with neither, the model that ships with gliomaseg (ONNX, torch-free).
+
+    ``backend`` (``torch`` / ``onnx``), when given, must agree with what was passed.
+    ``onnx_options`` go to :class:`~gliomaseg.inference.runtime.OnnxPredictor` (e.g. ``threads``).
+    """
+    if checkpoint is not None and model is not None:
+        raise CheckpointError(f"give a checkpoint ({checkpoint}) or an ONNX model ({model}), not both")
+    if backend == "torch" and checkpoint is None:
+        raise CheckpointError("the torch backend needs --checkpoint CKPT")
+    if backend == "onnx" and checkpoint is not None:
+        raise CheckpointError(f"{checkpoint}: the onnx backend runs an exported model (--model MODEL.onnx), not a checkpoint")
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, device=device, precision=precision)
+    from gliomaseg.inference.runtime import OnnxPredictor
+
+    if model is None:
+        from gliomaseg.assets import shipped_model_path
+
+        model = shipped_model_path()
+    return OnnxPredictor(model, **onnx_options)
