@@ -98,6 +98,14 @@ def test_image_split_and_folds(synth_root: Path, tmp_path: Path):
     per_patient = folds.groupby("patient")["fold"].nunique()
     assert (per_patient == 1).all() and set(folds["patient"]) == set(result.info["patient"])
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    held_out = []
+    for fold in range(3):
+        fold_train = pd.read_csv(tmp_path / f"data_fold{fold}_train.csv")
+        fold_val = pd.read_csv(tmp_path / f"data_fold{fold}_val.csv")
+        assert set(fold_train["patient"]).isdisjoint(fold_val["patient"])  # patient-grouped
+        assert len(fold_train) + len(fold_val) == len(result.info) and "fold" not in fold_val
+        held_out += list(fold_val["image_path"])
+    assert sorted(held_out) == sorted(result.info["image_path"])  # every slice validated exactly once
 
 
 def test_prepare_cli_prints_summary_and_plots(synth_root: Path, tmp_path: Path, capsys):

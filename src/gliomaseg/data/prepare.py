@@ -3,7 +3,8 @@
 Outputs (all written atomically, and only after every slice was validated):
 ``data_info.csv`` (patient, slice, image_path, mask_path, diagnosis), ``data_train.csv`` and
 ``data_val.csv`` for the patient split, ``data_train_split_by_img.csv`` / ``data_val_split_by_img.csv``
-for the slice split, ``data_folds.csv`` (with a ``fold`` column) for cross-validation, and
+for the slice split, ``data_folds.csv`` (with a ``fold`` column) and ``data_fold<k>_train.csv`` /
+``data_fold<k>_val.csv`` for cross-validation, and
 ``skipped.csv`` when ``skip_bad`` dropped slices.
 """
 
@@ -119,6 +120,9 @@ def split_by_image(info: pd.DataFrame, train_size: float = 0.8, seed: int = 42) 
     return train.sort_index().reset_index(drop=True), val.sort_index().reset_index(drop=True)
 
 
+FOLD_CSV = "data_fold{fold}_{part}.csv"  # part: train or val; train with --train-csv / --val-csv
+
+
 def assign_folds(info: pd.DataFrame, folds: int, seed: int = 42) -> pd.DataFrame:
     """Add a ``fold`` column: K patient-grouped folds, each patient in exactly one fold."""
     patients = sorted(info["patient"].unique())
@@ -177,6 +181,10 @@ def prepare(
     written = [write_csv(info, out / "data_info.csv"), write_csv(train, out / names[0]), write_csv(val, out / names[1])]
     if folded is not None:
         written.append(write_csv(folded, out / "data_folds.csv"))
+        for fold in range(folds):
+            held = folded["fold"] == fold
+            written.append(write_csv(folded[~held].drop(columns="fold"), out / FOLD_CSV.format(fold=fold, part="train")))
+            written.append(write_csv(folded[held].drop(columns="fold"), out / FOLD_CSV.format(fold=fold, part="val")))
     if len(skipped):
         written.append(write_csv(skipped, out / "skipped.csv"))
     summary = summarize({"train": train, "val": val, "all": info})
