@@ -257,17 +257,24 @@ COLUMNS = ["run", "iou_imagewise", "reference_iou", "dice_imagewise", "iou_image
            "patient_dice_mean", "patient_dice_median", "epochs", "train_seconds", "images_per_s", "parameters_M", "gflops", "status"]
 
 
-def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str) -> str:
-    columns = [c for c in COLUMNS if c in results] + [c for c in results if c.endswith("_iou_imagewise") and c != "iou_imagewise"]
-    lines = [f"# Experiment `{experiment.name}`: {experiment.description}", "",
-             f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in results.iterrows():
+def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> list[str]:
+    """Lines of a Markdown table; floats with 3 decimals, missing values as ``-``."""
+    columns = columns or list(frame.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
         cells = []
         for c in columns:
             v = row.get(c)
             cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str) -> str:
+    columns = [c for c in COLUMNS if c in results] + [c for c in results if c.endswith("_iou_imagewise") and c != "iou_imagewise"]
+    lines = [f"# Experiment `{experiment.name}`: {experiment.description}", "",
+             f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", ""]
+    lines += markdown_table(results, columns)
     lines += ["", "- `iou_imagewise`: mean per-slice IoU, an empty slice predicted empty scores 1 (the case study's mIoU).",
               "- `iou_imagewise_tumour_slices`: the same over slices with tumour only (no free 1s).",
               "- `iou_micro`: dataset-wise IoU from counts summed over all slices.",
