@@ -168,3 +168,31 @@ def test_lowlr_logs_both_learning_rates(prepared: Path, tmp_path: Path):
     encoder = metrics["lr-SGD/encoder"].dropna().iloc[0]
     decoder = metrics["lr-SGD/decoder"].dropna().iloc[0]
     assert encoder == pytest.approx(0.001) and decoder == pytest.approx(0.01)
+
+
+def test_best_checkpoint_is_picked_on_the_per_patient_dice_that_evaluate_reports(trained_run: Path, prepared: Path, tmp_path: Path):
+    """Training at 64 px validates at the masks' own 256 px, as evaluate does, and picks on that number."""
+    metrics = read_metrics(trained_run)
+    curve = metrics.dropna(subset=["val_patient_dice"])
+    assert {"val_iou_imagewise", "val_iou_tumour_slices", "val_patient_dice_median", "train_minutes"} <= set(metrics.columns)
+    best_epoch = int(curve.loc[curve["val_patient_dice"].idxmax(), "epoch"])
+    assert torch.load(trained_run / "best.ckpt", weights_only=True)["epoch"] == best_epoch
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["best_val_patient_dice"] == pytest.approx(curve["val_patient_dice"].max())
+    report = evaluate(trained_run / "best.ckpt", prepared / "data_val.csv", tmp_path / "eval", compare=False, tta="none")
+    assert report["patient_dice_mean"] == pytest.approx(summary["best_val_patient_dice"], abs=2e-3)
+    assert 0 < report["patient_dice_mean"] < 1  # a real, non-trivial number, so the agreement means something
+
+
+def test_tumour_oversampling_draws_tumour_slices_more_often(prepared: Path):
+    from gliomaseg.training import tumour_sampler
+
+    frame = pd.read_csv(prepared / "data_train.csv")
+    assert tumour_sampler(frame, 1.0, seed=0) is None
+    drawn = list(tumour_sampler(frame, 4.0, seed=0)) + list(tumour_sampler(frame, 4.0, seed=1))
+    share = frame["diagnosis"].to_numpy()[drawn].mean()
+    base = frame["diagnosis"].mean()
+    expected = 4 * base / (4 * base + (1 - base))
+    assert base < 0.9 and share > base + 0.1 and share == pytest.approx(expected, abs=0.15)
+    with pytest.raises(ConfigError, match="oversample"):
+        TrainConfig(out="x", data=str(prepared), oversample=0.5).validate()
