@@ -121,6 +121,26 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {build_report(args.runs, args.out)}")
 
 
+@command("serve")
+def _serve(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from gliomaseg.inference.postprocess import PostProcess
+    from gliomaseg.serve.app import load_predictor, run_server
+    from gliomaseg.serve.limits import ServeLimits
+    from gliomaseg.serve.pipeline import SegmentOptions
+
+    predictor = load_predictor(model=args.model, checkpoint=args.checkpoint, device=args.device)
+    limits = ServeLimits()
+    if args.max_upload_mb is not None:
+        limits = replace(limits, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    if args.max_image_side is not None:
+        limits = replace(limits, max_image_side=args.max_image_side)
+    label = str(args.checkpoint or args.model or "shipped default model")
+    options = SegmentOptions(threshold=args.threshold, tta=args.tta, postprocess=PostProcess.parse(args.postprocess))
+    run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
 
@@ -231,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page from experiment and run folders")
     p.add_argument("--runs", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
+
+    from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
+
+    p = sub.add_parser("serve", help="a local web viewer: upload slices, a patient zip or a NIfTI volume, see and download masks")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="an exported model.onnx (default: the model shipped with gliomaseg)")
+    model.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of an ONNX model")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this computer only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
+    p.add_argument("--postprocess", default="none", help="as for predict: none, all, or steps")
+    p.add_argument("--max-upload-mb", type=float, default=None, help=f"largest upload in MiB (default {ServeLimits.max_upload_bytes / 2**20:g})")
+    p.add_argument("--max-image-side", type=int, default=None, help=f"largest slice height or width in pixels (default {ServeLimits.max_image_side})")
+    p.add_argument("--device", default="cpu", help="for --checkpoint")
 
     p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
     p.add_argument("--input", required=True, type=Path)

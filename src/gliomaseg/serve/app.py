@@ -1,0 +1,340 @@
+"""The FastAPI application of ``gliomaseg serve``.
+
+Routes:
+
+- ``GET /``: the page; ``GET /static/...``: its script and style (from the package, nothing from outside).
+- ``GET /api/config``: the limits and the model, so the page can refuse a file before sending it.
+- ``POST /api/segment``: multipart upload (any number of files) -> the result as JSON (contours, numbers).
+- ``GET /api/results/{id}/cases/{c}/slices/{s}.png``: a slice as PNG.
+- ``GET /api/results/{id}/masks.zip``: every predicted mask as a 0/255 PNG, and ``patients.csv``.
+- ``GET /api/results/{id}/cases/{c}/mask.nii.gz``: one case's mask volume on its input's voxel grid.
+
+Each upload is unpacked in its own temporary folder, removed when the request ends; results stay in
+memory (the last ``max_results``) so that slices and downloads can be fetched.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import secrets
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gliomaseg.errors import ConfigError, GliomasegError
+from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, ServeLimits, UploadError, UploadTooLarge
+from gliomaseg.serve.nifti import mask_volume_bytes
+from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
+from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
+from gliomaseg.visualization import encode_png
+
+log = logging.getLogger("gliomaseg.serve")
+STATIC = Path(str(resources.files(__package__) / "static"))
+# Multipart framing (boundaries, part headers) on top of the files themselves.
+_FORM_OVERHEAD = 1 << 20
+_DRAIN_FACTOR = 4
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@dataclass
+class StoredResult:
+    id: str
+    cases: list[CaseResult]
+    notes: list[str]
+
+
+class ResultStore:
+    """The last ``size`` results, oldest evicted first; safe to use from several threads."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, StoredResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, cases: list[CaseResult], notes: list[str]) -> StoredResult:
+        result = StoredResult(secrets.token_urlsafe(16), cases, notes)
+        with self._lock:
+            self._items[result.id] = result
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return result
+
+    def get(self, result_id: str) -> StoredResult:
+        with self._lock:
+            result = self._items.get(result_id)
+        if result is None:
+            raise _NotFound(f"result {result_id[:40]} not found: it expired (only the last {self.size} results are kept) "
+                            "or the server restarted; upload the files again")
+        return result
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _NotFound(GliomasegError):
+    pass
+
+
+def load_predictor(model: str | Path | None = None, checkpoint: str | Path | None = None, device: str = "cpu"):
+    """An ONNX model (``model``), a training checkpoint, or, with neither, the model shipped with the package."""
+    if model and checkpoint:
+        raise ConfigError("give --model or --checkpoint, not both")
+    if checkpoint:
+        from gliomaseg.inference.predictor import load_checkpoint
+
+        return load_checkpoint(checkpoint, device=device)
+    from gliomaseg.inference.runtime import OnnxPredictor
+
+    if model is None:
+        from gliomaseg.assets import shipped_model_path
+
+        model = shipped_model_path()
+    return OnnxPredictor(model)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413, by its Content-Length or as it streams in.
+
+    The rest of an oversized body is read and dropped (up to ``_DRAIN_FACTOR`` times the limit) before the
+    answer, so that a client still sending sees the 413 and its message instead of a reset connection.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit + _FORM_OVERHEAD
+        self.message = f"upload larger than the limit of {limit / (1 << 20):g} MiB"
+
+    async def _drain(self, receive, received: int) -> None:
+        while received <= self.limit * _DRAIN_FACTOR:
+            event = await receive()
+            if event["type"] != "http.request":
+                return
+            received += len(event.get("body", b""))
+            if not event.get("more_body", False):
+                return
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive, 0)
+            response = JSONResponse({"error": self.message}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.limit:
+                    if event.get("more_body", False):
+                        await self._drain(receive, received)
+                    raise UploadTooLarge(self.message)
+            return event
+
+        return await self.app(scope, counted, send)
+
+
+def _relative_messages(text: str, folder: Path) -> str:
+    """Messages name files as the user sent them, never by the server's temporary path."""
+    for root in {str(folder), str(folder.resolve())}:
+        text = re.sub(re.escape(root) + r"/(?:incoming/|slices/[^/]+/)?", "", text)
+    return text
+
+
+def create_app(
+    predictor,
+    *,
+    options: SegmentOptions | None = None,
+    limits: ServeLimits | None = None,
+    temp_root: str | Path | None = None,
+    model_label: str = "",
+) -> FastAPI:
+    """The viewer app around one predictor (``OnnxPredictor`` or ``TorchPredictor``).
+
+    Args:
+        options: threshold, TTA and post-processing, as for ``gliomaseg predict``.
+        limits: upload and image limits (:class:`ServeLimits` defaults when None).
+        temp_root: where per-request temporary folders are made (the system's temporary folder when None).
+        model_label: how the page names the model.
+    """
+    options = options or SegmentOptions()
+    limits = limits or ServeLimits()
+    store = ResultStore(limits.max_results)
+    busy = threading.BoundedSemaphore(limits.concurrent_inferences)
+    app = FastAPI(title="gliomaseg viewer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+    app.state.limits = limits
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.exception_handler(GliomasegError)
+    async def readable_error(request: Request, exc: GliomasegError):
+        status = getattr(exc, "status", 404 if isinstance(exc, _NotFound) else 400)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"ok": True, "results_kept": len(store)}
+
+    @app.get("/api/config")
+    def config() -> dict:
+        return {"limits": asdict(limits), "accepted": list(ACCEPTED_SUFFIXES), "model": model_label,
+                "image_size": int(predictor.image_size), "threshold": options.threshold if options.threshold is not None else float(predictor.threshold),
+                "tta": options.tta, "postprocess": asdict(options.postprocess)}
+
+    def process(uploads: list[tuple[str, object]]) -> dict:
+        with busy, tempfile.TemporaryDirectory(prefix="gliomaseg-serve-", dir=temp_root) as tmp:
+            folder = Path(tmp)
+            try:
+                saved = save_uploads(uploads, folder, limits)  # type: ignore[arg-type]
+                gathered = gather(saved, folder, limits)
+                cases = [analyse(predictor, case, options) for case in gathered.cases]
+            except GliomasegError as exc:
+                exc.args = (_relative_messages(str(exc), folder),)
+                raise
+            notes = [_relative_messages(n, folder) for n in gathered.notes]
+        result = store.add(cases, notes)
+        return _result_json(result)
+
+    @app.post("/api/segment")
+    async def segment_upload(request: Request) -> JSONResponse:
+        form = await request.form(max_files=limits.max_files, max_fields=16)
+        try:
+            uploads = [(item.filename or "upload", item.file) for _, item in form.multi_items() if isinstance(item, UploadFile)]
+            return JSONResponse(await run_in_threadpool(process, uploads))
+        finally:
+            await form.close()
+
+    def _result_json(result: StoredResult) -> dict:
+        base = f"/api/results/{result.id}"
+        cases = []
+        for c, case in enumerate(result.cases):
+            slices = [{**row, "image": f"{base}/cases/{c}/slices/{s}.png"} for s, row in enumerate(case.slices)]
+            cases.append({"summary": case.summary, "slices": slices, "nifti": f"{base}/cases/{c}/mask.nii.gz"})
+        return {"id": result.id, "cases": cases, "notes": result.notes, "masks_zip": f"{base}/masks.zip"}
+
+    def _case(result_id: str, c: int) -> CaseResult:
+        result = store.get(result_id)
+        if not 0 <= c < len(result.cases):
+            raise _NotFound(f"result {result_id[:40]} has no case {c}")
+        return result.cases[c]
+
+    @app.get("/api/results/{result_id}")
+    def result_json(result_id: str) -> dict:
+        return _result_json(store.get(result_id))
+
+    @app.get("/api/results/{result_id}/cases/{c}/slices/{s}.png")
+    def slice_png(result_id: str, c: int, s: int) -> Response:
+        case = _case(result_id, c)
+        if not 0 <= s < len(case.case.images):
+            raise _NotFound(f"case {c} has no slice {s}")
+        return Response(encode_png(case.case.images[s]), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/results/{result_id}/masks.zip")
+    def masks_zip(result_id: str) -> Response:
+        result = store.get(result_id)
+        return Response(_zip_masks(result.cases), media_type="application/zip",
+                         headers={"Content-Disposition": 'attachment; filename="gliomaseg_masks.zip"'})
+
+    @app.get("/api/results/{result_id}/cases/{c}/mask.nii.gz")
+    def mask_nifti(result_id: str, c: int) -> Response:
+        case = _case(result_id, c)
+        if len({m.shape for m in case.masks}) != 1:
+            raise UploadError(f"{case.case.name}: slices of different sizes do not form one volume; download the PNG zip instead")
+        name = safe_name(case.case.name)
+        return Response(mask_volume_bytes(case.masks, case.case.grid), media_type="application/gzip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}_mask.nii.gz"'})
+
+    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
+    return app
+
+
+def _zip_masks(cases: list[CaseResult]) -> bytes:
+    """``<patient>/<slice>_pred.png`` (0/255, the naming of ``gliomaseg predict``) per slice, and ``patients.csv``."""
+    buffer = io.BytesIO()
+    used: set[str] = set()
+    rows = []
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for case in cases:
+            folder = safe_name(case.case.name)
+            k = 2
+            while folder in used:
+                folder, k = f"{safe_name(case.case.name)}-{k}", k + 1
+            used.add(folder)
+            for name, mask in zip(case.case.slice_names, case.masks):
+                stem = safe_name(name if case.case.kind == "slices" else f"{folder}_{name.replace(' ', '_')}")
+                archive.writestr(f"{folder}/{stem}_pred.png", encode_png(mask * 255))
+            rows.append({"folder": folder, **{k: v for k, v in case.summary.items() if not isinstance(v, list)}})
+        text = io.StringIO()
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        archive.writestr("patients.csv", text.getvalue())
+    return buffer.getvalue()
+
+
+def run_server(
+    predictor,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    options: SegmentOptions | None = None,
+    limits: ServeLimits | None = None,
+    model_label: str = "",
+) -> None:
+    """Serve the viewer until interrupted. A host other than loopback is allowed but warned about."""
+    import uvicorn
+
+    if host not in LOOPBACK_HOSTS:
+        log.warning("binding to %s: the viewer has no login; anyone who can reach this address can upload and see results", host)
+    if not 0 < port < 65536:
+        raise ConfigError(f"port {port}: must be between 1 and 65535")
+    app = create_app(predictor, options=options, limits=limits, model_label=model_label)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"gliomaseg viewer on http://{shown}:{port}/ (model: {model_label or 'given'}); Ctrl+C stops it", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+

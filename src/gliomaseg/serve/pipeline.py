@@ -1,0 +1,87 @@
+"""One case through the model, into what the page shows: contours per slice and numbers per patient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from gliomaseg.inference.postprocess import PostProcess, process_patient
+from gliomaseg.inference.predict import predict_probabilities
+from gliomaseg.metrics import confusion_numpy, dice
+from gliomaseg.serve.uploads import Case
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How the model's output becomes a mask; the same meaning as ``gliomaseg predict``'s options."""
+
+    threshold: float | None = None
+    tta: str = "none"
+    postprocess: PostProcess = field(default_factory=PostProcess)
+    batch_size: int = 8
+
+
+def segment(predictor, images: list[np.ndarray], options: SegmentOptions) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The viewer's only path to the model: the calls ``gliomaseg predict`` makes for one patient.
+
+    Args:
+        images: one patient's uint8 RGB slices (H, W, 3) in slice order.
+    Returns:
+        ``(probabilities, masks)``: float32 (H, W) and uint8 0/1 (H, W) per slice, at each slice's own size.
+    """
+    threshold = predictor.threshold if options.threshold is None else options.threshold
+    probabilities = predict_probabilities(predictor, images, options.batch_size, options.tta)
+    masks = process_patient([(p > threshold).astype(np.uint8) for p in probabilities], options.postprocess)
+    return probabilities, masks
+
+
+def contours(mask: np.ndarray) -> list[list[list[int]]]:
+    """Outlines of a 0/1 mask (H, W) as polygons of ``[x, y]`` pixel positions, holes included."""
+    found, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1, 2).tolist() for c in found]
+
+
+@dataclass
+class CaseResult:
+    """A case with its prediction; ``summary`` and ``slices`` are what the page receives as JSON."""
+
+    case: Case
+    masks: list[np.ndarray]
+    summary: dict
+    slices: list[dict]
+
+
+def analyse(predictor, case: Case, options: SegmentOptions) -> CaseResult:
+    """Predict one case; per slice its contours and pixel counts, per patient its tumour volume and Dice.
+
+    ``dice_3d`` treats the patient's slices as one volume and is given only when every slice has a truth mask.
+    """
+    probabilities, masks = segment(predictor, case.images, options)
+    slices = []
+    totals = [0, 0, 0]
+    for name, image, truth, probability, mask in zip(case.slice_names, case.images, case.truths, probabilities, masks):
+        row = {
+            "name": name, "height": int(image.shape[0]), "width": int(image.shape[1]),
+            "tumour_pixels": int(mask.sum()), "max_probability": round(float(probability.max()), 4),
+            "prediction": contours(mask), "truth": None,
+        }
+        if truth is not None:
+            tp, fp, fn, _ = confusion_numpy(mask, truth)
+            totals = [totals[0] + tp, totals[1] + fp, totals[2] + fn]
+            row.update(truth=contours(truth), true_pixels=int(truth.sum()), dice=round(dice(tp, fp, fn), 4))
+        slices.append(row)
+    summary = {
+        "patient": case.name, "kind": case.kind, "slices": len(masks),
+        "slices_with_tumour": int(sum(bool(m.any()) for m in masks)),
+        "tumour_slice_numbers": [k + 1 for k, m in enumerate(masks) if m.any()],
+        "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
+    }
+    if case.grid is not None:
+        summary["tumour_volume_ml"] = round(summary["tumour_volume_voxels"] * case.grid.voxel_ml, 3)
+        summary["voxel_mm"] = [round(z, 4) for z in case.grid.zooms]
+    if case.truths and all(t is not None for t in case.truths):
+        summary["true_volume_voxels"] = int(sum(int(t.sum()) for t in case.truths if t is not None))
+        summary["dice_3d"] = round(dice(*totals), 4)
+    return CaseResult(case, masks, summary, slices)

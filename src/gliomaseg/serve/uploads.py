@@ -1,0 +1,330 @@
+"""Uploaded files into cases, inside one per-request temporary folder.
+
+Every name that arrives with an upload (the file name, the paths inside a zip) goes through
+:func:`safe_name` and :func:`inside`, so it can only ever name a file under the request's folder.
+Sizes are checked before anything is decoded: the bytes of each file and of each zip member as they
+are copied, and the height and width of each image from its header.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+import numpy as np
+
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask
+from gliomaseg.errors import DataError
+from gliomaseg.inference.predict import collect_inputs
+from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
+from gliomaseg.serve.nifti import VolumeGrid, read_volume, read_volume_mask
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ZIP_SUFFIXES = (".zip",)
+ACCEPTED_SUFFIXES = IMAGE_SUFFIXES + NIFTI_SUFFIXES + ZIP_SUFFIXES
+TRUTH_MARKERS = ("_mask", "_seg")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CHUNK = 1 << 20
+_MAX_NAME = 120
+
+
+@dataclass
+class Case:
+    """One patient's slices, or one volume, ready for the model.
+
+    Attributes:
+        name: the patient (folder name, common file-name prefix, or the volume's file name).
+        kind: ``"slices"`` or ``"volume"``.
+        slice_names: one label per slice, in slice order (a file stem, or ``slice 7`` in a volume).
+        images: uint8 RGB (H, W, 3) per slice.
+        truths: uint8 0/1 (H, W) per slice, or None where no mask came with the slice.
+        grid: the NIfTI voxel grid (volumes only), used to write the predicted mask back.
+    """
+
+    name: str
+    kind: str
+    slice_names: list[str]
+    images: list[np.ndarray]
+    truths: list[np.ndarray | None]
+    grid: VolumeGrid | None = None
+
+
+@dataclass
+class Gathered:
+    cases: list[Case] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def safe_name(name: str, fallback: str = "upload") -> str:
+    """One path component made of ``A-Z a-z 0-9 . _ -``: no folders, no leading dot, at most 120 characters."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = _UNSAFE.sub("_", base).lstrip(".").strip()
+    if base in ("", ".", ".."):
+        base = fallback
+    if len(base) > _MAX_NAME:
+        suffix = "".join(Path(base).suffixes[-2:])[-20:]
+        base = base[: _MAX_NAME - len(suffix)] + suffix
+    return base
+
+
+def inside(folder: Path, *parts: str) -> Path:
+    """``folder / parts``, refusing anything that would resolve outside ``folder``."""
+    root = folder.resolve()
+    target = root.joinpath(*parts).resolve()
+    if target == root or not target.is_relative_to(root):
+        raise UploadError(f"{'/'.join(parts)}: refused, the name points outside the upload folder")
+    return target
+
+
+def _unique(path: Path) -> Path:
+    if not path.exists():
+        return path
+    stem, suffix = _split_suffix(path.name)
+    for k in range(2, 100000):
+        candidate = path.with_name(f"{stem}-{k}{suffix}")
+        if not candidate.exists():
+            return candidate
+    raise UploadError(f"{path.name}: too many files of the same name")
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    lower = name.lower()
+    for suffix in (".nii.gz",):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    path = Path(name)
+    return path.stem, path.suffix
+
+
+def kind_of(name: str) -> str:
+    """``image``, ``nifti``, ``zip`` or ``other``, by the name's ending."""
+    lower = name.lower()
+    if lower.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if lower.endswith(ZIP_SUFFIXES):
+        return "zip"
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "image"
+    return "other"
+
+
+class _Budget:
+    """Bytes and files left for this request."""
+
+    def __init__(self, limits: ServeLimits):
+        self.limits = limits
+        self.files = 0
+        self.unpacked = 0
+
+    def add_file(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise UploadTooLarge(f"{name}: more than {self.limits.max_files} files in one upload")
+
+    def copy(self, source: BinaryIO, target: Path, name: str, limit: int, what: str) -> int:
+        written = 0
+        with open(target, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise UploadTooLarge(f"{name}: {what} larger than the limit of {_megabytes(limit)}")
+                out.write(chunk)
+        return written
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB"
+
+
+def save_uploads(files: Iterable[tuple[str, BinaryIO]], folder: Path, limits: ServeLimits) -> list[tuple[str, Path]]:
+    """Copy uploaded ``(name, file)`` pairs into ``folder/incoming``; returns ``(original name, saved path)``."""
+    incoming = folder / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    budget = _Budget(limits)
+    saved = []
+    for name, handle in files:
+        budget.add_file(name)
+        target = _unique(inside(incoming, safe_name(name)))
+        budget.copy(handle, target, name, limits.max_upload_bytes, "file")
+        saved.append((name, target))
+    if not saved:
+        raise UploadError("no file in the upload: choose slices (.tif, .png, .jpg), a .zip of a patient folder or a NIfTI volume")
+    return saved
+
+
+def extract_zip(path: Path, name: str, dest: Path, limits: ServeLimits) -> Path:
+    """Unpack a zip into ``dest`` keeping at most the last folder of each member (the patient folder).
+
+    Member names are made safe one component at a time, so ``../x`` or ``/etc/x`` land inside ``dest``.
+    The number of members and the unpacked bytes are limited; members are counted as they are copied,
+    not trusted from the zip's own directory.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UploadError(f"{name}: not a readable zip file ({exc})") from None
+    budget = _Budget(limits)
+    dest.mkdir(parents=True, exist_ok=True)
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) > limits.max_files:
+            raise UploadTooLarge(f"{name}: {len(members)} files in the zip, more than the limit of {limits.max_files}")
+        declared = sum(m.file_size for m in members)
+        if declared > limits.max_unpacked_bytes:
+            raise UploadTooLarge(f"{name}: unpacks to {_megabytes(declared)}, more than the limit of {_megabytes(limits.max_unpacked_bytes)}")
+        for member in members:
+            parts = [p for p in re.split(r"[\\/]+", member.filename) if p not in ("", ".", "..")]
+            if not parts or any(p.startswith((".", "__MACOSX")) for p in parts):
+                continue
+            parts = [safe_name(p) for p in parts[-2:]]
+            target = _unique(inside(dest, *parts))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            budget.add_file(f"{name}: {member.filename}")
+            try:
+                with archive.open(member) as source:
+                    budget.unpacked += budget.copy(source, target, f"{name}: {member.filename}",
+                                                   limits.max_unpacked_bytes - budget.unpacked, "unpacked content")
+            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+                raise UploadError(f"{name}: member {member.filename} does not unpack ({exc})") from None
+    return dest
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Exception as exc:  # PIL raises many types for files it cannot identify
+        raise DataError(f"{path}: file does not decode as an image ({type(exc).__name__})") from None
+    return height, width
+
+
+def _check_side(path: Path, shape: tuple[int, ...], limits: ServeLimits) -> None:
+    if max(shape[:2]) > limits.max_image_side:
+        raise UploadTooLarge(f"{path}: {shape[0]}x{shape[1]} pixels, larger than the limit of "
+                             f"{limits.max_image_side} pixels a side")
+
+
+def _patient_of(stems: list[str]) -> str:
+    names = {re.sub(r"_\d+$", "", re.sub(r"(_mask|_seg)$", "", s)) for s in stems}
+    return names.pop() if len(names) == 1 else "upload"
+
+
+def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
+    items, skipped = collect_inputs(folder)
+    out.notes.extend(f"skipped {path}: {problem}" for path, problem in skipped)
+    if len(items) > slices_left:
+        raise UploadTooLarge(f"{folder.name}: more than {limits.max_slices} slices in one upload")
+    by_patient: dict[str, list] = {}
+    for item in items:
+        by_patient.setdefault(item.patient, []).append(item)
+    count = 0
+    for patient, patient_items in by_patient.items():
+        case = Case(patient, "slices", [], [], [])
+        for item in patient_items:
+            try:
+                shape = image_size(item.image_path)
+                _check_side(item.image_path, shape, limits)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    image = read_image(item.image_path, lenient=True)
+                out.notes.extend(str(w.message) for w in caught)
+                truth = None
+                if item.mask_path is not None:
+                    truth = read_mask(item.mask_path)
+                    if truth.shape != image.shape[:2]:
+                        raise DataError(f"{item.mask_path}: mask shape {truth.shape} does not match its image of shape {image.shape[:2]}")
+            except UploadTooLarge:
+                raise
+            except DataError as exc:
+                out.notes.append(f"skipped {exc}")
+                continue
+            case.slice_names.append(item.image_path.stem)
+            case.images.append(image)
+            case.truths.append(truth)
+        if case.images:
+            out.cases.append(case)
+            count += len(case.images)
+    return count
+
+
+def _volume_case(path: Path, truth_path: Path | None, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
+    images, grid, notes = read_volume(path, max_side=limits.max_image_side, max_slices=min(limits.max_slices, slices_left))
+    out.notes.extend(notes)
+    truths: list[np.ndarray | None] = [None] * len(images)
+    if truth_path is not None:
+        truths = list(read_volume_mask(truth_path, grid))
+    name = _split_suffix(path.name)[0]
+    out.cases.append(Case(name, "volume", [f"slice {k + 1}" for k in range(len(images))], images, truths, grid))
+    return len(images)
+
+
+def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> Gathered:
+    """Saved uploads into cases: loose slices form one patient, each zip its patient folders, each NIfTI one volume.
+
+    A slice beside a ``<stem>_mask`` file gets that file as truth (as in ``gliomaseg predict``); a NIfTI named
+    ``<volume>_mask.nii.gz`` or ``<volume>_seg.nii.gz`` is the truth of ``<volume>.nii.gz``.
+    """
+    out = Gathered()
+    loose: list[Path] = []
+    volumes: list[Path] = []
+    slice_folders: list[Path] = []
+    for name, path in saved:
+        kind = kind_of(path.name)
+        if kind == "image":
+            loose.append(path)
+        elif kind == "nifti":
+            volumes.append(path)
+        elif kind == "zip":
+            dest = extract_zip(path, name, _unique(folder / f"zip-{_split_suffix(path.name)[0]}"), limits)
+            path.unlink()
+            for member in sorted(dest.rglob("*")):
+                if member.is_file() and kind_of(member.name) == "nifti":
+                    volumes.append(member.rename(_unique(folder / "incoming" / member.name)))
+            # A zip holds slices at its top, in patient folders below it, or both: each folder is one patient.
+            slice_folders.extend(f for f in [dest, *sorted(p for p in dest.iterdir() if p.is_dir())]
+                                 if any(kind_of(m.name) == "image" for m in f.iterdir()))
+        else:
+            if len(saved) == 1:
+                raise UploadError(f"{name}: unsupported file type; upload slices ({', '.join(IMAGE_SUFFIXES)}), "
+                                  f"a .zip of a patient folder or a NIfTI volume (.nii, .nii.gz)")
+            out.notes.append(f"skipped {name}: unsupported file type")
+    if loose:
+        patient = safe_name(_patient_of([p.stem for p in loose]))
+        target = folder / "slices" / patient
+        target.mkdir(parents=True)
+        for path in loose:
+            shutil.move(path, target / path.name)
+        slice_folders.insert(0, target)
+    left = limits.max_slices
+    for slices in slice_folders:
+        try:
+            left -= _slice_cases(slices, limits, out, left)
+        except UploadTooLarge:
+            raise
+        except DataError as exc:
+            out.notes.append(str(exc))
+    stems = {_split_suffix(p.name)[0]: p for p in volumes}
+    for stem, path in stems.items():
+        if any(stem.endswith(marker) and stem[: -len(marker)] in stems for marker in TRUTH_MARKERS):
+            continue  # the truth of another volume
+        truth = next((stems[stem + marker] for marker in TRUTH_MARKERS if stem + marker in stems), None)
+        try:
+            left -= _volume_case(path, truth, limits, out, left)
+        except UploadTooLarge:
+            raise
+        except DataError as exc:
+            out.notes.append(str(exc))
+    if not out.cases:
+        problems = "; ".join(out.notes) or "nothing to segment"
+        raise UploadError(f"no slice could be read: {problems}")
+    return out

@@ -1,0 +1,234 @@
+"""The viewer's server over real HTTP on loopback: results equal `predict`, limits and bad input give readable 4xx."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from serve_helpers import live_server, multipart, request, upload
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("fastapi")
+
+from gliomaseg.cli import build_parser, main  # noqa: E402
+from gliomaseg.data.files import read_image  # noqa: E402
+from gliomaseg.inference.predict import predict  # noqa: E402
+from gliomaseg.inference.predictor import load_checkpoint  # noqa: E402
+from gliomaseg.serve.app import STATIC, create_app  # noqa: E402
+from gliomaseg.serve.limits import ServeLimits  # noqa: E402
+from gliomaseg.serve.uploads import inside, safe_name  # noqa: E402
+
+LIMITS = ServeLimits(max_upload_bytes=2 << 20, max_unpacked_bytes=4 << 20, max_files=60, max_image_side=512, max_results=3)
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run: Path):
+    return load_checkpoint(trained_run / "best.ckpt")
+
+
+@pytest.fixture(scope="module")
+def server(predictor, tmp_path_factory):
+    temp_root = tmp_path_factory.mktemp("serve-tmp")
+    with live_server(create_app(predictor, limits=LIMITS, temp_root=temp_root, model_label="test")) as base:
+        yield base, temp_root
+
+
+@pytest.fixture(scope="module")
+def patient(synth_root: Path) -> Path:
+    return sorted(synth_root.iterdir())[0]
+
+
+def _slices(patient: Path) -> list[Path]:
+    return sorted((p for p in patient.glob("*.tif") if not p.stem.endswith("_mask")), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
+def _zip_pngs(raw: bytes) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        return {n: cv2.imdecode(np.frombuffer(archive.read(n), np.uint8), cv2.IMREAD_UNCHANGED)
+                for n in archive.namelist() if n.endswith(".png")}
+
+
+def _predicted(out: Path, patient: str) -> dict[str, np.ndarray]:
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (out / patient).glob("*_pred.png")}
+
+
+def _volume(images: list[np.ndarray]) -> np.ndarray:
+    """Slices (H, W, C) stacked as a volume (X=W, Y=H, Z, C); the viewer shows slice k as flipud(V[:, :, k].T)."""
+    return np.stack([np.flipud(im).swapaxes(0, 1) for im in images], axis=2)
+
+
+def test_safe_names_stay_inside_the_folder(tmp_path: Path):
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("..\\..\\win.ini") == "win.ini"
+    assert safe_name("..") == "upload" and safe_name("") == "upload" and safe_name(".hidden.tif") == "hidden.tif"
+    assert safe_name("a b/ä$.tif") == "_.tif"
+    assert len(safe_name("x" * 500 + ".nii.gz")) <= 120 and safe_name("x" * 500 + ".nii.gz").endswith(".nii.gz")
+    assert inside(tmp_path, "a", "b.tif") == tmp_path.resolve() / "a" / "b.tif"
+    with pytest.raises(Exception, match="outside"):
+        inside(tmp_path, "..", "x.tif")
+
+
+def test_slice_with_mask_matches_predict(server, predictor, patient: Path, tmp_path: Path):
+    base, temp_root = server
+    image = _slices(patient)[len(_slices(patient)) // 2]
+    mask = image.with_name(f"{image.stem}_mask.tif")
+    status, body = upload(base, [image, mask])
+    assert status == 200, body
+    (case,) = body["cases"]
+    expected = predict(predictor, image, tmp_path, gifs=False, overlays=False)
+    row = expected.predictions.iloc[0]
+    summary, slice_row = case["summary"], case["slices"][0]
+    assert summary["patient"] == patient.name and summary["slices"] == 1
+    assert slice_row["tumour_pixels"] == row["tumour_pixels"]
+    assert summary["dice_3d"] == pytest.approx(row["dice"], abs=1e-4) and slice_row["dice"] == pytest.approx(row["dice"], abs=1e-4)
+    # Every contour point lies on a predicted pixel, and the truth's on a true pixel.
+    predicted = cv2.imread(row["mask_out"], cv2.IMREAD_UNCHANGED) > 0
+    truth = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED) > 0
+    for polygons, pixels in ((slice_row["prediction"], predicted), (slice_row["truth"], truth)):
+        points = np.array([p for polygon in polygons for p in polygon])
+        assert len(points) and pixels[points[:, 1], points[:, 0]].all()
+    # The slice shown is the slice read, and the downloaded mask is predict's mask.
+    status, _, png = request(base + slice_row["image"])
+    shown = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert status == 200 and np.array_equal(shown, read_image(image))
+    status, headers, raw = request(base + body["masks_zip"])
+    assert status == 200 and headers["content-type"] == "application/zip"
+    assert np.array_equal(_zip_pngs(raw)[f"{patient.name}/{image.stem}_pred.png"], predicted.astype(np.uint8) * 255)
+    assert list(temp_root.iterdir()) == []
+
+
+def test_patient_zip_and_nifti_volume_match_predict(server, predictor, patient: Path, tmp_path: Path):
+    base, temp_root = server
+    expected = predict(predictor, patient, tmp_path / "pred", gifs=False, overlays=False)
+    want = _predicted(tmp_path / "pred", patient.name)
+    dice_3d = float(expected.patients.iloc[0]["dice_3d"])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # wrapped in an extra folder, as zips of a download folder are
+        for file in patient.iterdir():
+            archive.write(file, f"download/{patient.name}/{file.name}")
+    status, body = upload(base, [("patient.zip", buffer.getvalue())])
+    assert status == 200, body
+    (case,) = body["cases"]
+    assert [s["name"] for s in case["slices"]] == [p.stem for p in _slices(patient)]
+    assert case["summary"]["dice_3d"] == pytest.approx(dice_3d, abs=1e-4)
+    assert case["summary"]["tumour_volume_voxels"] == int(expected.predictions["tumour_pixels"].sum())
+    got = _zip_pngs(request(base + body["masks_zip"])[2])
+    assert {k.split("/", 1)[1]: v for k, v in got.items()} .keys() == want.keys()
+    assert all(np.array_equal(got[f"{patient.name}/{name}"], mask) for name, mask in want.items())
+
+    # The same slices as one NIfTI volume (uint8 RGB, 1.5 mm voxels) with its truth volume.
+    images = [read_image(p) for p in _slices(patient)]
+    truths = [cv2.imread(str(p.with_name(f"{p.stem}_mask.tif")), cv2.IMREAD_UNCHANGED) // 255 for p in _slices(patient)]
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    affine[:3, 3] = [-90, 120, 30]
+    volume = nib.Nifti1Image(_volume(images), affine)
+    truth = nib.Nifti1Image(_volume(truths).astype(np.uint8), affine)
+    files = [("brain.nii.gz", gzip.compress(volume.to_bytes())), ("brain_mask.nii.gz", gzip.compress(truth.to_bytes()))]
+    status, body = upload(base, files)
+    assert status == 200, body
+    (case,) = body["cases"]
+    assert case["summary"]["kind"] == "volume" and case["summary"]["slices"] == len(images)
+    assert case["summary"]["dice_3d"] == pytest.approx(dice_3d, abs=1e-4)
+    assert case["summary"]["tumour_volume_ml"] == pytest.approx(case["summary"]["tumour_volume_voxels"] * 1.5 * 1.5 * 2.0 / 1000, abs=1e-3)
+    status, _, raw = request(base + case["nifti"])
+    mask_volume = nib.Nifti1Image.from_bytes(gzip.decompress(raw))
+    assert status == 200 and mask_volume.shape == volume.shape[:3] and np.allclose(mask_volume.affine, affine)
+    data = np.asarray(mask_volume.dataobj)
+    for k, p in enumerate(_slices(patient)):
+        assert np.array_equal(np.flipud(data[:, :, k].T), want[f"{p.stem}_pred.png"] // 255)
+    assert list(temp_root.iterdir()) == []
+
+
+def _png(height: int, width: int) -> bytes:
+    return cv2.imencode(".png", np.full((height, width, 3), 90, np.uint8))[1].tobytes()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("files, status, words", [
+    ([("scan.png", b"this is not an image")], 400, ["scan.png", "does not decode"]),
+    ([("notes.txt", b"hello")], 400, ["notes.txt", "unsupported file type"]),
+    ([("big.png", _png(600, 300))], 413, ["big.png", "600x300", "512"]),
+    ([("huge.png", b"\0" * (4 << 20))], 413, ["larger than the limit", "2 MiB"]),
+    ([("bomb.zip", _zip({"p/p_1.tif": b"\0" * (5 << 20)}))], 413, ["bomb.zip", "unpacks to"]),
+    ([("broken.zip", b"PK\3\4 not really")], 400, ["broken.zip", "not a readable zip"]),
+    ([("vol.nii.gz", gzip.compress(nib.Nifti1Image(np.zeros((8, 8, 2, 5), np.uint8), np.eye(4)).to_bytes()))],
+     400, ["vol.nii.gz", "(8, 8, 2, 5)"]),
+    ([("vol.nii", b"garbage")], 400, ["vol.nii", "not a readable NIfTI"]),
+])
+def test_bad_uploads_get_a_readable_4xx(server, files, status, words):
+    base, temp_root = server
+    got, body = upload(base, files)
+    assert got == status, body
+    assert all(w in body["error"] for w in words), body["error"]
+    assert "Traceback" not in body["error"] and str(temp_root) not in body["error"]
+    assert list(temp_root.iterdir()) == []
+
+
+def test_names_cannot_escape_the_request_folder(server, patient: Path):
+    base, temp_root = server
+    image = _slices(patient)[0].read_bytes()
+    members = {"../../../../escape_1.tif": image, "/abs/escape_2.tif": image, "..\\..\\escape_3.tif": image}
+    status, body = upload(base, [("../../up_1.tif", image), ("evil.zip", _zip(members))])
+    assert status == 200, body
+    names = sorted(s["name"] for c in body["cases"] for s in c["slices"])
+    assert names == ["escape_1", "escape_2", "escape_3", "up_1"]
+    for folder in (temp_root, temp_root.parent, temp_root.parent.parent):
+        assert not any(folder.glob("escape_*")) and not any(folder.glob("up_1*"))
+    assert list(temp_root.iterdir()) == []
+
+
+def test_results_expire_and_say_so(server, patient: Path):
+    base, _ = server
+    first = None
+    for _ in range(LIMITS.max_results + 1):
+        status, body = upload(base, [_slices(patient)[0]])
+        assert status == 200
+        first = first or body
+    status, _, raw = request(base + first["masks_zip"])
+    assert status == 404 and "expired" in json.loads(raw)["error"]
+    assert request(f"{base}/api/results/{'x' * 500}/masks.zip")[0] == 404
+
+
+def test_page_is_self_contained_and_safe(server):
+    base, _ = server
+    status, headers, html = request(base + "/")
+    assert status == 200 and b'src="/static/app.js"' in html
+    assert "default-src 'self'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
+    for path in ("/static/app.js", "/static/style.css"):
+        assert request(base + path)[0] == 200
+    for file in STATIC.iterdir():  # nothing loaded from outside: no absolute URLs in the page's files
+        text = file.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, file
+    for path in ("/docs", "/redoc", "/openapi.json"):  # FastAPI's docs pages load scripts from a CDN: off
+        assert request(base + path)[0] == 404
+    assert request(base + "/static/../../../etc/passwd")[0] == 404
+
+
+def test_serve_cli_defaults_and_errors(tmp_path: Path, capsys):
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.model is None and args.checkpoint is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--model", "a.onnx", "--checkpoint", "b.ckpt"])
+    assert main(["serve", "--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "missing.onnx: ONNX model does not exist" in capsys.readouterr().err
+
+
+def test_multipart_without_files_is_a_400(server):
+    base, _ = server
+    body, content_type = multipart([], field="files")
+    status, _, raw = request(f"{base}/api/segment", body, {"Content-Type": content_type})
+    assert status == 400 and "no file" in json.loads(raw)["error"]
