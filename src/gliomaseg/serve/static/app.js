@@ -131,8 +131,9 @@ function buildStrip(c) {
   const strip = $("strip");
   strip.replaceChildren(...c.slices.map((s, i) => {
     const cell = document.createElement("span");
-    cell.title = s.name + (s.tumour_pixels ? ": tumour" : "");
-    if (s.tumour_pixels) cell.className = "tumour";
+    cell.title = s.name + (s.tumour_pixels ? ": predicted tumour" : "") + (s.true_pixels ? ", true tumour" : "");
+    if (s.tumour_pixels) cell.classList.add("tumour");
+    if (s.true_pixels) cell.classList.add("truth");
     cell.addEventListener("click", () => selectSlice(i));
     return cell;
   }));

@@ -1,0 +1,173 @@
+"""End to end in a real browser: `gliomaseg serve` in a subprocess, driven by headless Chromium through Playwright.
+
+Needs Debian's `chromium` (apt-get install chromium) and the `playwright` Python package; Playwright's own
+browser download is not used (`executable_path` points at the system's Chromium). `.ci/run` installs both;
+elsewhere the test skips with a message saying so, except under CI, where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from serve_helpers import free_port, request
+
+from gliomaseg.cli import main
+from gliomaseg.data.files import read_image
+
+
+def _chromium() -> str:
+    path = os.environ.get("GLIOMASEG_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    problem = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problem = "the playwright package is not installed (pip install playwright)"
+    if path is None:
+        problem = "no Chromium found (Debian: apt-get install chromium; or set GLIOMASEG_CHROMIUM to a Chromium binary)"
+    if problem:
+        message = f"browser test needs a browser: {problem}; `bash .ci/run` installs both"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def onnx_model(trained_run: Path, tmp_path_factory) -> Path:
+    from gliomaseg.export import export_onnx
+
+    out = tmp_path_factory.mktemp("browser-onnx") / "model.onnx"
+    export_onnx(trained_run / "best.ckpt", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(onnx_model: Path, tmp_path_factory):
+    """`gliomaseg serve --model model.onnx` on a free loopback port, as a user would start it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "gliomaseg", "serve", "--model", str(onnx_model), "--port", str(port)],
+                                   stdout=handle, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if request(base + "/api/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gliomaseg serve did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _slices(patient: Path) -> list[Path]:
+    return sorted((p for p in patient.glob("*.tif") if not p.stem.endswith("_mask")), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
+def _canvas(page) -> str:
+    """The canvas as drawn, once it is ready (a PNG data URL)."""
+    page.wait_for_selector('#view[data-ready="1"]')
+    return page.evaluate("document.getElementById('view').toDataURL()")
+
+
+def test_browser_upload_view_and_download(served: str, onnx_model: Path, synth_root: Path, tmp_path: Path):
+    executable = _chromium()
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    patient = sorted(synth_root.iterdir())[0]
+    slices = _slices(patient)
+    assert main(["predict", "--backend", "onnx", "--model", str(onnx_model), "--input", str(patient), "--out", str(tmp_path / "pred")]) == 0
+    expected = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (tmp_path / "pred" / patient.name).glob("*_pred.png")}
+    one = max(slices, key=lambda p: int((expected[f"{p.stem}_pred.png"] > 0).sum()))  # a slice with predicted tumour
+    assert expected[f"{one.stem}_pred.png"].any(), "the test model predicts no tumour anywhere: nothing to compare"
+
+    # The patient's slices as one uint8 RGB NIfTI volume (X=W, Y=H, Z): slice k is shown as flipud(V[:, :, k].T).
+    images = [read_image(p) for p in slices]
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    volume_path = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([np.flipud(im).swapaxes(0, 1) for im in images], axis=2), affine), volume_path)
+    bad = tmp_path / "not_a_scan.png"
+    bad.write_bytes(b"plain text, not an image")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(accept_downloads=True, viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(30000)
+            page.goto(served)
+            assert page.title() == "gliomaseg viewer"
+
+            # One slice with its mask: overlay drawn, numbers shown, downloaded mask equals predict's.
+            page.set_input_files("#files", [str(one), str(one.with_name(f"{one.stem}_mask.tif"))])
+            page.click("#run")
+            with_outline = _canvas(page)
+            page.uncheck("#show-prediction")
+            page.uncheck("#show-truth")
+            assert _canvas(page) != with_outline  # the outlines were drawn over the slice
+            page.check("#show-prediction")
+            page.check("#show-truth")
+            assert "Dice (3D, whole patient)" in page.inner_text("#summary")
+            page.screenshot(path=str(tmp_path / "slice.png"))
+            with page.expect_download() as download:
+                page.click("#download-zip")
+            with zipfile.ZipFile(download.value.path()) as archive:
+                got = cv2.imdecode(np.frombuffer(archive.read(f"{patient.name}/{one.stem}_pred.png"), np.uint8), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(got, expected[f"{one.stem}_pred.png"])
+
+            # A volume: the slider and the arrow keys move through slices; the .nii.gz equals predict's masks.
+            page.set_input_files("#files", str(volume_path))
+            page.click("#run")
+            page.wait_for_selector(f'#slice[max="{len(slices)}"]')
+            page.wait_for_selector('#view[data-ready="1"]')
+            page.locator("#slice").fill("2")
+            page.wait_for_selector('#view[data-ready="1"][data-slice="2"]')
+            page.locator("#view").click()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_selector('#view[data-ready="1"][data-slice="3"]')
+            assert page.locator("#slice").input_value() == "3"
+            page.locator("#opacity").fill("0")
+            transparent = _canvas(page)
+            page.uncheck("#show-prediction")
+            assert _canvas(page) == transparent  # opacity 0 hides the outline
+            page.check("#show-prediction")
+            page.locator("#opacity").fill("100")
+            assert (_canvas(page) != transparent) == bool(expected[f"{slices[2].stem}_pred.png"].any())
+            with page.expect_download() as download:
+                page.click("#download-nifti")
+            mask = nib.Nifti1Image.from_bytes(gzip.decompress(Path(download.value.path()).read_bytes()))
+            assert mask.shape == (256, 256, len(slices)) and np.allclose(mask.affine, affine)
+            data = np.asarray(mask.dataobj)
+            for k, path in enumerate(slices):
+                assert np.array_equal(np.flipud(data[:, :, k].T) * 255, expected[f"{path.stem}_pred.png"]), path.name
+
+            # A bad file: the server's message on the page, nothing else changes.
+            page.set_input_files("#files", str(bad))
+            page.click("#run")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "not_a_scan.png" in page.inner_text("#error") and "does not decode" in page.inner_text("#error")
+        finally:
+            browser.close()
+    health = json.loads(request(served + "/api/health")[2])
+    assert health["ok"] and health["results_kept"] == 2
