@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _common import REAL_DATA, machine, print_table, write_results  # noqa: E402
 from serve_helpers import live_server, multipart, request  # noqa: E402
 
-from gliomaseg.serve.app import create_app, load_predictor  # noqa: E402
+from gliomaseg.inference.predictor import open_predictor  # noqa: E402
+from gliomaseg.serve.app import create_app  # noqa: E402
 
 TIMEOUT_S = 120
 
@@ -60,7 +61,7 @@ def post(base: str, body: bytes, content_type: str) -> tuple[int, float, dict]:
 
 
 def run(model: Path, label: str, image: Path, sequential: int, concurrent: int) -> list[dict]:
-    predictor = load_predictor(model=model)
+    predictor = open_predictor(model=model)
     body, content_type = multipart([(image.name, image.read_bytes())])
     rows = []
     with live_server(create_app(predictor, model_label=label)) as base:

@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_helpers import live_server  # noqa: E402
 
-from gliomaseg.serve.app import create_app, load_predictor  # noqa: E402
+from gliomaseg.inference.predictor import open_predictor  # noqa: E402
+from gliomaseg.serve.app import create_app  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    predictor = load_predictor(model=args.model, checkpoint=args.checkpoint)
+    predictor = open_predictor(args.checkpoint, args.model)
     label = (args.checkpoint or args.model or Path("shipped model")).name
     with live_server(create_app(predictor, model_label=label)) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=["--no-sandbox"])

@@ -126,11 +126,12 @@ def _serve(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from gliomaseg.inference.postprocess import PostProcess
-    from gliomaseg.serve.app import load_predictor, run_server
+    from gliomaseg.inference.predictor import open_predictor
+    from gliomaseg.serve.app import run_server
     from gliomaseg.serve.limits import ServeLimits
     from gliomaseg.serve.pipeline import SegmentOptions
 
-    predictor = load_predictor(model=args.model, checkpoint=args.checkpoint, device=args.device)
+    predictor = open_predictor(args.checkpoint, args.model, device=args.device)
     limits = ServeLimits()
     if args.max_upload_mb is not None:
         limits = replace(limits, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))

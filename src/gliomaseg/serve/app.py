@@ -95,23 +95,6 @@ class _NotFound(GliomasegError):
     pass
 
 
-def load_predictor(model: str | Path | None = None, checkpoint: str | Path | None = None, device: str = "cpu"):
-    """An ONNX model (``model``), a training checkpoint, or, with neither, the model shipped with the package."""
-    if model and checkpoint:
-        raise ConfigError("give --model or --checkpoint, not both")
-    if checkpoint:
-        from gliomaseg.inference.predictor import load_checkpoint
-
-        return load_checkpoint(checkpoint, device=device)
-    from gliomaseg.inference.runtime import OnnxPredictor
-
-    if model is None:
-        from gliomaseg.assets import shipped_model_path
-
-        model = shipped_model_path()
-    return OnnxPredictor(model)
-
-
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413, by its Content-Length or as it streams in.
 
