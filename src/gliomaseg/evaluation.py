@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from gliomaseg.data.files import read_slice_pair, read_slices_csv, write_csv, write_text
-from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess, process_patient
-from gliomaseg.inference.predict import predict_probabilities
+from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
+from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
 from gliomaseg.metrics import REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table
 
 HEADLINE = [
@@ -36,7 +36,7 @@ def evaluate(
     csv_path: str | Path,
     out: str | Path,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     compare: bool = True,
     postprocess: PostProcess = ALL_STEPS,
     tta: str = "flip",
@@ -64,13 +64,13 @@ def evaluate(
     for patient, group in frame.groupby("patient", sort=False):
         pairs = [read_slice_pair(r.image_path, r.mask_path, expected_size=None) for r in group.itertuples()]
         truths = [mask for _, mask in pairs]
-        probs = predict_probabilities(predictor, [image for image, _ in pairs], batch_size)
-        raw = [(p > threshold).astype(np.uint8) for p in probs]
+        images = [image for image, _ in pairs]
+        probs, raw = segment(predictor, images, threshold, batch_size=batch_size)
         for name, steps in variants.items():
-            masks = process_patient(raw, steps) if steps.active else raw
+            masks = masks_from_probabilities(probs, threshold, steps) if steps.active else raw
             counts[name].extend((patient, *confusion_numpy(m, t)) for m, t in zip(masks, truths))
         if compare:
-            tta_masks = [(p > threshold).astype(np.uint8) for p in predict_probabilities(predictor, [im for im, _ in pairs], batch_size, tta)]
+            _, tta_masks = segment(predictor, images, threshold, tta, batch_size=batch_size)
             counts[f"tta:{tta}"].extend((patient, *confusion_numpy(m, t)) for m, t in zip(tta_masks, truths))
         if len({m.shape for m in raw}) == 1:
             hd[patient] = hd95(np.stack(raw), np.stack(truths))

@@ -38,7 +38,7 @@ def _curves(run: Path) -> bytes | None:
 def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     """Overlays of the validation slices with the most tumour, predicted by the run's best checkpoint."""
     from gliomaseg.data.files import read_slice_pair
-    from gliomaseg.inference.predict import predict_probabilities
+    from gliomaseg.inference.segment import segment
     from gliomaseg.inference.predictor import load_checkpoint
     from gliomaseg.visualization import encode_png, overlay_contours
 
@@ -51,8 +51,8 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     out = []
     for row in picked.itertuples():
         image, truth = read_slice_pair(row.image_path, row.mask_path, expected_size=None)
-        prob = predict_probabilities(predictor, [image])[0]
-        out.append(encode_png(overlay_contours(image, prediction=prob > predictor.threshold, truth=truth, legend=True)))
+        _, (mask,) = segment(predictor, [image])
+        out.append(encode_png(overlay_contours(image, prediction=mask, truth=truth, legend=True)))
     return out
 
 

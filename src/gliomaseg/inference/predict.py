@@ -14,11 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv, write_csv
 from gliomaseg.errors import DataError
-from gliomaseg.inference.postprocess import PostProcess, process_patient
-from gliomaseg.inference.tta import tta_probabilities
+from gliomaseg.inference.postprocess import PostProcess
+from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
 from gliomaseg.metrics import confusion_numpy, dice, iou
 from gliomaseg.visualization import encode_png, natural_key, overlay_contours, write_gif
 
@@ -104,19 +103,6 @@ def collect_inputs(path: str | Path) -> tuple[list[SliceInput], list[tuple[str, 
     return items, skipped
 
 
-def predict_probabilities(predictor, images: list[np.ndarray], batch_size: int = 8, tta: str = "none") -> list[np.ndarray]:
-    """Probabilities at each image's own size: resized to the model's size (area), predicted, resized back (linear)."""
-    size = predictor.image_size
-    out: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        batch = np.stack([im if im.shape[:2] == (size, size) else cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in chunk])
-        probs = tta_probabilities(predictor.probabilities, batch, tta)
-        for image, prob in zip(chunk, probs):
-            out.append(resize_probabilities(prob, image.shape[:2]))
-    return out
-
-
 def _write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(array))
@@ -138,7 +124,7 @@ def predict(
     out: str | Path,
     *,
     threshold: float | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     tta: str = "none",
     postprocess: PostProcess | None = None,
     fps: float = 2.0,
@@ -167,8 +153,7 @@ def predict(
                 skipped.append((str(item.image_path), str(exc).partition(": ")[2] or str(exc)))
         if not loaded:
             continue
-        probs = predict_probabilities(predictor, [image for _, image, _ in loaded], batch_size, tta)
-        masks = process_patient([(p > threshold).astype(np.uint8) for p in probs], postprocess)
+        probs, masks = segment(predictor, [image for _, image, _ in loaded], threshold, tta, postprocess, batch_size)
         frames = []
         folder = out / patient
         for (item, image, truth), prob, mask in zip(loaded, probs, masks):
