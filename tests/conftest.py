@@ -39,3 +39,22 @@ def trained_run(prepared, tmp_path_factory) -> Path:
     train(TrainConfig(out=str(out), data=str(prepared), epochs=2, batch_size=4, image_size=64, workers=0,
                       progress=False, lr=0.05, scheduler="none"))
     return out
+
+
+class BrightPredictor:
+    """Probability = red channel / 255 at the model's size: a torch-free predictor whose answer is known."""
+
+    image_size = 32
+    threshold = 0.5
+
+    def __init__(self):
+        self.seen: list[tuple[int, ...]] = []
+
+    def probabilities(self, images):
+        self.seen.append(images.shape)
+        return images[..., 0].astype("float32") / 255.0
+
+
+@pytest.fixture()
+def bright_predictor() -> BrightPredictor:
+    return BrightPredictor()

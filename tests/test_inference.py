@@ -15,7 +15,8 @@ import tifffile
 from gliomaseg.cli import main
 from gliomaseg.errors import CheckpointError, DataError
 from gliomaseg.inference.postprocess import PostProcess, process_patient
-from gliomaseg.inference.predict import collect_inputs, gif_from_folder, predict
+from gliomaseg.data.sources import open_source
+from gliomaseg.inference.predict import gif_from_folder, predict
 from gliomaseg.inference.predictor import load_checkpoint
 from gliomaseg.inference.tta import tta_probabilities
 
@@ -180,7 +181,8 @@ def test_bad_inputs_in_a_batch_are_skipped_and_listed(predictor, synth_root: Pat
     shutil.copytree(_patient(synth_root), folder)
     (folder / "broken_2.tif").write_bytes(tifffile.imread(next(folder.glob("*_1.tif"))).tobytes()[:100])
     (folder / "truncated_3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    (folder / "scan_4.nii").write_bytes(b"not supported")
+    (folder / "scan_4.nii").write_bytes(b"not a nifti")
+    (folder / "notes_8.xyz").write_bytes(b"not supported")
     gray = tmp_path / "patient" / "gray_5.png"
     cv2.imwrite(str(gray), np.full((256, 256), 80, np.uint8))
     deep = tmp_path / "patient" / "deep_6.png"
@@ -190,8 +192,8 @@ def test_bad_inputs_in_a_batch_are_skipped_and_listed(predictor, synth_root: Pat
     messages = " ".join(str(w.message) for w in caught)
     assert "gray_5.png: grayscale slice replicated" in messages and "deep_6.png: 16-bit image scaled" in messages
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
-    assert {Path(p).name for p in skipped["path"]} == {"broken_2.tif", "truncated_3.png", "scan_4.nii"}
-    assert skipped["problem"].str.contains("does not decode|unsupported format|empty").all()
+    assert {Path(p).name for p in skipped["path"]} == {"broken_2.tif", "truncated_3.png", "scan_4.nii", "notes_8.xyz"}
+    assert skipped["problem"].str.contains("does not decode|unsupported format|empty|not a readable NIfTI").all()
     done = {Path(p).name for p in result.predictions["image_path"]}
     assert {"gray_5.png", "deep_6.png"} <= done and len(done) == len(list(_patient(synth_root).glob("*.tif"))) // 2 + 2
 
@@ -199,10 +201,10 @@ def test_bad_inputs_in_a_batch_are_skipped_and_listed(predictor, synth_root: Pat
 def test_bad_single_inputs_are_clear(predictor, trained_run: Path, tmp_path: Path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no slices found"):
-        collect_inputs(tmp_path / "empty")
-    (tmp_path / "x.nii").write_bytes(b"0")
-    with pytest.raises(DataError, match=r"x\.nii: unsupported input format"):
-        collect_inputs(tmp_path / "x.nii")
+        open_source(tmp_path / "empty")
+    (tmp_path / "x.xyz").write_bytes(b"0")
+    with pytest.raises(DataError, match=r"x\.xyz: unsupported input format"):
+        open_source(tmp_path / "x.xyz")
     fake = tmp_path / "fake.ckpt"
     fake.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="fake.ckpt: not a loadable checkpoint"):

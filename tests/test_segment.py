@@ -7,28 +7,14 @@ from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import segment
 
 
-class BrightPredictor:
-    """Probability = red channel / 255 at the model's size: a predictor whose answer is known."""
-
-    image_size = 32
-    threshold = 0.5
-
-    def __init__(self):
-        self.seen: list[tuple[int, ...]] = []
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        self.seen.append(images.shape)
-        return images[..., 0].astype(np.float32) / 255.0
-
-
 def _image(h: int, w: int, square: tuple[slice, slice]) -> np.ndarray:
     image = np.zeros((h, w, 3), np.uint8)
     image[square] = 255
     return image
 
 
-def test_segment_resizes_to_the_model_and_back():
-    predictor = BrightPredictor()
+def test_segment_resizes_to_the_model_and_back(bright_predictor):
+    predictor = bright_predictor
     images = [_image(64, 96, (slice(16, 48), slice(24, 72))), _image(40, 40, (slice(0, 0), slice(0, 0)))]
     probabilities, masks = segment(predictor, images)
     assert all(shape[1:] == (32, 32, 3) for shape in predictor.seen)
@@ -40,8 +26,8 @@ def test_segment_resizes_to_the_model_and_back():
     np.testing.assert_array_equal(masks[0], (probabilities[0] > 0.5).astype(np.uint8))
 
 
-def test_segment_threshold_tta_and_postprocess():
-    predictor = BrightPredictor()
+def test_segment_threshold_tta_and_postprocess(bright_predictor):
+    predictor = bright_predictor
     image = _image(32, 32, (slice(8, 24), slice(8, 24)))
     image[2:4, 2:4, 0] = 100  # a faint 2x2 speck: above threshold 0.3, below 0.5
     _, (default,) = segment(predictor, [image])
@@ -54,6 +40,6 @@ def test_segment_threshold_tta_and_postprocess():
     assert len(predictor.seen) == 4 + 2  # flip TTA runs 3 passes
 
 
-def test_segment_refuses_non_rgb_uint8():
+def test_segment_refuses_non_rgb_uint8(bright_predictor):
     with pytest.raises(ValueError, match=r"image 0: expected uint8 RGB"):
-        segment(BrightPredictor(), [np.zeros((32, 32), np.uint8)])
+        segment(bright_predictor, [np.zeros((32, 32), np.uint8)])

@@ -196,3 +196,30 @@ def test_tumour_oversampling_draws_tumour_slices_more_often(prepared: Path):
     assert base < 0.9 and share > base + 0.1 and share == pytest.approx(expected, abs=0.15)
     with pytest.raises(ConfigError, match="oversample"):
         TrainConfig(out="x", data=str(prepared), oversample=0.5).validate()
+
+
+def test_train_options_come_from_trainconfig(tmp_path: Path):
+    import argparse
+    from dataclasses import dataclass, field
+
+    from gliomaseg.cli import _add_dataclass_options, build_parser
+
+    args = vars(build_parser("train").parse_args(["train", "--out", "r"]))
+    args.pop("command")
+    assert TrainConfig.from_dict(args) == TrainConfig(out="r")  # every default is TrainConfig's
+    args = vars(build_parser("train").parse_args(["train", "--out", "r", "--no-cache", "--lowlr", "--limit-train-batches", "0.5"]))
+    assert args["cache"] is False and args["lowlr"] is True and args["limit_train_batches"] == 0.5
+
+    @dataclass
+    class Later:  # a field added to the config becomes an option with its help, choices and default
+        out: str
+        oversample: float = field(default=0.3, metadata={"help": "fraction of tumour slices"})
+        norm: str = field(default="bn", metadata={"choices": ("bn", "gn")})
+        ema: bool = False
+
+    parser = argparse.ArgumentParser()
+    _add_dataclass_options(parser, Later)
+    assert vars(parser.parse_args(["--out", "x"])) == {"out": "x", "oversample": 0.3, "norm": "bn", "ema": False}
+    assert "fraction of tumour slices" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--norm", "ln"])

@@ -6,6 +6,7 @@ import os
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("plateau", "step", "cosine", "none")
+DEFAULT_BATCH_SIZE = 8  # slices per predictor call in predict / evaluate
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
 
 

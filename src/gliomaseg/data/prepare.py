@@ -1,4 +1,4 @@
-"""Parse a kaggle_3m-style folder tree into CSVs and split it by patient (or, on purpose, by slice).
+"""Turn a kaggle_3m-style folder tree (read through :mod:`gliomaseg.data.sources`) into CSVs and split it by patient (or, on purpose, by slice).
 
 Outputs (all written atomically, and only after every slice was validated):
 ``data_info.csv`` (patient, slice, image_path, mask_path, diagnosis), ``data_train.csv`` and
@@ -10,7 +10,6 @@ for the slice split, ``data_folds.csv`` (with a ``fold`` column) and ``data_fold
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,9 @@ import pandas as pd
 from sklearn.model_selection import KFold, train_test_split
 
 from gliomaseg.data.files import SLICE_SIZE, read_slice_pair, write_csv
+from gliomaseg.data.sources import open_source
 from gliomaseg.errors import DataError
 
-SLICE_FILE = re.compile(r"^(?P<stem>.+)_(?P<slice>\d+)(?P<mask>_mask)?\.(?:tif|tiff)$", re.IGNORECASE)
 INFO_COLUMNS = ["patient", "slice", "image_path", "mask_path", "diagnosis"]
 
 
@@ -49,35 +48,33 @@ def scan_folder(data_path: str | Path, *, skip_bad: bool = False, expected_size:
         raise DataError(f"{root}: data folder does not exist")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    patient_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        patients, problems = open_source(root)
+    except DataError:
+        patients, problems = [], []
     rows: list[dict] = []
-    problems: list[tuple[str, str]] = []
-    for folder in patient_dirs:
-        images: dict[int, Path] = {}
-        masks: dict[int, Path] = {}
-        for file in sorted(folder.iterdir()):
-            match = SLICE_FILE.match(file.name)
-            if not match or not file.is_file():
+    for patient in patients:
+        if patient.geometry is not None:
+            raise DataError(f"{patient.slices[0].image_path}: prepare reads kaggle_3m slice files; NIfTI cases can be predicted "
+                            "and scored, but not prepared for training")
+        for item in patient.slices:
+            if item.slice is None:
+                problems.append((str(item.image_path), "no slice number in the file name (expected <patient>_<n>.tif)"))
                 continue
-            (masks if match["mask"] else images)[int(match["slice"])] = file
-        for number in sorted(set(images) | set(masks)):
-            if number not in masks:
-                problems.append((str(images[number]), "image has no mask (expected a file ending in _mask.tif)"))
-                continue
-            if number not in images:
-                problems.append((str(masks[number]), "mask has no image"))
+            if item.mask_path is None:
+                problems.append((str(item.image_path), "image has no mask (expected a file ending in _mask.tif)"))
                 continue
             try:
-                _, mask = read_slice_pair(images[number], masks[number], expected_size)
+                _, mask = read_slice_pair(item.image_path, item.mask_path, expected_size)
             except DataError as exc:
-                problems.append(_split_problem(exc, images[number]))
+                problems.append(_split_problem(exc, item.image_path))
                 continue
             rows.append(
                 {
-                    "patient": folder.name,
-                    "slice": number,
-                    "image_path": str(images[number].resolve()),
-                    "mask_path": str(masks[number].resolve()),
+                    "patient": patient.name,
+                    "slice": item.slice,
+                    "image_path": str(item.image_path.resolve()),
+                    "mask_path": str(item.mask_path.resolve()),
                     "diagnosis": int(mask.any()),
                 }
             )

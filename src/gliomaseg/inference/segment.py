@@ -11,11 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
+from gliomaseg.choices import DEFAULT_BATCH_SIZE
 from gliomaseg.data.resize import resize_pair, resize_probabilities
 from gliomaseg.inference.postprocess import PostProcess, process_patient
 from gliomaseg.inference.tta import tta_probabilities
-
-DEFAULT_BATCH_SIZE = 8
 
 
 def _check_images(images: Sequence[np.ndarray]) -> None:

@@ -1,0 +1,214 @@
+"""NIfTI volumes in and out (nibabel): the slice convention shared by ``predict``, ``score`` and ``convert``.
+
+Axial axis: a volume is first reoriented (a lossless permutation / flip of voxel axes, no
+resampling) to the voxel order closest to LPS: array axis 0 runs to the patient's Left, axis 1 to
+Posterior, axis 2 to Superior. Axis 2 is the axial one; slice ``k`` (1-based slice number ``k + 1``)
+is ``data[:, :, k]`` shown as an image with rows along axis 1 (anterior at the top) and columns
+along axis 0 (the patient's right on the image's left, as kaggle_3m's slices are drawn).
+Masks are written back through the inverse reordering, so they have the input's shape, affine and
+header. ``convert`` writes kaggle_3m patients in exactly this layout (affine ``diag(-1, -1, 1)``:
+1 mm voxels, since kaggle_3m does not record the spacing).
+
+Images: uint8 volumes are taken as they are; any other type is scaled per channel from its
+minimum to its 99.5th percentile onto 0..255, with a warning (the model saw kaggle_3m's 8-bit
+slices, so intensities from another pipeline may not match what it learnt).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from gliomaseg.errors import DataError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+LPS = ("L", "P", "S")
+CONVERT_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_ENDINGS)
+
+
+def case_name(path: Path) -> str:
+    """``case.nii.gz`` -> ``case``."""
+    name = path.name
+    for ending in NIFTI_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return path.stem
+
+
+@dataclass
+class Geometry:
+    """Where a volume's slices came from: enough to write a mask volume that lines up with the input."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    header: object
+    transform: np.ndarray  # nibabel orientation transform native -> LPS
+
+    def to_native(self, masks: Sequence[np.ndarray]) -> np.ndarray:
+        """Masks (one (H, W) per axial slice, in slice order) -> a uint8 volume of the input's spatial shape."""
+        from nibabel import orientations
+
+        lps = np.stack(masks).transpose(2, 1, 0)  # (S, rows, cols) -> (L, P, S)
+        inverse = orientations.ornt_transform(orientations.axcodes2ornt(LPS), self._native_ornt())
+        return np.ascontiguousarray(orientations.apply_orientation(lps, inverse)).astype(np.uint8)
+
+    def _native_ornt(self) -> np.ndarray:
+        import nibabel as nib
+
+        return nib.io_orientation(self.affine)
+
+
+def _load(path: Path):
+    import nibabel as nib
+
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"{path}: not a NIfTI image (found {type(image).__name__})")
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # truncated or corrupt compressed data shows up only when the voxels are read
+        raise DataError(f"{path}: NIfTI voxel data cannot be read, the file may be truncated ({type(exc).__name__}: {str(exc)[:160]})") from exc
+    return image, data
+
+
+def _orientation(path: Path, affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+    from nibabel import orientations
+
+    try:
+        return orientations.ornt_transform(nib.io_orientation(affine), orientations.axcodes2ornt(LPS))
+    except Exception as exc:
+        raise DataError(f"{path}: NIfTI affine has no usable orientation ({exc})") from exc
+
+
+def _to_uint8(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.dtype == np.uint8:
+        return data
+    warnings.warn(f"{path}: {data.dtype} intensities scaled per channel to 8 bits (minimum..99.5th percentile)", stacklevel=3)
+    out = np.empty(data.shape, np.uint8)
+    for c in range(data.shape[-1]):
+        channel = np.nan_to_num(data[..., c].astype(np.float32))
+        lo, hi = float(channel.min()), float(np.percentile(channel, 99.5))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        out[..., c] = np.clip((channel - lo) * scale, 0, 255).round().astype(np.uint8)
+    return out
+
+
+def read_volume(paths: Sequence[Path]) -> tuple[list[np.ndarray], Geometry]:
+    """One case: a 4D (X, Y, Z, 3) NIfTI, or three 3D NIfTI files (pre-contrast, FLAIR, post-contrast).
+
+    Returns the axial slices in slice order, each uint8 RGB (rows, cols, 3), and the geometry
+    that :meth:`Geometry.to_native` needs to write masks back.
+    """
+    paths = [Path(p) for p in paths]
+    first, data = _load(paths[0])
+    if len(paths) == 1:
+        if data.ndim == 5 and data.shape[3] == 1:  # NIfTI's vector convention: (X, Y, Z, 1, C)
+            data = data[:, :, :, 0, :]
+        if data.ndim < 3:
+            raise DataError(f"{paths[0]}: a {data.ndim}D NIfTI of shape {data.shape}; expected a volume (X, Y, Z, 3)")
+        if data.ndim != 4 or data.shape[3] != 3:
+            channels = 1 if data.ndim == 3 else int(np.prod(data.shape[3:]))
+            raise DataError(f"{paths[0]}: volume of shape {data.shape} has {channels} channel(s); expected 3 channels "
+                            "(pre-contrast, FLAIR, post-contrast) as (X, Y, Z, 3), or give three 3D files")
+    elif len(paths) == 3:
+        channels = [data]
+        for path in paths[1:]:
+            channels.append(_load(path)[1])
+        for path, channel in zip(paths, channels):
+            if channel.ndim != 3 or channel.shape != channels[0].shape:
+                raise DataError(f"{path}: shape {channel.shape}; the three channel files must be 3D volumes of one shape ({channels[0].shape})")
+        data = np.stack(channels, axis=-1)
+    else:
+        raise DataError(f"{paths[0]}: give one 4D NIfTI or three 3D NIfTI files (pre-contrast, FLAIR, post-contrast), got {len(paths)} files")
+    from nibabel import orientations
+
+    transform = _orientation(paths[0], first.affine)
+    lps = _to_uint8(paths[0], orientations.apply_orientation(data, transform))
+    slices = [np.ascontiguousarray(lps[:, :, k].transpose(1, 0, 2)) for k in range(lps.shape[2])]
+    geometry = Geometry(paths[0], tuple(data.shape[:3]), first.affine, first.header, transform)
+    return slices, geometry
+
+
+def read_mask_volume(path: Path, geometry: Geometry) -> list[np.ndarray]:
+    """A mask volume (0/1 or 0/255) of the image's spatial shape -> uint8 0/1 (rows, cols) per axial slice."""
+    from nibabel import orientations
+
+    _, data = _load(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.shape != geometry.shape:
+        raise DataError(f"{path}: mask volume of shape {data.shape} does not match its image {geometry.path} of shape {geometry.shape}")
+    values = set(np.unique(data).tolist())
+    if not (values <= {0, 1} or values <= {0, 255}):
+        raise DataError(f"{path}: mask is not binary: expected only 0 and 1 (or 255), found {sorted(values)[:8]}")
+    lps = orientations.apply_orientation(data > 0, geometry.transform)
+    return [np.ascontiguousarray(lps[:, :, k].T).astype(np.uint8) for k in range(lps.shape[2])]
+
+
+def read_mask_case(path: Path) -> list[np.ndarray]:
+    """A mask volume read on its own (its own affine gives the axial axis) -> uint8 0/1 (rows, cols) per axial slice."""
+    image, data = _load(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: mask volume of shape {data.shape}; expected (X, Y, Z)")
+    geometry = Geometry(path, tuple(data.shape), image.affine, image.header, _orientation(path, image.affine))
+    return read_mask_volume(path, geometry)
+
+
+def write_mask_volume(masks: Sequence[np.ndarray], geometry: Geometry, out: Path) -> Path:
+    """Write ``out``: uint8 0/1, the input's spatial shape, affine and header (data type and intent set for a mask)."""
+    import nibabel as nib
+
+    header = geometry.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_intent("none")
+    header.set_slope_inter(1.0, 0.0)
+    kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    return _save(kind(geometry.to_native(masks), geometry.affine, header=header), out)
+
+
+def _save(image, out: Path) -> Path:
+    """Save atomically: a temporary file beside ``out`` with the same ending (nibabel picks gzip from it), then a rename."""
+    import nibabel as nib
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def write_slices_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], out_image: Path, out_mask: Path) -> tuple[Path, Path]:
+    """kaggle_3m slices (rows, cols, 3) uint8 and masks (rows, cols) 0/1, in slice order -> two NIfTI files (LPS, 1 mm)."""
+    import nibabel as nib
+
+    volume = np.ascontiguousarray(np.stack(images).transpose(2, 1, 0, 3))  # (S, rows, cols, 3) -> (L, P, S, 3)
+    mask = np.ascontiguousarray(np.stack(masks).transpose(2, 1, 0)).astype(np.uint8)
+    written = []
+    for data, path in ((volume, out_image), (mask, out_mask)):
+        image = nib.Nifti1Image(data, CONVERT_AFFINE)
+        image.header.set_xyzt_units("mm")
+        written.append(_save(image, path))
+    return written[0], written[1]
