@@ -117,6 +117,7 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     import json
 
     import onnx
+    import torch
 
     assert main(["export", "--checkpoint", str(trained_run / "best.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 0
     assert "max abs logit difference" in capsys.readouterr().out
@@ -124,6 +125,11 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     meta = json.loads({p.key: p.value for p in model.metadata_props}["gliomaseg"])
     assert meta["threshold"] == 0.5 and meta["image_size"] == 64 and len(meta["mean"]) == 3
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    card = json.loads({p.key: p.value for p in model.metadata_props}["model_card"])
+    from_checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)["model_card"]
+    assert card["architecture"] == from_checkpoint["architecture"] == "Unet"
+    assert card["training_data"] == from_checkpoint["training_data"] and card["threshold"] == meta["threshold"]
+    assert "research" in (tmp_path / "MODEL_CARD.md").read_text().lower()
 
 
 def test_postprocess_removes_speck_and_keeps_tumour():

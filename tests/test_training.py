@@ -223,3 +223,17 @@ def test_train_options_come_from_trainconfig(tmp_path: Path):
     assert "fraction of tumour slices" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--norm", "ln"])
+
+
+def test_run_folder_has_a_model_card_in_markdown_and_checkpoint(trained_run: Path):
+    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
+    card = checkpoint["model_card"]
+    assert card["architecture"] == "Unet" and card["encoder"] == "resnet18" and card["threshold"] == 0.5
+    assert card["preprocessing"]["image_size"] == 64 and card["versions"]["torch"] == torch.__version__
+    assert card["training_data"]["split"].startswith("by patient")
+    assert card["training_data"]["train"]["patients"] + card["training_data"]["model_selection"]["patients"] == 6
+    assert card["encoder_weights"].startswith("none: the encoder was trained from scratch")
+    assert "3D Dice" in card["validation"]["best_val_patient_dice"]["reduction"]
+    markdown = (trained_run / "MODEL_CARD.md").read_text()
+    assert "not for diagnosis" in markdown and "Unet-resnet18" in markdown
+    assert f"{card['validation']['best_val_patient_dice']['value']:.4f}" in markdown

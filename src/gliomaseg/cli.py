@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> None:
     s = result.summary
     print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
           f"({s['train_images_per_second']:.1f} images/s); best val per-patient Dice {s['best_val_patient_dice']}")
-    print(f"run folder: {result.out} (best.ckpt, last.ckpt, summary.json)")
+    print(f"run folder: {result.out} (best.ckpt, last.ckpt, summary.json, MODEL_CARD.md)")
 
 
 @command("evaluate")
@@ -107,7 +107,7 @@ def _export(args: argparse.Namespace) -> None:
 
     result = export_onnx(args.checkpoint, args.out, opset=args.opset)
     print(f"wrote {result['path']}; ONNX Runtime vs PyTorch max abs logit difference {result['max_abs_diff']:.2e} "
-          f"(limit {result['tolerance']:.0e})")
+          f"(limit {result['tolerance']:.0e}); model card {result['model_card']}")
 
 
 @command("gif")

@@ -148,6 +148,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any])
     """Train (or resume) and evaluate one run; returns its results row."""
     from gliomaseg.evaluation import evaluate
     from gliomaseg.models import build_model, gflops
+    from gliomaseg.model_card import write_run_card
     from gliomaseg.training import train
 
     train_csv, val_csv = split_csvs(data, spec.split)
@@ -163,6 +164,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any])
         _set_status(run_dir, trained=True)
     summary = json.loads(summary_path.read_text())
     report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=False)
+    write_run_card(run_dir)  # the card now carries the evaluation too
     model = build_model(config.model, config.encoder)
     return {
         "run": spec.name, "model": summary["model"], "encoder": summary["encoder"], "loss": summary["loss"],

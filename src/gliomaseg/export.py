@@ -8,19 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomaseg.data.files import write_text
 from gliomaseg.errors import GliomasegError
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, batch: int = 2, tolerance: float = 1e-4) -> dict:
     """Write ``out`` (dynamic batch; normalization and threshold as metadata) and compare logits.
 
-    Returns ``{"path", "max_abs_diff", "tolerance"}``; raises when the difference exceeds ``tolerance``.
+    The model card goes into the ONNX metadata (``model_card``, JSON) and beside the file as ``MODEL_CARD.md``.
+    Returns ``{"path", "max_abs_diff", "tolerance", "model_card"}``; raises when the difference exceeds ``tolerance``.
     """
     import onnx
     import torch
 
     from gliomaseg.inference.predictor import load_checkpoint
     from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.model_card import CARD_FILE, CARD_KEY, checkpoint_card, render_markdown
 
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
@@ -36,8 +39,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, bat
     proto = onnx.load(str(tmp))
     meta = {**asdict(predictor.info), "input": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB",
             "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "gliomaseg", json.dumps(meta)
+    _, card = checkpoint_card(checkpoint)
+    for key, value in (("gliomaseg", meta), (CARD_KEY, card)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
     onnx.save(proto, str(tmp))
     tmp.replace(out)
     rng = np.random.default_rng(0)
@@ -47,4 +52,5 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, bat
     diff = float(np.abs(expected - got).max())
     if diff > tolerance:
         raise GliomasegError(f"{out}: ONNX logits differ from PyTorch by {diff:.2e} (> {tolerance:.0e})")
-    return {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance}
+    card_path = write_text(render_markdown(card), out.parent / CARD_FILE)
+    return {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "model_card": str(card_path)}

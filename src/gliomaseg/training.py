@@ -429,6 +429,10 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         summary["train_seconds"] = round(seconds, 2)
     write_text(json.dumps(summary, indent=2), previous)
+    if (out / "best.ckpt").is_file() and trainer.is_global_zero:
+        from gliomaseg.model_card import write_run_card
+
+        write_run_card(out)
     return TrainResult(out=out, best_checkpoint=out / "best.ckpt", last_checkpoint=last, summary=summary)
 
 

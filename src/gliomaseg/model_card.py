@@ -1,0 +1,211 @@
+"""Model cards: what a model is, what it was trained on, how it was measured, and what it is for.
+
+One set of fields (:func:`card_fields`, plain JSON data) goes three ways: ``MODEL_CARD.md`` beside a
+run's ``best.ckpt`` or an exported ``.onnx`` (:func:`render_markdown`), the ``model_card`` entry of
+the checkpoint, and the ``model_card`` metadata of the ONNX file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gliomaseg.data.files import write_text
+
+CARD_FILE = "MODEL_CARD.md"
+CARD_KEY = "model_card"
+INTENDED_USE = (
+    "Research and teaching only: segmenting lower-grade gliomas in 2D axial brain MRI slices laid out like the "
+    "LGG kaggle_3m data (RGB = pre-contrast, FLAIR, post-contrast, 8-bit). Not a medical device; not for "
+    "diagnosis, treatment planning or any clinical decision. Scores on other scanners, sequences or "
+    "pre-processing are unknown until measured there."
+)
+EVALUATION_KEYS = ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices",
+                   "iou_micro", "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_px_mean")
+PICKED = "; best.ckpt was picked on this number, so it is optimistic"
+BEST_VAL_MEANING = {
+    "best_val_patient_dice": "mean over validation patients of the 3D Dice of each patient's slices as one volume, "
+                             "at the masks' own resolution" + PICKED,
+    "best_val_iou_imagewise": "mean per-slice IoU over the validation slices, a slice without tumour predicted empty "
+                              "scoring 1 (the case study's mIoU)" + PICKED,
+}
+
+
+def _weights_origin(weights: str | None) -> str:
+    if weights in (None, "", "none", "None"):
+        return "none: the encoder was trained from scratch (random initialization)"
+    if weights == "imagenet":
+        return "imagenet: smp's ImageNet weights (from the hub or a local file of the same encoder)"
+    if weights == "local":
+        return "local: ImageNet-style weights read from the local weights folder by encoder name"
+    return f"file: {weights}"
+
+
+def _data_counts(csv: str | None) -> dict[str, Any]:
+    if not csv:
+        return {"csv": None}
+    try:
+        frame = pd.read_csv(csv)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {"csv": csv, "note": "CSV not readable when the card was written"}
+    counts: dict[str, Any] = {"csv": csv, "slices": len(frame)}
+    if "patient" in frame:
+        counts["patients"] = int(frame["patient"].nunique())
+    if "diagnosis" in frame:
+        counts["tumour_slices"] = int(frame["diagnosis"].sum())
+    return counts
+
+
+def _split(train_csv: str | None, val_csv: str | None) -> str:
+    try:
+        train, val = pd.read_csv(train_csv)["patient"], pd.read_csv(val_csv)["patient"]
+    except Exception:
+        return "unknown (CSVs not readable when the card was written)"
+    shared = len(set(train) & set(val))
+    if shared:
+        return f"by slice: {shared} patient(s) have slices on both sides (leakage; validation scores are inflated)"
+    return "by patient: no patient is in both the training and the validation CSV"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation: dict | None = None,
+                torch_version: str | None = None) -> dict:
+    """The card as plain data (JSON-safe).
+
+    Args:
+        hyper_parameters: a checkpoint's ``hyper_parameters`` (arch, encoder, image_size, mean, std,
+            threshold, encoder_weights, train_csv, val_csv, gliomaseg_version, ...).
+        summary: the run's ``summary.json`` (training), if there is one.
+        evaluation: the ``summary.json`` of ``gliomaseg evaluate``, if there is one.
+        torch_version: the torch version the model was trained or exported with.
+    """
+    h = hyper_parameters
+    train_csv, val_csv = h.get("train_csv"), h.get("val_csv")
+    card: dict[str, Any] = {
+        "architecture": h.get("arch"),
+        "encoder": h.get("encoder"),
+        "encoder_weights": _weights_origin(h.get("encoder_weights")),
+        "input": "uint8 RGB axial slice (H, W, 3), channels pre-contrast, FLAIR, post-contrast",
+        "output": "per-pixel tumour probability; tumour where probability > threshold",
+        "preprocessing": {
+            "image_size": h.get("image_size"),
+            "resize": f"slices are resized to {h.get('image_size')}x{h.get('image_size')} (area interpolation) and "
+                      "probabilities back to the slice's size (linear)",
+            "normalization": {"mean": list(h.get("mean", [])), "std": list(h.get("std", [])),
+                              "formula": "(pixel / 255 - mean) / std, per RGB channel"},
+        },
+        "threshold": h.get("threshold"),
+        "training_data": {"train": _data_counts(train_csv), "model_selection": _data_counts(val_csv),
+                          "split": _split(train_csv, val_csv)},
+        "training": {k: h.get(k) for k in ("loss", "optimizer", "lr", "scheduler", "epochs", "lowlr") if k in h},
+        "validation": {},
+        "versions": {"gliomaseg": h.get("gliomaseg_version") or None, "torch": torch_version},
+        "intended_use": INTENDED_USE,
+    }
+    if summary:
+        for key, value in summary.items():
+            if key.startswith("best_val_"):
+                card["validation"][key] = {"value": _clean(value), "reduction": BEST_VAL_MEANING.get(key, "validation score" + PICKED)}
+        card["training"].update({k: summary[k] for k in ("epochs_completed", "train_seconds") if k in summary})
+    if evaluation:
+        meaning = evaluation.get("meaning", {})
+        held_out = evaluation.get("held_out")
+        scope = {True: "held out from model selection", False: "the model-selection CSV: validation scores, optimistic",
+                 None: "unknown relation to model selection"}[held_out]
+        card["validation"]["evaluation"] = {
+            "csv": evaluation.get("evaluated_csv"), "scope": scope,
+            "slices": evaluation.get("slices"), "patients": evaluation.get("patients"),
+            "scores": {k: {"value": _clean(evaluation.get(k)), "reduction": meaning.get(k, "")} for k in EVALUATION_KEYS if k in evaluation},
+        }
+    return card
+
+
+def render_markdown(card: dict) -> str:
+    """``MODEL_CARD.md`` text of :func:`card_fields`."""
+    pre = card["preprocessing"]
+    data = card["training_data"]
+
+    def counts(part: dict) -> str:
+        known = [f"{part[k]} {k.replace('_', ' ')}" for k in ("patients", "slices", "tumour_slices") if k in part]
+        return f"`{part.get('csv')}`" + (f" ({', '.join(known)})" if known else "")
+
+    lines = [f"# Model card: {card['architecture']}-{card['encoder']}", "",
+             "## Intended use", "", card["intended_use"], "",
+             "## Model", "",
+             f"- architecture: {card['architecture']} (segmentation_models_pytorch), encoder {card['encoder']}",
+             f"- encoder weights: {card['encoder_weights']}",
+             f"- input: {card['input']}",
+             f"- output: {card['output']}; threshold **{card['threshold']}**", "",
+             "## Preprocessing", "",
+             f"- {pre['resize']}",
+             f"- normalization: {pre['normalization']['formula']}, mean {pre['normalization']['mean']}, std {pre['normalization']['std']}", "",
+             "## Training data", "",
+             f"- training: {counts(data['train'])}",
+             f"- model selection (validation): {counts(data['model_selection'])}",
+             f"- split: {data['split']}"]
+    if card["training"]:
+        lines.append("- training settings: " + ", ".join(f"{k} {v}" for k, v in card["training"].items()))
+    lines += ["", "## Validation", ""]
+    validation = card["validation"]
+    if not validation:
+        lines.append("No validation numbers were recorded with this model.")
+    for key, best in validation.items():
+        if key.startswith("best_val_"):
+            lines.append(f"- {key}: {_fmt(best['value'])}: {best['reduction']}")
+    if "evaluation" in validation:
+        ev = validation["evaluation"]
+        lines += [f"- `gliomaseg evaluate` on `{ev['csv']}` ({ev['slices']} slices, {ev['patients']} patients; {ev['scope']}):", "",
+                  "| number | value | reduction |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v['value'])} | {v['reduction']} |" for k, v in ev["scores"].items()]
+    versions = card["versions"]
+    lines += ["", "## Versions", "", f"- gliomaseg {versions['gliomaseg'] or 'unknown'}, torch {versions['torch'] or 'unknown'}", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def checkpoint_card(path: str | Path) -> tuple[dict, dict]:
+    """``(checkpoint, card)``: a checkpoint loaded with ``weights_only=True`` and its card, built from its
+    hyperparameters, the ``summary.json`` beside it and, when present, ``eval/summary.json`` beside it."""
+    import torch
+
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    run = path.parent
+    card = card_fields(checkpoint["hyper_parameters"], _read_json(run / "summary.json"), _read_json(run / "eval" / "summary.json"),
+                       torch_version=torch.__version__)
+    return checkpoint, card
+
+
+def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt") -> dict:
+    """Write ``RUN/MODEL_CARD.md`` and store the same fields as ``model_card`` in ``RUN/<checkpoint_name>``.
+
+    The checkpoint keeps loading with ``torch.load(weights_only=True)``: the card is plain data.
+    """
+    import torch
+
+    path = Path(run) / checkpoint_name
+    checkpoint, card = checkpoint_card(path)
+    checkpoint[CARD_KEY] = card
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)
+    write_text(render_markdown(card), path.parent / CARD_FILE)
+    return card
