@@ -112,9 +112,7 @@ def evaluate(
     from gliomaseg.inference.predictor import load_checkpoint
 
     predictor = predictor or load_checkpoint(checkpoint, device=device)
-    patients, problems = open_source(csv_path)
-    if problems:
-        raise DataError(f"{problems[0][0]}: {problems[0][1]}")
+    patients, _ = open_source(csv_path, strict=True)
     threshold = predictor.threshold
     variants: dict[str, PostProcess] = {"none": PostProcess()}
     if compare:
@@ -187,9 +185,7 @@ def score(pred: str | Path, truth: str | Path, out: str | Path) -> dict:
     pred = Path(pred)
     if not pred.is_dir():
         raise DataError(f"{pred}: prediction folder does not exist")
-    patients, problems = open_source(truth)
-    if problems:
-        raise DataError(f"{problems[0][0]}: {problems[0][1]}")
+    patients, _ = open_source(truth, strict=True)
     slices, patient_scores, report = score_masks((p, _prediction_slices(pred, p), _truth_masks(p)) for p in patients)
     summary = {
         "checkpoint": None,

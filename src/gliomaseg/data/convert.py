@@ -20,10 +20,7 @@ def convert_to_nifti(inputs: str | Path, out: str | Path) -> pd.DataFrame:
     A patient whose slices differ in size, or that lacks a mask, stops the conversion with an error naming the file.
     Returns one row per patient (``patient, slices, tumour_slices, image, mask``), also written to ``converted.csv``.
     """
-    patients, problems = open_source(inputs)
-    if problems:
-        path, problem = problems[0]
-        raise DataError(f"{path}: {problem}")
+    patients, _ = open_source(inputs, strict=True)
     rows = []
     out = Path(out)
     for patient in patients:

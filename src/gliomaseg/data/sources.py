@@ -183,12 +183,13 @@ def supported_endings() -> list[str]:
     return sorted(READERS)
 
 
-def open_source(paths: str | Path | Sequence[str | Path]) -> tuple[list[PatientInput], Problems]:
+def open_source(paths: str | Path | Sequence[str | Path], *, strict: bool = False) -> tuple[list[PatientInput], Problems]:
     """Patients and their slices (in slice order) from what the user gave; a bad file in a batch goes to ``problems``.
 
     Args:
         paths: one path (a slice, a CSV, a NIfTI case, a patient folder, a kaggle_3m root, a folder of
             NIfTI cases) or several (three NIfTI channel files of one case, or several slice files).
+        strict: raise on the first bad file instead of listing it in ``problems``.
 
     Returns:
         ``(patients, problems)``; ``problems`` lists ``(path, problem)`` for files left out.
@@ -215,6 +216,8 @@ def open_source(paths: str | Path | Sequence[str | Path]) -> tuple[list[PatientI
         if len(readers) > 1:
             raise DataError(f"{paths[0]}: several inputs must be of one kind (three NIfTI channels or slice files)")
         patients = readers.pop()(paths, problems)
+    if strict and problems:
+        raise DataError(f"{problems[0][0]}: {problems[0][1]}")
     patients = [p for p in patients if p.slices]
     if not patients:
         raise DataError(f"{paths[0]}: no slices found (expected {', '.join(supported_endings())} files)")
