@@ -190,8 +190,9 @@ def checkpoint_card(path: str | Path) -> tuple[dict, dict]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     run = path.parent
     card = card_fields(checkpoint["hyper_parameters"], _read_json(run / "summary.json"), _read_json(run / "eval" / "summary.json"),
-                       torch_version=torch.__version__)
-    return checkpoint, card
+                       torch_version=str(torch.__version__))
+    # A JSON round trip keeps only plain data, so the checkpoint still loads with weights_only=True.
+    return checkpoint, json.loads(json.dumps(card, default=str))
 
 
 def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt") -> dict:
