@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from gliomaseg.inference.postprocess import PostProcess, process_patient
-from gliomaseg.inference.predict import predict_probabilities
+from gliomaseg.choices import DEFAULT_BATCH_SIZE
+from gliomaseg.inference.postprocess import PostProcess
+from gliomaseg.inference.segment import segment as segment_slices
 from gliomaseg.metrics import confusion_numpy, dice
 from gliomaseg.serve.uploads import Case
 
@@ -20,21 +21,18 @@ class SegmentOptions:
     threshold: float | None = None
     tta: str = "none"
     postprocess: PostProcess = field(default_factory=PostProcess)
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 def segment(predictor, images: list[np.ndarray], options: SegmentOptions) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The viewer's only path to the model: the calls ``gliomaseg predict`` makes for one patient.
+    """The viewer's only path to the model: :func:`gliomaseg.inference.segment.segment`, as ``gliomaseg predict`` calls it.
 
     Args:
         images: one patient's uint8 RGB slices (H, W, 3) in slice order.
     Returns:
         ``(probabilities, masks)``: float32 (H, W) and uint8 0/1 (H, W) per slice, at each slice's own size.
     """
-    threshold = predictor.threshold if options.threshold is None else options.threshold
-    probabilities = predict_probabilities(predictor, images, options.batch_size, options.tta)
-    masks = process_patient([(p > threshold).astype(np.uint8) for p in probabilities], options.postprocess)
-    return probabilities, masks
+    return segment_slices(predictor, images, options.threshold, options.tta, options.postprocess, options.batch_size)
 
 
 def contours(mask: np.ndarray) -> list[list[list[int]]]:

@@ -19,8 +19,8 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask
+from gliomaseg.data.sources import open_source
 from gliomaseg.errors import DataError
-from gliomaseg.inference.predict import collect_inputs
 from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
 from gliomaseg.serve.nifti import VolumeGrid, read_volume, read_volume_mask
 
@@ -220,7 +220,8 @@ def _patient_of(stems: list[str]) -> str:
 
 
 def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
-    items, skipped = collect_inputs(folder)
+    patients, skipped = open_source(folder)
+    items = [item for patient in patients if patient.geometry is None for item in patient.slices]
     out.notes.extend(f"skipped {path}: {problem}" for path, problem in skipped)
     if len(items) > slices_left:
         raise UploadTooLarge(f"{folder.name}: more than {limits.max_slices} slices in one upload")
