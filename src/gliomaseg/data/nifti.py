@@ -4,7 +4,8 @@ Axial axis: a volume is first reoriented (a lossless permutation / flip of voxel
 resampling) to the voxel order closest to LPS: array axis 0 runs to the patient's Left, axis 1 to
 Posterior, axis 2 to Superior. Axis 2 is the axial one; slice ``k`` (1-based slice number ``k + 1``)
 is ``data[:, :, k]`` shown as an image with rows along axis 1 (anterior at the top) and columns
-along axis 0 (the patient's right on the image's left, as kaggle_3m's slices are drawn).
+along axis 0 (the patient's right on the image's left: radiological display). kaggle_3m's tif files
+record no orientation, so reading them as radiological is an assumption, the one ``convert`` writes.
 Masks are written back through the inverse reordering, so they have the input's shape, affine and
 header. ``convert`` writes kaggle_3m patients in exactly this layout (affine ``diag(-1, -1, 1)``:
 1 mm voxels, since kaggle_3m does not record the spacing).
