@@ -7,6 +7,10 @@ import os
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("plateau", "step", "cosine", "none")
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
+# "auto" measures fp32 against bf16-mixed on this machine (gliomaseg.precision) before training.
+AUTO_PRECISION = "auto"
+TRAIN_PRECISIONS = (*sorted(PRECISIONS), AUTO_PRECISION)
+DEFAULT_TRAIN_PRECISION = AUTO_PRECISION
 
 
 def default_workers() -> int:

@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
+    from gliomaseg.choices import DEFAULT_TRAIN_PRECISION, OPTIMIZERS, SCHEDULERS, TRAIN_PRECISIONS, default_workers
 
     p.add_argument("--data", help="a prepare output folder holding data_train.csv and data_val.csv")
     p.add_argument("--train-csv", help="training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv")
@@ -165,7 +165,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowlr", action="store_true", help="encoder at 0.1x the learning rate")
     p.add_argument("--oversample", type=float, default=1.0, help="draw slices with tumour this many times as often as empty ones (1: no oversampling)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--precision", default="32", choices=sorted(PRECISIONS))
+    p.add_argument("--precision", default=DEFAULT_TRAIN_PRECISION, choices=TRAIN_PRECISIONS,
+                   help="auto (default): a few-second probe picks fp32 or bf16-mixed, whichever trains faster here "
+                        "(cached per machine in $GLIOMASEG_CACHE_DIR or ~/.cache/gliomaseg); 32 or bf16-mixed force one")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-time", default=None, help="stop after HH:MM:SS")
     p.add_argument("--devices", default="auto")
