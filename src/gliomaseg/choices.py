@@ -11,6 +11,10 @@ PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed",
 AUTO_PRECISION = "auto"
 TRAIN_PRECISIONS = (*sorted(PRECISIONS), AUTO_PRECISION)
 DEFAULT_TRAIN_PRECISION = AUTO_PRECISION
+# `export --quantize`: the smaller variants of an ONNX export (gliomaseg.quantization).
+EXPORT_VARIANTS = ("int8", "fp16")
+CALIBRATION_SLICES = 128  # training slices that calibrate int8 activation ranges
+MAX_DICE_DROP = 0.005  # the largest per-patient Dice drop against fp32 that an exported variant may show
 
 
 def default_workers() -> int:
