@@ -23,12 +23,14 @@ def test_decide_picks_bf16_only_when_clearly_faster():
         decide({FP32: 0.0, BF16: 0.0})
 
 
-def test_probe_times_each_precision_with_the_given_clock():
-    # The clock is read before and after the timed steps: fp32 takes 4 s, bf16-mixed 1 s for 2 steps of 2 images.
-    readings = iter([100.0, 104.0, 200.0, 201.0])
+def test_probe_alternates_precisions_and_keeps_each_ones_fastest_step():
+    # Clock readings around each timed step, in turn fp32, bf16, fp32, bf16: fp32 steps take 2.0 s and 1.5 s
+    # (the slower one disturbed), bf16-mixed steps 0.5 s and 0.6 s; batch of 2 images.
+    readings = iter([0.0, 2.0, 10.0, 10.5, 20.0, 21.5, 30.0, 30.6])
     rates = probe_rates("unet", "resnet18", 32, batch=2, steps=2, clock=lambda: next(readings))
-    assert rates == {FP32: pytest.approx(1.0), BF16: pytest.approx(4.0)}
+    assert rates == {FP32: pytest.approx(2 / 1.5, abs=1e-3), BF16: pytest.approx(4.0)}
     assert decide(rates).precision == BF16
+    assert next(readings, None) is None  # read exactly twice per timed step
 
 
 def test_auto_is_cached_per_machine_model_and_size(monkeypatch, tmp_path):

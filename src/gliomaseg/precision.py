@@ -3,7 +3,7 @@
 Machines of one kind differ (one 2-core AVX512_BF16 CPU trained Unet-resnet18 2.7x faster in bf16,
 another of the same kind slower), so the choice is measured, not assumed. The probe runs a few
 training steps (forward, loss, backward, optimizer step) of the actual architecture and encoder at the
-actual image size, both channels_last, and keeps bf16-mixed only when it is at least
+actual image size, both channels_last, in turn (so other load hits both alike), and keeps bf16-mixed only when it is at least
 :data:`BF16_MARGIN` faster: bf16 rounds activations, so a tie goes to fp32. The answer is cached per
 machine (see :mod:`gliomaseg.machine`) with the torch version, model and size, so later runs skip it.
 """
@@ -24,7 +24,7 @@ BF16 = "bf16-mixed"
 BF16_MARGIN = 0.10
 # The probe's batch (at most the training batch): small enough to keep the probe to a few seconds.
 PROBE_BATCH = 4
-PROBE_STEPS = 2
+PROBE_STEPS = 3
 CACHE_KIND = "precision"
 
 
@@ -72,8 +72,10 @@ def probe_rates(
 ) -> dict[str, float]:
     """Training images/s of ``arch``-``encoder`` on (batch, 3, image_size, image_size) random images, fp32 and bf16-mixed.
 
-    Each precision gets a fresh model, one warm-up step, then ``steps`` timed steps (SGD, dice loss),
-    channels_last in both. ``clock`` is read once before and once after the timed steps of each precision.
+    One model per precision (same initial weights, channels_last, SGD, dice loss) takes one warm-up step;
+    then the two take ``steps`` timed steps in turn (fp32, bf16, fp32, ...), so a burst of load from other
+    processes hits both alike. Each rate uses its fastest step: other work only ever adds time.
+    ``clock`` is read before and after every timed step.
     """
     import torch
 
@@ -85,32 +87,32 @@ def probe_rates(
     images = torch.randn(batch, 3, image_size, image_size, generator=generator).to(dev).contiguous(memory_format=torch.channels_last)
     masks = (torch.rand(batch, 1, image_size, image_size, generator=generator) > 0.8).float().to(dev)
     loss_fn = build_loss("dice")
-    rates: dict[str, float] = {}
-    for precision in (FP32, BF16):
-        if precision == BF16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-            continue
+    precisions = [FP32] + ([] if dev.type == "cuda" and not torch.cuda.is_bf16_supported() else [BF16])
+    setups = {}
+    for precision in precisions:
         torch.manual_seed(0)
         model = build_model(arch, encoder).to(dev).train().to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        setups[precision] = (model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
 
-        def step() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == BF16):
-                loss = loss_fn(model(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        step()  # warm-up: oneDNN picks its kernels on the first step
+    def step(precision: str) -> None:
+        model, optimizer = setups[precision]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == BF16):
+            loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        started = clock()
-        for _ in range(steps):
-            step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = clock() - started
-        rates[precision] = round(batch * steps / seconds, 3) if seconds > 0 else 0.0
-    return rates
+
+    for precision in precisions:
+        step(precision)  # warm-up: oneDNN / cuDNN pick their kernels on the first step
+    seconds: dict[str, list[float]] = {p: [] for p in precisions}
+    for _ in range(steps):
+        for precision in precisions:
+            started = clock()
+            step(precision)
+            seconds[precision].append(clock() - started)
+    return {p: round(batch / min(s), 3) if min(s) > 0 else 0.0 for p, s in seconds.items()}
 
 
 def probe_key(arch: str, encoder: str, image_size: int, device: str = "cpu") -> dict:
