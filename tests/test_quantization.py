@@ -60,8 +60,9 @@ def test_int8_export_is_quantized_calibrated_on_training_slices_and_checked(int8
     assert report["mask_agreement"] == pytest.approx(agreement, abs=1e-6)
     assert agreement > 0.9  # a 2-epoch model at 64 px: many probabilities sit near the threshold
     assert report["check_slices"] == len(check.images) and report["check_patients"] == len(set(check.patients))
-    assert 0 <= report["patient_dice_drop_max"] <= quantization.MAX_DICE_DROP
-    assert report["patient_dice_mean"] == pytest.approx(report["patient_dice_fp32_mean"], abs=quantization.MAX_DICE_DROP)
+    assert abs(report["patient_dice_drop"]) <= quantization.MAX_DICE_DROP
+    assert report["patient_dice_drop"] == pytest.approx(report["patient_dice_fp32_mean"] - report["patient_dice_mean"], abs=2e-5)
+    assert report["patient_dice_drop_max"] >= report["patient_dice_drop"]
 
 
 def test_fp16_weights_halve_the_file_and_keep_the_masks(fp32_model: Path, prepared: Path, tmp_path: Path):
@@ -69,7 +70,7 @@ def test_fp16_weights_halve_the_file_and_keep_the_masks(fp32_model: Path, prepar
     report = write_variant(fp32_model, out, "fp16", check_csv=prepared / "data_val.csv")
     assert report["tensors_converted"] > 20
     assert 0.45 < report["file_bytes"] / report["fp32_file_bytes"] < 0.55
-    assert report["mask_agreement"] > 0.999 and abs(report["patient_dice_drop_max"]) < 1e-3
+    assert report["mask_agreement"] > 0.999 and abs(report["patient_dice_drop_max"]) < 1e-3 and abs(report["patient_dice_drop"]) < 1e-3
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(out)).graph.initializer)
     images = load_slices(prepared / "data_val.csv", 64).images[:4]
     ref = OnnxPredictor(fp32_model, micro_batch=4).logits(images)
@@ -79,12 +80,18 @@ def test_fp16_weights_halve_the_file_and_keep_the_masks(fp32_model: Path, prepar
 def test_variant_that_loses_dice_is_refused_and_leaves_no_file(fp32_model: Path, prepared: Path, tmp_path: Path, monkeypatch):
     real = quantization.compare_with_fp32
 
-    def worse(reference, candidate, check):
-        return {**real(reference, candidate, check), "patient_dice_drop_max": 0.02, "worst_patient": "P1"}
+    def mean_drop(reference, candidate, check):
+        return {**real(reference, candidate, check), "patient_dice_drop": 0.008}
 
-    monkeypatch.setattr(quantization, "compare_with_fp32", worse)
+    def one_patient(reference, candidate, check):
+        return {**real(reference, candidate, check), "patient_dice_drop": 0.001, "patient_dice_drop_max": 0.08, "worst_patient": "P1"}
+
     out = tmp_path / "out" / "model.onnx"
-    with pytest.raises(QuantizationError, match=r"not written: fp16 loses 0.0200 Dice on patient P1 \(limit 0.005\)"):
+    monkeypatch.setattr(quantization, "compare_with_fp32", mean_drop)
+    with pytest.raises(QuantizationError, match=r"not written: with fp16 the mean per-patient Dice drops by 0.0080 \(limit 0.005\)"):
+        write_variant(fp32_model, out, "fp16", check_csv=prepared / "data_val.csv")
+    monkeypatch.setattr(quantization, "compare_with_fp32", one_patient)
+    with pytest.raises(QuantizationError, match=r"patient P1 loses 0.0800 Dice \(limit 0.05 for one patient\)"):
         write_variant(fp32_model, out, "fp16", check_csv=prepared / "data_val.csv")
     assert list(out.parent.iterdir()) == []  # neither the model nor a temp file
 
@@ -107,7 +114,7 @@ def test_cli_export_fp16_prints_the_check(trained_run: Path, tmp_path: Path, cap
     out = tmp_path / "m16.onnx"
     assert main(["export", "--checkpoint", str(trained_run / "best.ckpt"), "--out", str(out), "--quantize", "fp16"]) == 0
     text = capsys.readouterr().out
-    assert "fp16 vs fp32 on" in text and "mask pixel agreement" in text and "largest drop" in text and out.is_file()
+    assert "fp16 vs fp32 on" in text and "mask pixel agreement" in text and "one patient's largest drop" in text and out.is_file()
     assert main(["export", "--checkpoint", str(trained_run / "best.ckpt"), "--out", str(tmp_path / "x.onnx"), "--quantize", "fp16",
                  "--max-dice-drop", "-1"]) == 2  # an impossible bound: refused, one error line, no file
     assert "not written" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
@@ -127,3 +134,34 @@ def test_runtime_settings_are_measured_cached_and_overridable(int8_export, monke
     assert forced.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(GliomasegError, match="at least 1"):
         OnnxPredictor(model, threads=0)
+
+
+def test_cli_predict_onnx_says_its_settings(int8_export, synth_root: Path, tmp_path: Path, capsys):
+    model, _ = int8_export
+    patient = sorted(synth_root.iterdir())[0]
+    assert main(["predict", "--backend", "onnx", "--model", str(model), "--input", str(patient), "--out", str(tmp_path / "p"),
+                 "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime: 1 thread(s), micro-batch" in text and (tmp_path / "p" / "predictions.csv").is_file()
+
+
+def test_calibration_ranges_cover_every_batch(fp32_model: Path, tmp_path: Path):
+    from onnx import numpy_helper
+
+    from gliomaseg.quantization import CALIBRATION_BATCH, quantize_int8
+
+    # The first batch spans 0..255, the two after it are flat grey: the input's range must come from all three.
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (CALIBRATION_BATCH, 64, 64, 3), dtype=np.uint8)
+    wide[0, 0, 0], wide[0, 0, 1] = 0, 255
+    flat = np.full((2 * CALIBRATION_BATCH, 64, 64, 3), 128, np.uint8)
+    out = tmp_path / "q.onnx"
+    quantize_int8(fp32_model, out, np.concatenate([wide, flat]))
+    graph = onnx.load(str(out)).graph
+    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+    scale = float(numpy_helper.to_array(next(i for i in graph.initializer if i.name == first.input[1])))
+    meta = _metadata(fp32_model)
+    lo = min((0 - 255 * m) / (255 * s) for m, s in zip(meta["mean"], meta["std"]))
+    hi = max((255 - 255 * m) / (255 * s) for m, s in zip(meta["mean"], meta["std"]))
+    assert scale == pytest.approx((hi - lo) / 255, rel=1e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]

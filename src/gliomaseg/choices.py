@@ -14,7 +14,8 @@ DEFAULT_TRAIN_PRECISION = AUTO_PRECISION
 # `export --quantize`: the smaller variants of an ONNX export (gliomaseg.quantization).
 EXPORT_VARIANTS = ("int8", "fp16")
 CALIBRATION_SLICES = 128  # training slices that calibrate int8 activation ranges
-MAX_DICE_DROP = 0.005  # the largest per-patient Dice drop against fp32 that an exported variant may show
+MAX_DICE_DROP = 0.005  # the largest drop of the mean per-patient Dice against fp32 that an exported variant may show
+MAX_PATIENT_DICE_DROP = 0.05  # ... and of any one patient's Dice (small tumours swing with a few pixels)
 
 
 def default_workers() -> int:
