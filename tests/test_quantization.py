@@ -27,10 +27,10 @@ def fp32_model(trained_run: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def int8_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
-    from gliomaseg.export import export_onnx
+    from gliomaseg.export import export_variant
 
     out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
-    result = export_onnx(trained_run / "best.ckpt", out, variant="int8", calibration_slices=12)
+    result = export_variant(trained_run / "best.ckpt", out, "int8", calibration_slices=12)
     return out, result
 
 

@@ -92,10 +92,13 @@ def _predict(args: argparse.Namespace) -> None:
 
 @command("export")
 def _export(args: argparse.Namespace) -> None:
-    from gliomaseg.export import export_onnx
+    from gliomaseg.export import export_onnx, export_variant
 
-    result = export_onnx(args.checkpoint, args.out, opset=args.opset, variant=args.quantize, calibration_csv=args.calibration_csv,
-                         check_csv=args.check_csv, calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop)
+    if args.quantize:
+        result = export_variant(args.checkpoint, args.out, args.quantize, opset=args.opset, calibration_csv=args.calibration_csv,
+                                check_csv=args.check_csv, calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop)
+    else:
+        result = export_onnx(args.checkpoint, args.out, opset=args.opset)
     print(f"fp32: ONNX Runtime vs PyTorch max abs logit difference {result['max_abs_diff']:.2e} (limit {result['tolerance']:.0e})")
     v = result.get("variant")
     if v:
