@@ -110,7 +110,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) -> Path:
-    """Write (H, W, 3) RGB uint8 frames as an endlessly looping GIF at ``fps`` frames per second.
+    """Write (H, W, 3) RGB uint8 frames as an endlessly looping GIF at ``fps`` frames per second, atomically.
 
     Each frame gets its own 256-colour palette by Pillow's fast octree quantizer, without dithering: on a
     20-slice patient 0.08 s instead of 2.5 s for median cut (imageio's default), at a mean error of 2.3 instead
@@ -121,11 +121,11 @@ def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) 
     frames = [np.asarray(f, dtype=np.uint8) for f in frames]
     if not frames:
         raise ValueError(f"{path}: no frames to write")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from gliomaseg.data.files import atomic_write
+
     images = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for f in frames]
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000.0 / fps), loop=0)
-    return path
+    return atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                         duration=round(1000.0 / fps), loop=0))
 
 
 def plot_bars(
