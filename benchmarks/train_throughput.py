@@ -1,9 +1,10 @@
 """Training throughput of Unet-resnet18 at 256x256, data loading included.
 
 Compares the case study's way (decode every tif each step, fp32, NCHW) with ours (cached slices,
-channels_last, bf16-mixed autocast), and ours through the full ``gliomaseg train`` (Lightning) path.
+channels_last, fp32 and bf16-mixed autocast), and ours through the full ``gliomaseg train`` (Lightning)
+path with fp32 and with ``--precision auto`` (the probe's choice and its reason are printed and stored).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--synthetic]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--synthetic] [--quick]
 """
 
 from __future__ import annotations
@@ -56,13 +57,14 @@ def measure(data: Path, *, cache: bool, channels_last: bool, bf16: bool, workers
     return images_done / (time.perf_counter() - started)
 
 
-def lightning_path(data: Path, steps: int, size: int, batch: int) -> float:
+def lightning_path(data: Path, steps: int, size: int, batch: int, precision: str = "32") -> tuple[float, dict]:
+    """Images/s through ``gliomaseg train`` (first steps included) and the run's precision choice."""
     from gliomaseg.training import TrainConfig, train
 
     out = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-run-"))
     result = train(TrainConfig(out=str(out), data=str(data), epochs=1, batch_size=batch, image_size=size, workers=0, progress=False,
-                               precision="32", limit_train_batches=steps + 2, limit_val_batches=1))
-    return result.summary["train_images_per_second"]
+                               precision=precision, limit_train_batches=steps + 2, limit_val_batches=1))
+    return result.summary["train_images_per_second"], result.summary["precision_choice"]
 
 
 def main() -> None:
@@ -72,7 +74,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--synthetic", action="store_true", help="use synthetic data even when the real data is there")
+    parser.add_argument("--quick", action="store_true", help="2 timed steps after 1 warm-up (checks that the benchmark runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 2, 1
     data, source = prepared_data(not args.synthetic)
     common = dict(steps=args.steps, warmup=args.warmup, size=args.size, batch=args.batch)
     rows = []
@@ -84,8 +89,12 @@ def main() -> None:
     for label, options in cases:
         rows.append({"path": label, "images_per_s": round(measure(data, **options, **common), 2)})
         print(f"{label}: {rows[-1]['images_per_s']} images/s", flush=True)
-    rows.append({"path": "ours through `gliomaseg train` (Lightning, fp32 channels_last, first steps included)",
-                 "images_per_s": round(lightning_path(data, args.steps, args.size, args.batch), 2)})
+    rate, _ = lightning_path(data, args.steps, args.size, args.batch, "32")
+    rows.append({"path": "ours through `gliomaseg train` (Lightning, fp32 channels_last, first steps included)", "images_per_s": round(rate, 2)})
+    rate, choice = lightning_path(data, args.steps, args.size, args.batch, "auto")
+    rows.append({"path": f"ours through `gliomaseg train --precision auto` (picked {choice['precision']}, {choice['source']})",
+                 "images_per_s": round(rate, 2)})
+    print(f"--precision auto: {choice['reason']}", flush=True)
     base = rows[0]["images_per_s"]
     for row in rows:
         row["speedup"] = f"{row['images_per_s'] / base:.2f}x"
@@ -93,7 +102,8 @@ def main() -> None:
     print(f"Unet-resnet18, {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up; data: {source}")
     print(f"machine: {machine()}")
     print_table(rows, ["path", "images_per_s", "speedup"])
-    path = write_results("train_throughput", rows, {"data": source, "machine": machine(), **vars(args)})
+    print(f"--precision auto picked {choice['precision']} ({choice['source']}): {choice['reason']}")
+    path = write_results("train_throughput", rows, {"data": source, "machine": machine(), "precision_choice": choice, **vars(args)})
     print(f"wrote {path}")
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Measured choices (training precision, ONNX Runtime settings) go to a cache of this test session only.
+os.environ["GLIOMASEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="gliomaseg-test-cache-")
 
 
 @pytest.fixture(scope="session")

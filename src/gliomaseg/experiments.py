@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "precision": "32", "workers": 4},
     # Measured on 2 CPU cores (docs/benchmarks.md): the most Dice per hour there.
     "cpu": {"image_size": 128, "epochs": 8, "batch_size": 16, "optimizer": "adam", "lr": 0.002, "scheduler": "cosine",
-            "precision": "32", "workers": 0, "cache": True},
+            "precision": "auto", "workers": 0, "cache": True},
 }
 RUN_KEYS = {"name", "reference", "split", "extra"}
 FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets"}

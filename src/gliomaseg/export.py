@@ -1,8 +1,14 @@
-"""``gliomaseg export``: a checkpoint to ONNX, checked against PyTorch with ONNX Runtime."""
+"""``gliomaseg export``: a checkpoint to ONNX, checked against PyTorch with ONNX Runtime.
+
+:func:`export_variant` (``--quantize int8|fp16``) turns the checked fp32 export into a smaller variant with
+:mod:`gliomaseg.quantization`, which checks it against fp32 on the validation slices before writing ``out``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,9 +54,46 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, bat
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     expected = predictor.logits(images).cpu().numpy()
-    got = OnnxPredictor(out).logits(images)
+    got = OnnxPredictor(out, micro_batch=4).logits(images)
     diff = float(np.abs(expected - got).max())
     if diff > tolerance:
         raise GliomasegError(f"{out}: ONNX logits differ from PyTorch by {diff:.2e} (> {tolerance:.0e})")
     card_path = write_text(render_markdown(card), out.parent / CARD_FILE)
     return {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "model_card": str(card_path)}
+
+
+def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, opset: int = 17,
+                   calibration_csv: str | Path | None = None, check_csv: str | Path | None = None,
+                   calibration_slices: int | None = None, max_dice_drop: float | None = None) -> dict:
+    """Export ``checkpoint`` as its ``variant`` (``int8`` / ``fp16``) to ``out``, nothing written unless every check passes.
+
+    The fp32 model goes through :func:`export_onnx` into a temporary file beside ``out`` (removed afterwards),
+    then :func:`gliomaseg.quantization.write_variant` builds and checks the variant. ``calibration_csv``
+    defaults to the checkpoint's training CSV, ``check_csv`` to its validation CSV. Returns the fp32 export's
+    result with the variant's check report under ``"variant"``.
+    """
+    from gliomaseg import quantization
+    from gliomaseg.inference.predictor import read_checkpoint
+
+    _, info = read_checkpoint(checkpoint)
+    out = Path(out)
+    check_csv = check_csv or info.val_csv
+    if variant == "int8":
+        calibration_csv = calibration_csv or info.train_csv
+    if not check_csv:
+        raise GliomasegError(f"{checkpoint}: names no validation CSV to check the {variant} model on; pass --check-csv data_val.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.fp32.", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    fp32 = Path(name)
+    try:
+        result = export_onnx(checkpoint, fp32, opset=opset)
+        options = {"calibration_slices": calibration_slices, "max_dice_drop": max_dice_drop}
+        result["variant"] = quantization.write_variant(
+            fp32, out, variant, check_csv=check_csv, calibration_csv=calibration_csv,
+            validation_csvs=[Path(info.val_csv)] if info.val_csv else [], **{k: v for k, v in options.items() if v is not None},
+        )
+    finally:
+        fp32.unlink(missing_ok=True)
+    result["path"] = str(out)
+    return result

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from gliomaseg.choices import OPTIMIZERS, PRECISIONS, SCHEDULERS, default_workers
+from gliomaseg.choices import DEFAULT_TRAIN_PRECISION, OPTIMIZERS, PRECISIONS, SCHEDULERS, TRAIN_PRECISIONS, default_workers
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import read_slices_csv, write_text
@@ -33,6 +33,7 @@ from gliomaseg.errors import ConfigError, DataError, TrainingDivergedError
 from gliomaseg.losses import build_loss
 from gliomaseg.metrics import confusion, patient_table, slice_table
 from gliomaseg.models import build_model, canonical_architecture, check_image_size, count_parameters, encoder_normalization
+from gliomaseg.precision import choose_precision
 
 # best.ckpt is picked on the figure users read: mean per-patient 3D Dice at the masks' own resolution.
 MONITOR = "val_patient_dice"
@@ -66,7 +67,9 @@ class TrainConfig:
     scheduler: str = field(default="plateau", metadata={"choices": SCHEDULERS})
     lowlr: bool = field(default=False, metadata={"help": "encoder at 0.1x the learning rate"})
     image_size: int = 256
-    precision: str = field(default="32", metadata={"choices": tuple(sorted(PRECISIONS))})
+    precision: str = field(default=DEFAULT_TRAIN_PRECISION, metadata={"choices": tuple(TRAIN_PRECISIONS), "help": (
+        "auto (default): a few-second probe picks fp32 or bf16-mixed, whichever trains faster here "
+        "(cached per machine in $GLIOMASEG_CACHE_DIR or ~/.cache/gliomaseg); 32 or bf16-mixed force one")})
     seed: int = 42
     max_time: str | None = field(default=None, metadata={"help": "stop after HH:MM:SS"})
     devices: str = "auto"
@@ -109,8 +112,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(TRAIN_PRECISIONS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs, batch size and learning rate must be positive")
         if not self.oversample >= 1:
@@ -376,6 +379,9 @@ def train(config: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
+    precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
+                                 batch_size=config.batch_size, accelerator=config.accelerator)
+    print(precision.message(), flush=True)
     write_text(json.dumps(asdict(config), indent=2), out / "config.json")
     task = task_from_config(config, train_csv, val_csv)
     throughput = Throughput()
@@ -389,7 +395,7 @@ def train(config: TrainConfig) -> TrainResult:
         devices=config.devices if config.devices == "auto" else int(config.devices),
         num_nodes=config.num_nodes,
         strategy=config.strategy,
-        precision=PRECISIONS[config.precision],
+        precision=PRECISIONS[precision.precision],
         # A new log version per session: Lightning's loggers would delete the interrupted session's logs.
         logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="logs")],
         callbacks=[checkpoint, LearningRateMonitor("epoch"), throughput],
@@ -409,6 +415,8 @@ def train(config: TrainConfig) -> TrainResult:
         "encoder": config.encoder,
         "loss": config.loss,
         "image_size": config.image_size,
+        "precision": precision.precision,
+        "precision_choice": asdict(precision),
         "epochs_completed": int(trainer.current_epoch),
         "resumed_from": str(resume_from) if resume_from else None,
         "stopped_by": "max_time" if trainer.current_epoch < config.epochs else "epochs",

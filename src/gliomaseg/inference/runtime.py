@@ -1,31 +1,100 @@
-"""A torch-free predictor on ONNX Runtime, reading normalization and threshold from the model's metadata."""
+"""A torch-free predictor on ONNX Runtime, reading normalization and threshold from the model's metadata.
+
+Execution settings are chosen for the machine: ``threads`` defaults to the CPUs this process may use (on
+4 or more CPUs, half of them, one per physical core on most machines, is measured as well), and the
+micro-batch (how many slices go through the session at once) is measured: :data:`MICRO_BATCHES` are timed
+on :data:`PROBE_SLICES` random slices and the fastest is kept. On 2 cores, batches of 1-4 ran about 1.5x
+faster per slice than 16 (cache-bound; docs/benchmarks.md). The measurement takes a second or two and is
+cached per machine, ONNX Runtime version, model file and threads (see :mod:`gliomaseg.machine`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from gliomaseg import machine
 from gliomaseg.errors import CheckpointError
+
+MICRO_BATCHES = (1, 2, 4, 8)
+PROBE_SLICES = 8
+CACHE_KIND = "onnxruntime"
+
+
+@dataclass
+class RuntimeSettings:
+    """How the session runs: intra-op ``threads`` and ``micro_batch``, and where the choice came from."""
+
+    threads: int
+    micro_batch: int
+    source: str  # "given", "measured", "cache"
+    slices_per_second: dict[str, float] = field(default_factory=dict)  # "threads x micro-batch" -> slices/s of the probe
+
+    def message(self) -> str:
+        line = f"onnxruntime: {self.threads} thread(s), micro-batch {self.micro_batch} ({self.source}"
+        if self.slices_per_second:
+            best = max(self.slices_per_second.values())
+            line += "; probe slices/s " + ", ".join(f"{k}: {v:.1f}" for k, v in self.slices_per_second.items())
+            line += f"; best {best:.1f}"
+        return line + ")"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:20]
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _probe(session, input_name: str, size: int) -> dict[int, float]:
+    """Slices/s of ``session`` for each micro-batch of :data:`MICRO_BATCHES`, on random input."""
+    x = np.random.default_rng(0).standard_normal((max(MICRO_BATCHES), 3, size, size)).astype(np.float32)
+    rates = {}
+    for batch in MICRO_BATCHES:
+        session.run(None, {input_name: x[:batch]})  # warm-up
+        runs = -(-PROBE_SLICES // batch)
+        started = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, {input_name: x[:batch]})
+        rates[batch] = runs * batch / (time.perf_counter() - started)
+    return rates
 
 
 class OnnxPredictor:
-    """Runs a model written by ``gliomaseg export``; needs onnxruntime and numpy only."""
+    """Runs a model written by ``gliomaseg export``; needs onnxruntime and numpy only.
 
-    def __init__(self, path: str | Path, threads: int | None = None, micro_batch: int = 4) -> None:
+    ``threads`` / ``micro_batch`` force a setting; left out, they are chosen for this machine (see the module).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, micro_batch: int | None = None, use_cache: bool = True) -> None:
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model does not exist")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+        if threads is not None and threads < 1:
+            raise CheckpointError(f"{path}: --threads must be at least 1, got {threads}")
+        cpus = machine.available_cpus()
+        thread_options = [threads] if threads else sorted({cpus, max(1, cpus // 2)} if cpus >= 4 else {cpus}, reverse=True)
+        self.session = _session(path, thread_options[0])
         meta = self.session.get_modelmeta().custom_metadata_map
         if "gliomaseg" not in meta:
             raise CheckpointError(f"{path}: ONNX model has no gliomaseg metadata (export it with `gliomaseg export`)")
@@ -35,10 +104,36 @@ class OnnxPredictor:
         self.mean = np.asarray(self.meta["mean"], np.float32).reshape(1, 3, 1, 1) * 255.0
         self.std = np.asarray(self.meta["std"], np.float32).reshape(1, 3, 1, 1) * 255.0
         self.input_name = self.session.get_inputs()[0].name
-        # Measured on 2 CPU cores: batches of 1-4 run ~1.5x faster per slice than 16 (cache-bound).
-        self.micro_batch = micro_batch
+        if micro_batch is not None:
+            if micro_batch < 1:
+                raise CheckpointError(f"{path}: micro-batch must be at least 1, got {micro_batch}")
+            self.settings = RuntimeSettings(thread_options[0], micro_batch, "given")
+        else:
+            self.settings = self._choose(path, thread_options, use_cache, ort.__version__)
+            if self.settings.threads != thread_options[0]:
+                self.session = _session(path, self.settings.threads)
+        self.micro_batch = self.settings.micro_batch
+
+    def _choose(self, path: Path, thread_options: list[int], use_cache: bool, version: str) -> RuntimeSettings:
+        key = machine.machine_key(onnxruntime=version, model=file_digest(path), threads=thread_options)
+        if use_cache:
+            hit = machine.cached(CACHE_KIND, key)
+            if hit and isinstance(hit.get("threads"), int) and isinstance(hit.get("micro_batch"), int):
+                return RuntimeSettings(hit["threads"], hit["micro_batch"], "cached: measured earlier on this machine",
+                                       hit.get("slices_per_second", {}))
+        rates: dict[tuple[int, int], float] = {}
+        for threads in thread_options:
+            session = self.session if threads == thread_options[0] else _session(path, threads)
+            rates.update({(threads, batch): rate for batch, rate in _probe(session, self.input_name, self.image_size).items()})
+        threads, batch = max(rates, key=rates.get)
+        settings = RuntimeSettings(threads, batch, "measured now",
+                                   {f"{t}x{b}": round(r, 2) for (t, b), r in rates.items()})
+        if use_cache:
+            machine.store(CACHE_KIND, key, asdict(settings))
+        return settings
 
     def logits(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB -> (N, 1, S, S) float32 logits, in micro-batches."""
         x = images.transpose(0, 3, 1, 2).astype(np.float32)
         x = np.ascontiguousarray((x - self.mean) / self.std)
         step = self.micro_batch
