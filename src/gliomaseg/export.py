@@ -18,7 +18,8 @@ from gliomaseg.data.files import write_text
 from gliomaseg.errors import GliomasegError
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, batch: int = 2, tolerance: float = 1e-4) -> dict:
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, batch: int = 2, tolerance: float = 1e-4,
+                write_card: bool = True) -> dict:
     """Write ``out`` (dynamic batch; normalization and threshold as metadata) and compare logits.
 
     The model card goes into the ONNX metadata (``model_card``, JSON) and beside the file as ``MODEL_CARD.md``.
@@ -58,8 +59,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, bat
     diff = float(np.abs(expected - got).max())
     if diff > tolerance:
         raise GliomasegError(f"{out}: ONNX logits differ from PyTorch by {diff:.2e} (> {tolerance:.0e})")
-    card_path = write_text(render_markdown(card), out.parent / CARD_FILE)
-    return {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "model_card": str(card_path)}
+    result = {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "card": card}
+    if write_card:
+        result["model_card"] = str(write_text(render_markdown(card), out.parent / CARD_FILE))
+    return result
 
 
 def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, opset: int = 17,
@@ -87,7 +90,7 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
     os.close(fd)
     fp32 = Path(name)
     try:
-        result = export_onnx(checkpoint, fp32, opset=opset)
+        result = export_onnx(checkpoint, fp32, opset=opset, write_card=False)  # the card comes once the variant passed
         options = {"calibration_slices": calibration_slices, "max_dice_drop": max_dice_drop}
         result["variant"] = quantization.write_variant(
             fp32, out, variant, check_csv=check_csv, calibration_csv=calibration_csv,
@@ -95,5 +98,8 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
         )
     finally:
         fp32.unlink(missing_ok=True)
+    from gliomaseg.model_card import CARD_FILE, render_markdown
+
     result["path"] = str(out)
+    result["model_card"] = str(write_text(render_markdown(result["card"]), out.parent / CARD_FILE))
     return result
