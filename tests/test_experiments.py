@@ -43,6 +43,9 @@ def test_runner_writes_results_then_skips_finished_runs(two_runs: Path, prepared
     assert table.loc[0, "reference_iou"] == 0.8 and table.loc[0, "parameters_M"] > 10 and table.loc[0, "gflops"] > 0
     assert (prepared / "data_train_split_by_img.csv").is_file()  # the image split was made for the run
     assert "reference_iou" in (out / "two" / "results.md").read_text()
+    configs = {name: json.loads((out / "two" / name / "config.json").read_text()) for name in ("dice", "image-split")}
+    assert configs["dice"]["loss"] == "dice" and configs["image-split"]["loss"] == "bce"  # what a run compares beats the preset
+    assert configs["dice"]["optimizer"] == "adam" and configs["dice"]["image_size"] == 64  # the cpu preset, then the command line
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

@@ -39,9 +39,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The case study's setting.
     "gpu": {"image_size": 256, "epochs": 100, "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "scheduler": "plateau",
             "precision": "32", "workers": 4},
-    # Measured on 2 CPU cores (docs/benchmarks.md): the most Dice per hour there.
-    "cpu": {"image_size": 128, "epochs": 8, "batch_size": 16, "optimizer": "adam", "lr": 0.002, "scheduler": "cosine",
-            "precision": "auto", "workers": 0, "cache": True},
+    # The CPU recipe (docs/results/recipe.md): 256 px, 8 epochs, dice+bce, Adam + cosine, bf16 where it is faster.
+    # With --encoder timm-tf_efficientnet_lite0 --encoder-weights imagenet it made the shipped model.
+    "cpu": {"image_size": 256, "epochs": 8, "batch_size": 16, "loss": "dice+bce", "optimizer": "adam", "lr": 0.002,
+            "scheduler": "cosine", "precision": "auto", "workers": 0, "cache": True},
 }
 RUN_KEYS = {"name", "reference", "split", "extra"}
 FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets"}
@@ -199,8 +200,9 @@ def run_experiment(
     data = Path(data)
     if not (data / "data_info.csv").is_file():
         raise DataError(f"{data}: no data_info.csv here; run `gliomaseg prepare --data-path ... --out {data}` first")
-    overrides = dict(presets[preset])
-    overrides.update({k: v for k, v in {"epochs": epochs, "image_size": image_size, "max_time": max_time}.items() if v is not None})
+    # Precedence: the preset (hardware budget and recipe) < what a run compares (YAML base and run) < command-line options.
+    preset_options = dict(presets[preset])
+    overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size, "max_time": max_time}.items() if v is not None}
     overrides.update(extra_options or {})
     runs = [r for r in experiment.runs if include_extra or not r.extra]
     if only:
@@ -210,7 +212,7 @@ def run_experiment(
         runs = [r for r in experiment.runs if r.name in only]
     root = Path(out) / experiment.name
     root.mkdir(parents=True, exist_ok=True)
-    write_text(json.dumps({"experiment": experiment.name, "file": str(experiment.path), "preset": preset, "overrides": overrides,
+    write_text(json.dumps({"experiment": experiment.name, "file": str(experiment.path), "preset": preset, "preset_options": preset_options, "overrides": overrides,
                            "data": str(data.resolve())}, indent=2), root / "experiment.json")
     rows = []
     for spec in runs:
@@ -222,7 +224,7 @@ def run_experiment(
             continue
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / 'last.ckpt').is_file() else 'starting'}")
         try:
-            row = run_one(spec, data, run_dir, overrides)
+            row = run_one(spec, data, run_dir, {**{k: v for k, v in preset_options.items() if k not in spec.options}, **overrides})
             _set_status(run_dir, state="done", row=row, error=None)
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -1,0 +1,48 @@
+"""The model that ships inside the package: its metadata, its card, and that it segments a slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from gliomaseg.assets import SHIPPED_MODEL_CARD, shipped_model_path
+from gliomaseg.cli import main
+from gliomaseg.inference.runtime import OnnxPredictor
+
+
+def test_shipped_model_metadata_and_card():
+    path = shipped_model_path()
+    assert path.stat().st_size <= 30 * 1024 * 1024
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    info = json.loads(meta["gliomaseg"])
+    assert (info["arch"], info["encoder"], info["image_size"], info["threshold"]) == ("Unet", "timm-tf_efficientnet_lite0", 256, 0.5)
+    # TensorFlow EfficientNet-Lite normalization, which the pretrained encoder was trained with
+    assert info["mean"] == pytest.approx([127 / 255] * 3) and info["std"] == pytest.approx([128 / 255] * 3)
+    assert "/work/" not in meta["gliomaseg"] + meta["model_card"]  # no paths of the training machine
+    card = json.loads(meta["model_card"])
+    assert card["validation"]["best_val_patient_dice"]["value"] > 0.5
+    text = (path.parent / SHIPPED_MODEL_CARD).read_text()
+    for needed in ("Intended use", "not for diagnosis", "patient_dice_mean", "How to reproduce", "gliomaseg train"):
+        assert needed in text, needed
+
+
+def test_predict_without_a_model_uses_the_shipped_one(tmp_path: Path, capsys):
+    from gliomaseg.data.synth import generate
+
+    generate(tmp_path / "synth", patients=1, slices=6, seed=5)
+    patient = sorted((tmp_path / "synth").iterdir())[0]
+    assert main(["predict", "--input", str(patient), "--out", str(tmp_path / "pred")]) == 0
+    assert "predicted 6 slice(s) of 1 patient(s)" in capsys.readouterr().out
+    masks = sorted((tmp_path / "pred").rglob("*_pred.png"))
+    assert len(masks) == 6
+    for mask in masks:
+        pixels = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+        assert pixels.shape == (256, 256) and set(np.unique(pixels)) <= {0, 1, 255}
+    predictor = OnnxPredictor(shipped_model_path())
+    probabilities = predictor.probabilities(np.zeros((1, 256, 256, 3), np.uint8))
+    assert probabilities.shape == (1, 256, 256) and float(probabilities.max()) < 0.5  # an empty slice: no tumour
