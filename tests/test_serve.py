@@ -60,8 +60,17 @@ def _predicted(out: Path, patient: str) -> dict[str, np.ndarray]:
 
 
 def _volume(images: list[np.ndarray]) -> np.ndarray:
-    """Slices (H, W, C) stacked as a volume (X=W, Y=H, Z, C); the viewer shows slice k as flipud(V[:, :, k].T)."""
-    return np.stack([np.flipud(im).swapaxes(0, 1) for im in images], axis=2)
+    """Slices (H, W[, C]) as an RAS volume (X, Y, Z[, C]) that reads back as these slices.
+
+    The package reorients to LPS and shows slice k of the LPS array as ``lps[:, :, k].T``, so an RAS
+    voxel (x, y) is the image pixel (H - 1 - y, W - 1 - x).
+    """
+    return np.stack([im.swapaxes(0, 1)[::-1, ::-1] for im in images], axis=2)
+
+
+def _as_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """The inverse of :func:`_volume` for an RAS mask volume (X, Y, Z): one (H, W) image per slice."""
+    return [volume[::-1, ::-1, k].T for k in range(volume.shape[2])]
 
 
 def test_safe_names_stay_inside_the_folder(tmp_path: Path):
@@ -140,9 +149,38 @@ def test_patient_zip_and_nifti_volume_match_predict(server, predictor, patient: 
     status, _, raw = request(base + case["nifti"])
     mask_volume = nib.Nifti1Image.from_bytes(gzip.decompress(raw))
     assert status == 200 and mask_volume.shape == volume.shape[:3] and np.allclose(mask_volume.affine, affine)
-    data = np.asarray(mask_volume.dataobj)
+    shown = _as_slices(np.asarray(mask_volume.dataobj))
     for k, p in enumerate(_slices(patient)):
-        assert np.array_equal(np.flipud(data[:, :, k].T), want[f"{p.stem}_pred.png"] // 255)
+        assert np.array_equal(shown[k], want[f"{p.stem}_pred.png"] // 255)
+    assert list(temp_root.iterdir()) == []
+
+
+def test_ras_volume_in_the_viewer_equals_predict_voxel_for_voxel(server, predictor, patient: Path, tmp_path: Path):
+    """An anisotropic RAS volume, not square in plane: the viewer's mask volume is predict's, voxel for voxel, same affine."""
+    base, temp_root = server
+    images = [read_image(p)[:, 40:-24] for p in _slices(patient)]  # (256, 192): columns cut unevenly, not mirror-symmetric
+    affine = np.array([[0.7, 0, 0, -80.0], [0, 1.1, 0, -95.0], [0, 0, 4.0, 12.0], [0, 0, 0, 1]])
+    path = tmp_path / "ras.nii.gz"
+    nib.save(nib.Nifti1Image(_volume(images), affine), path)
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+    predict(predictor, path, tmp_path / "pred", gifs=False, overlays=False)
+    want = nib.load(tmp_path / "pred" / "ras_mask.nii.gz")
+    expected = np.asarray(want.dataobj)
+    assert expected.any() and not np.array_equal(expected, expected[::-1]), "predict's mask is empty or left-right symmetric"
+
+    status, body = upload(base, [path])
+    assert status == 200, body
+    (case,) = body["cases"]
+    assert case["summary"]["tumour_volume_voxels"] == int(expected.sum())
+    assert case["summary"]["voxel_mm"] == [0.7, 1.1, 4.0]
+    assert case["summary"]["tumour_volume_ml"] == pytest.approx(expected.sum() * 0.7 * 1.1 * 4.0 / 1000, abs=1e-3)
+    status, _, png = request(base + case["slices"][3]["image"])  # the slice shown is the slice as predict reads it
+    assert np.array_equal(cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), images[3])
+    status, _, raw = request(base + case["nifti"])
+    got = nib.Nifti1Image.from_bytes(gzip.decompress(raw))
+    assert status == 200 and got.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(got.affine, want.affine)
+    np.testing.assert_array_equal(np.asarray(got.dataobj), expected)
     assert list(temp_root.iterdir()) == []
 
 
@@ -168,6 +206,12 @@ def _zip(members: dict[str, bytes]) -> bytes:
     ([("vol.nii.gz", gzip.compress(nib.Nifti1Image(np.zeros((8, 8, 2, 5), np.uint8), np.eye(4)).to_bytes()))],
      400, ["vol.nii.gz", "(8, 8, 2, 5)"]),
     ([("vol.nii", b"garbage")], 400, ["vol.nii", "not a readable NIfTI"]),
+    ([("one.nii.gz", gzip.compress(nib.Nifti1Image(np.zeros((8, 8, 2), np.uint8), np.eye(4)).to_bytes()))],
+     400, ["one.nii.gz", "1 channel(s); expected 3"]),  # as `predict` refuses it: the model needs the three kaggle_3m channels
+    ([("wide.nii.gz", gzip.compress(nib.Nifti1Image(np.zeros((8, 600, 2, 3), np.uint8), np.eye(4)).to_bytes()))],
+     413, ["wide.nii.gz", "600x8 voxels", "512"]),
+    ([("deep.nii.gz", gzip.compress(nib.Nifti1Image(np.zeros((4, 4, 1001, 3), np.uint8), np.eye(4)).to_bytes()))],
+     413, ["deep.nii.gz", "1001 slices", "1000"]),
 ])
 def test_bad_uploads_get_a_readable_4xx(server, files, status, words):
     base, temp_root = server

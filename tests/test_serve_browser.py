@@ -103,11 +103,11 @@ def test_browser_upload_view_and_download(served: str, onnx_model: Path, synth_r
     one = max(slices, key=lambda p: int((expected[f"{p.stem}_pred.png"] > 0).sum()))  # a slice with predicted tumour
     assert expected[f"{one.stem}_pred.png"].any(), "the test model predicts no tumour anywhere: nothing to compare"
 
-    # The patient's slices as one uint8 RGB NIfTI volume (X=W, Y=H, Z): slice k is shown as flipud(V[:, :, k].T).
+    # The patient's slices as one uint8 RGB RAS volume (X=W, Y=H, Z): reoriented to LPS, slice k is shown as V[::-1, ::-1, k].T.
     images = [read_image(p) for p in slices]
     affine = np.diag([0.9, 0.9, 3.0, 1.0])
     volume_path = tmp_path / "brain.nii.gz"
-    nib.save(nib.Nifti1Image(np.stack([np.flipud(im).swapaxes(0, 1) for im in images], axis=2), affine), volume_path)
+    nib.save(nib.Nifti1Image(np.stack([im.swapaxes(0, 1)[::-1, ::-1] for im in images], axis=2), affine), volume_path)
     bad = tmp_path / "not_a_scan.png"
     bad.write_bytes(b"plain text, not an image")
 
@@ -160,7 +160,7 @@ def test_browser_upload_view_and_download(served: str, onnx_model: Path, synth_r
             assert mask.shape == (256, 256, len(slices)) and np.allclose(mask.affine, affine)
             data = np.asarray(mask.dataobj)
             for k, path in enumerate(slices):
-                assert np.array_equal(np.flipud(data[:, :, k].T) * 255, expected[f"{path.stem}_pred.png"]), path.name
+                assert np.array_equal(data[::-1, ::-1, k].T * 255, expected[f"{path.stem}_pred.png"]), path.name
 
             # A bad file: the server's message on the page, nothing else changes.
             page.set_input_files("#files", str(bad))

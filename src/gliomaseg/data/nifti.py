@@ -17,6 +17,7 @@ slices, so intensities from another pipeline may not match what it learnt).
 
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
 from dataclasses import dataclass
@@ -68,8 +69,28 @@ class Geometry:
 
         return nib.io_orientation(self.affine)
 
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the slice's columns, rows and the axial axis (L, P, S order), from the header."""
+        zooms = [float(z) for z in self.header.get_zooms()[:3]]  # type: ignore[attr-defined]
+        lps = [0.0, 0.0, 0.0]
+        for native, (axis, _) in enumerate(self.transform):
+            lps[int(axis)] = zooms[native]
+        return lps[0], lps[1], lps[2]
 
-def _load(path: Path):
+
+def slices_geometry(path: Path, height: int, width: int, count: int) -> Geometry:
+    """The geometry ``convert`` gives ``count`` kaggle_3m slices of (height, width): LPS, 1 mm voxels, affine ``CONVERT_AFFINE``."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((width, height, count))
+    header.set_xyzt_units("mm")
+    return Geometry(Path(path), (width, height, count), CONVERT_AFFINE.copy(), header, _orientation(Path(path), CONVERT_AFFINE))
+
+
+def _header(path: Path):
+    """The nibabel image with its header read and its voxels not yet read."""
     import nibabel as nib
 
     if not path.is_file():
@@ -80,6 +101,26 @@ def _load(path: Path):
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{path}: not a NIfTI image (found {type(image).__name__})")
+    return image
+
+
+def axial_shape(path: Path) -> tuple[int, int, int]:
+    """(rows, cols, slices) of a NIfTI case's axial slices as :func:`read_volume` gives them, from the header alone.
+
+    No voxel is read, so a caller can refuse a too large volume before decoding it.
+    """
+    path = Path(path)
+    image = _header(path)
+    if len(image.shape) < 3:
+        raise DataError(f"{path}: a {len(image.shape)}D NIfTI of shape {image.shape}; expected a volume (X, Y, Z, 3)")
+    lps = [0, 0, 0]
+    for native, (axis, _) in enumerate(_orientation(path, image.affine)):
+        lps[int(axis)] = int(image.shape[native])
+    return lps[1], lps[0], lps[2]
+
+
+def _load(path: Path):
+    image = _header(path)
     try:
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # truncated or corrupt compressed data shows up only when the voxels are read
@@ -173,16 +214,26 @@ def read_mask_case(path: Path) -> list[np.ndarray]:
     return read_mask_volume(path, geometry)
 
 
-def write_mask_volume(masks: Sequence[np.ndarray], geometry: Geometry, out: Path) -> Path:
-    """Write ``out``: uint8 0/1, the input's spatial shape, affine and header (data type and intent set for a mask)."""
+def _mask_image(masks: Sequence[np.ndarray], geometry: Geometry):
+    """The mask volume as a nibabel image: uint8 0/1, the input's spatial shape, affine and header (data type and intent set for a mask)."""
     import nibabel as nib
 
-    header = geometry.header.copy()
+    header = geometry.header.copy()  # type: ignore[attr-defined]
     header.set_data_dtype(np.uint8)
     header.set_intent("none")
     header.set_slope_inter(1.0, 0.0)
     kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    return _save(kind(geometry.to_native(masks), geometry.affine, header=header), out)
+    return kind(geometry.to_native(masks), geometry.affine, header=header)
+
+
+def write_mask_volume(masks: Sequence[np.ndarray], geometry: Geometry, out: Path) -> Path:
+    """Write ``out`` (masks (H, W) 0/1 per axial slice): uint8 0/1 with the input's spatial shape, affine and header."""
+    return _save(_mask_image(masks, geometry), out)
+
+
+def mask_volume_bytes(masks: Sequence[np.ndarray], geometry: Geometry) -> bytes:
+    """The same volume as :func:`write_mask_volume` writes, as the bytes of a ``.nii.gz`` file."""
+    return gzip.compress(_mask_image(masks, geometry).to_bytes(), compresslevel=6, mtime=0)
 
 
 def _save(image, out: Path) -> Path:
@@ -206,10 +257,7 @@ def write_slices_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
     import nibabel as nib
 
     volume = np.ascontiguousarray(np.stack(images).transpose(2, 1, 0, 3))  # (S, rows, cols, 3) -> (L, P, S, 3)
-    mask = np.ascontiguousarray(np.stack(masks).transpose(2, 1, 0)).astype(np.uint8)
-    written = []
-    for data, path in ((volume, out_image), (mask, out_mask)):
-        image = nib.Nifti1Image(data, CONVERT_AFFINE)
-        image.header.set_xyzt_units("mm")
-        written.append(_save(image, path))
-    return written[0], written[1]
+    image = nib.Nifti1Image(volume, CONVERT_AFFINE)
+    image.header.set_xyzt_units("mm")
+    geometry = slices_geometry(out_image, volume.shape[1], volume.shape[0], volume.shape[2])
+    return _save(image, out_image), write_mask_volume(masks, geometry, out_mask)

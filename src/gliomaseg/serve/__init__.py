@@ -2,8 +2,8 @@
 
 - ``limits``: the safety limits and their defaults (host, upload size, image size, ...).
 - ``uploads``: uploaded files into a per-request temporary folder (safe names, zip extraction) and
-  then into cases (one patient's slices or one volume).
-- ``nifti``: reading a NIfTI volume into slices and writing a mask volume in its voxel grid.
+  then into cases (one patient's slices or one volume); NIfTI is read and written by ``gliomaseg.data.nifti``,
+  as ``gliomaseg predict`` reads and writes it.
 - ``pipeline``: one case through the prediction path and into per-slice contours and per-patient numbers.
 - ``app``: the FastAPI application, the in-memory result store, downloads and ``run_server``.
 - ``static/``: the page (HTML, JavaScript, CSS), shipped inside the package; nothing is fetched from outside.

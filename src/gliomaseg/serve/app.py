@@ -7,7 +7,8 @@ Routes:
 - ``POST /api/segment``: multipart upload (any number of files) -> the result as JSON (contours, numbers).
 - ``GET /api/results/{id}/cases/{c}/slices/{s}.png``: a slice as PNG.
 - ``GET /api/results/{id}/masks.zip``: every predicted mask as a 0/255 PNG, and ``patients.csv``.
-- ``GET /api/results/{id}/cases/{c}/mask.nii.gz``: one case's mask volume on its input's voxel grid.
+- ``GET /api/results/{id}/cases/{c}/mask.nii.gz``: one case's mask volume, written as ``gliomaseg predict``
+  writes it (a volume's: its shape, affine and header; slices': the layout of ``gliomaseg convert``).
 
 Each upload is unpacked in its own temporary folder, removed when the request ends; results stay in
 memory (the last ``max_results``) so that slices and downloads can be fetched.
@@ -35,9 +36,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gliomaseg.data.nifti import mask_volume_bytes, slices_geometry
 from gliomaseg.errors import ConfigError, GliomasegError
 from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, ServeLimits, UploadError, UploadTooLarge
-from gliomaseg.serve.nifti import mask_volume_bytes
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
 from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
 from gliomaseg.visualization import encode_png
@@ -268,7 +269,9 @@ def create_app(
         if len({m.shape for m in case.masks}) != 1:
             raise UploadError(f"{case.case.name}: slices of different sizes do not form one volume; download the PNG zip instead")
         name = safe_name(case.case.name)
-        return Response(mask_volume_bytes(case.masks, case.case.grid), media_type="application/gzip",
+        height, width = case.masks[0].shape
+        geometry = case.case.geometry or slices_geometry(Path(name), height, width, len(case.masks))
+        return Response(mask_volume_bytes(case.masks, geometry), media_type="application/gzip",
                         headers={"Content-Disposition": f'attachment; filename="{name}_mask.nii.gz"'})
 
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)

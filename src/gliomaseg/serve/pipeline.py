@@ -76,9 +76,10 @@ def analyse(predictor, case: Case, options: SegmentOptions) -> CaseResult:
         "tumour_slice_numbers": [k + 1 for k, m in enumerate(masks) if m.any()],
         "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
     }
-    if case.grid is not None:
-        summary["tumour_volume_ml"] = round(summary["tumour_volume_voxels"] * case.grid.voxel_ml, 3)
-        summary["voxel_mm"] = [round(z, 4) for z in case.grid.zooms]
+    if case.geometry is not None:
+        voxel_mm = case.geometry.voxel_mm
+        summary["tumour_volume_ml"] = round(summary["tumour_volume_voxels"] * float(np.prod(voxel_mm)) / 1000.0, 3)
+        summary["voxel_mm"] = [round(z, 4) for z in voxel_mm]
     if case.truths and all(t is not None for t in case.truths):
         summary["true_volume_voxels"] = int(sum(int(t.sum()) for t in case.truths if t is not None))
         summary["dice_3d"] = round(dice(*totals), 4)

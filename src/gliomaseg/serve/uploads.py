@@ -19,12 +19,12 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask
+from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, axial_shape, read_mask_volume
 from gliomaseg.data.sources import open_source
 from gliomaseg.errors import DataError
 from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
-from gliomaseg.serve.nifti import VolumeGrid, read_volume, read_volume_mask
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = NIFTI_ENDINGS
 ZIP_SUFFIXES = (".zip",)
 ACCEPTED_SUFFIXES = IMAGE_SUFFIXES + NIFTI_SUFFIXES + ZIP_SUFFIXES
 TRUTH_MARKERS = ("_mask", "_seg")
@@ -43,7 +43,7 @@ class Case:
         slice_names: one label per slice, in slice order (a file stem, or ``slice 7`` in a volume).
         images: uint8 RGB (H, W, 3) per slice.
         truths: uint8 0/1 (H, W) per slice, or None where no mask came with the slice.
-        grid: the NIfTI voxel grid (volumes only), used to write the predicted mask back.
+        geometry: where a volume's slices came from (volumes only), used to write the predicted mask back.
     """
 
     name: str
@@ -51,7 +51,7 @@ class Case:
     slice_names: list[str]
     images: list[np.ndarray]
     truths: list[np.ndarray | None]
-    grid: VolumeGrid | None = None
+    geometry: Geometry | None = None
 
 
 @dataclass
@@ -259,13 +259,26 @@ def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: 
 
 
 def _volume_case(path: Path, truth_path: Path | None, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
-    images, grid, notes = read_volume(path, max_side=limits.max_image_side, max_slices=min(limits.max_slices, slices_left))
-    out.notes.extend(notes)
+    """One NIfTI volume read as ``gliomaseg predict`` reads it (:func:`gliomaseg.data.sources.open_source`).
+
+    Its size is checked from the header before any voxel is read.
+    """
+    rows, cols, count = axial_shape(path)
+    if max(rows, cols) > limits.max_image_side:
+        raise UploadTooLarge(f"{path}: slices of {rows}x{cols} voxels, larger than the limit of {limits.max_image_side} a side")
+    if count > min(limits.max_slices, slices_left):
+        raise UploadTooLarge(f"{path}: {count} slices, more than the limit of {min(limits.max_slices, slices_left)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (patient,), _ = open_source(path, strict=True)
+    out.notes.extend(str(w.message) for w in caught)
+    images = [item.image() for item in patient.slices]
     truths: list[np.ndarray | None] = [None] * len(images)
-    if truth_path is not None:
-        truths = list(read_volume_mask(truth_path, grid))
-    name = _split_suffix(path.name)[0]
-    out.cases.append(Case(name, "volume", [f"slice {k + 1}" for k in range(len(images))], images, truths, grid))
+    if truth_path is not None and patient.slices[0].mask_path == truth_path:
+        truths = [item.mask() for item in patient.slices]
+    elif truth_path is not None and patient.geometry is not None:
+        truths = list(read_mask_volume(truth_path, patient.geometry))
+    out.cases.append(Case(patient.name, "volume", [f"slice {k + 1}" for k in range(len(images))], images, truths, patient.geometry))
     return len(images)
 
 
