@@ -54,7 +54,8 @@ def collect(run: Path) -> tuple[dict, pd.DataFrame]:
     if "train_minutes" in metrics and len(curve):
         minutes = metrics.dropna(subset=["train_minutes"]).groupby("epoch")["train_minutes"].last()
         curve = curve.assign(train_minutes=curve["epoch"].map(minutes))
-    best, last = _scores(run / "eval_best" / "summary.json"), _scores(run / "eval_last" / "summary.json")
+    best = _scores(run / "eval_best" / "summary.json") or _scores(run / "eval" / "summary.json")
+    last = _scores(run / "eval_last" / "summary.json")
     row = {
         "run": run.name,
         "epochs": summary.get("epochs_completed"),
