@@ -79,7 +79,8 @@ def _predict(args: argparse.Namespace) -> None:
     if hasattr(predictor, "settings"):  # ONNX Runtime: say which threads and micro-batch it chose
         print(predictor.settings.message())
     result = predict(predictor, args.input, args.out, threshold=args.threshold, batch_size=args.batch_size,
-                     tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps)
+                     tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps,
+                     allow_grayscale=args.allow_grayscale, allow_16bit=args.allow_16bit)
     print(f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) into {result.out}")
     if len(result.patients):
         print(result.patients.drop(columns=[c for c in ("gif",) if c in result.patients]).to_string(index=False))
@@ -110,10 +111,13 @@ def _export(args: argparse.Namespace) -> None:
 
     if args.quantize:
         result = export_variant(args.checkpoint, args.out, args.quantize, opset=args.opset, calibration_csv=args.calibration_csv,
-                                check_csv=args.check_csv, calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop)
+                                check_csv=args.check_csv, calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop,
+                                sample=args.sample)
     else:
-        result = export_onnx(args.checkpoint, args.out, opset=args.opset)
-    print(f"fp32: ONNX Runtime vs PyTorch max abs logit difference {result['max_abs_diff']:.2e} (limit {result['tolerance']:.0e})")
+        result = export_onnx(args.checkpoint, args.out, opset=args.opset, sample=args.sample)
+    print(f"fp32: ONNX Runtime vs PyTorch on {result['inputs']}: max abs logit difference {result['max_abs_diff']:.2e}, relative "
+          f"{result['max_rel_diff']:.2e} (limit {result['rtol']:.0e}); masks agree on {result['mask_agreement']:.4%} of the pixels "
+          f"(limit {result['min_agreement']:.2%}, {result['positive_pixels']} tumour pixels)")
     v = result.get("variant")
     if v:
         if "calibration" in v:
@@ -283,6 +287,10 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["32", "bf16"], default="32")
     p.add_argument("--threads", type=int, default=None,
                    help="onnx backend: intra-op threads (default: chosen for this machine, and said)")
+    p.add_argument("--allow-grayscale", action="store_true",
+                   help="copy a grayscale slice into the 3 channels (default: refused, the model expects 3 MRI sequences)")
+    p.add_argument("--allow-16bit", action="store_true",
+                   help="scale 16-bit slices per patient (0.5-99.5 percentiles to 0..255) (default: refused)")
 
     p = sub.add_parser("score", help="the metrics of evaluate for mask files written by predict, another tool or a reader")
     p.add_argument("--pred", required=True, type=Path,
@@ -293,6 +301,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI: <patient>.nii.gz and <patient>_mask.nii.gz")
     p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder")
     p.add_argument("--out", required=True, type=Path)
+
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     p.add_argument("--checkpoint", required=True, type=Path)
@@ -310,6 +319,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--check-csv", type=Path, default=None, help="slices to check the variant on (default: the checkpoint's validation CSV)")
     p.add_argument("--max-dice-drop", type=float, default=MAX_DICE_DROP,
                    help=f"refuse the variant when the mean per-patient Dice drops more than this (default {MAX_DICE_DROP})")
+    p.add_argument("--sample", type=Path, default=None,
+                   help="a CSV of prepare whose slices (8 at random) check the fp32 export; default: the checkpoint's "
+                        "validation CSV when it exists here, else synthetic MRI-like slices")
 
     p = sub.add_parser("experiment", help="run a comparison experiment (configs/experiments/NAME.yaml)")
     p.add_argument("name", help="encoders, architectures, lowlr, split, losses, or a path to a .yaml file")

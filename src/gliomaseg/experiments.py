@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from gliomaseg.data.files import write_csv, write_text
+from gliomaseg.data.files import safe_name, write_csv, write_text
 from gliomaseg.errors import ConfigError, DataError
 from gliomaseg.training import TrainConfig
 
@@ -102,7 +102,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         if bad:
             raise ConfigError(f"{path}: run {entry['name']!r}: unknown option(s) {', '.join(bad)}; valid: "
                               f"{', '.join(sorted(RUN_KEYS | train_keys))}")
-        name = str(entry["name"])
+        name = safe_name(str(entry["name"]), "run name", path, ConfigError)
         if name in names:
             raise ConfigError(f"{path}: two runs are named {name!r}")
         names.add(name)
@@ -115,8 +115,11 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         except ConfigError as exc:
             raise ConfigError(f"{path}: run {name!r}: {exc}") from exc
         runs.append(RunSpec(name=name, options=options, split=split, reference=entry.get("reference"), extra=bool(entry.get("extra"))))
-    return Experiment(name=str(raw.get("name", path.stem)), description=str(raw.get("description", "")), runs=runs, path=path,
-                      compare_with=raw.get("compare_with"), presets=raw.get("presets") or {})
+    compare_with = raw.get("compare_with")
+    return Experiment(name=safe_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
+                      runs=runs, path=path, compare_with=None if compare_with is None else safe_name(str(compare_with), "compare_with", path, ConfigError),
+                      presets=raw.get("presets") or {})
+
 
 
 def split_csvs(data: Path, split: str) -> tuple[Path, Path]:

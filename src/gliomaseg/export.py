@@ -1,4 +1,4 @@
-"""``gliomaseg export``: a checkpoint to ONNX, checked against PyTorch with ONNX Runtime.
+"""``gliomaseg export``: a checkpoint to ONNX, checked against PyTorch with ONNX Runtime before it is put in place.
 
 :func:`export_variant` (``--quantize int8|fp16``) turns the checked fp32 export into a smaller variant with
 :mod:`gliomaseg.quantization`, which checks it against fp32 on the validation slices before writing ``out``.
@@ -7,23 +7,74 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from gliomaseg.data.files import write_text
+from gliomaseg.data.files import atomic_write, write_text
 from gliomaseg.errors import GliomasegError
 
+SAMPLE_SLICES = 8
+RTOL = 1e-3  # max |ONNX - PyTorch| logit difference, relative to the largest |logit| (at least 1)
+MIN_MASK_AGREEMENT = 0.999  # fraction of pixels whose thresholded mask agrees
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, batch: int = 2, tolerance: float = 1e-4,
-                write_card: bool = True) -> dict:
-    """Write ``out`` (dynamic batch; normalization and threshold as metadata) and compare logits.
 
-    The model card goes into the ONNX metadata (``model_card``, JSON) and beside the file as ``MODEL_CARD.md``.
-    Returns ``{"path", "max_abs_diff", "tolerance", "model_card"}``; raises when the difference exceeds ``tolerance``.
+def sample_images(size: int, sample: str | Path | None = None, fallback_csv: str | Path | None = None) -> tuple[np.ndarray, str]:
+    """Up to :data:`SAMPLE_SLICES` realistic slices at the model's size, uint8 RGB (N, size, size, 3), and where they came from.
+
+    From ``sample`` (a CSV of ``prepare``) when given, else from ``fallback_csv`` (the checkpoint's
+    validation CSV) when it exists on this machine, else synthetic MRI-like slices with a tumour
+    (:func:`gliomaseg.data.synth.sample_slices`).
+    """
+    csv = sample if sample is not None else (fallback_csv if fallback_csv and Path(fallback_csv).is_file() else None)
+    if csv is None:
+        from gliomaseg.data.synth import sample_slices
+
+        return sample_slices(SAMPLE_SLICES, size), "synthetic MRI-like slices"
+    from gliomaseg.quantization import load_slices
+
+    slices = load_slices(csv, size, limit=SAMPLE_SLICES)
+    return slices.images, f"{len(slices.images)} slices of {csv}"
+
+
+def compare_logits(expected: np.ndarray, got: np.ndarray, threshold: float) -> dict:
+    """How far two models' logits (N, 1, S, S) are apart: max absolute and relative difference, mask agreement."""
+    diff = float(np.abs(expected - got).max())
+    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(logit) > threshold  <=>  logit > cut
+    mask_a, mask_b = expected > cut, got > cut
+    return {
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / max(1.0, float(np.abs(expected).max())),
+        "mask_agreement": float((mask_a == mask_b).mean()),
+        "positive_pixels": int(mask_a.sum()),
+    }
+
+
+def without_paths(value: object) -> object:
+    """``value`` (plain JSON data) with every absolute path replaced by its file name: nothing of the training machine."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value) and (Path(value).is_absolute() or value[1:3] == ":\\"):
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sample: str | Path | None = None,
+                rtol: float = RTOL, min_agreement: float = MIN_MASK_AGREEMENT, write_card: bool = True) -> dict:
+    """Write ``out`` (dynamic batch; normalization, threshold and model card as metadata) once it agrees with PyTorch.
+
+    The model is written to a unique temporary file beside ``out``, run on ONNX Runtime on realistic
+    slices (see :func:`sample_images`) and compared with PyTorch; only when the relative logit difference
+    is at most ``rtol`` and the masks agree on at least ``min_agreement`` of the pixels is it renamed to
+    ``out``. Otherwise the temporary file is removed and a :class:`GliomasegError` says both numbers.
+    The metadata carries no path of the training machine. With ``write_card`` the model card also goes
+    beside the file as ``MODEL_CARD.md``. Returns ``{"path", "inputs", "max_abs_diff", "max_rel_diff", "rtol",
+    "mask_agreement", "min_agreement", "positive_pixels", "card"}`` (and ``"model_card"``, the card's path).
     """
     import onnx
     import torch
@@ -35,31 +86,33 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, bat
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
     size = predictor.image_size
-    dummy = torch.randn(batch, 3, size, size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.onnx.export(
-        model, (dummy,), str(tmp), input_names=["images"], output_names=["logits"], opset_version=opset,
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-    )
-    proto = onnx.load(str(tmp))
-    meta = {**asdict(predictor.info), "input": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB",
-            "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
-    _, card = checkpoint_card(checkpoint)
-    for key, value in (("gliomaseg", meta), (CARD_KEY, card)):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    images, inputs = sample_images(size, sample, predictor.info.val_csv)
     expected = predictor.logits(images).cpu().numpy()
-    got = OnnxPredictor(out, micro_batch=4).logits(images)
-    diff = float(np.abs(expected - got).max())
-    if diff > tolerance:
-        raise GliomasegError(f"{out}: ONNX logits differ from PyTorch by {diff:.2e} (> {tolerance:.0e})")
-    result = {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "card": card}
+    card = without_paths(checkpoint_card(checkpoint)[1])
+    out = Path(out)
+    result: dict = {"path": str(out), "inputs": inputs, "rtol": rtol, "min_agreement": min_agreement, "card": card}
+
+    def write_and_check(tmp: Path) -> None:
+        torch.onnx.export(
+            model, (torch.zeros(2, 3, size, size),), str(tmp), input_names=["images"], output_names=["logits"],
+            opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+        proto = onnx.load(str(tmp))
+        meta = {**predictor.info.portable(), "input": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB",
+                "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
+        for key, value in (("gliomaseg", meta), (CARD_KEY, card)):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save(proto, str(tmp))
+        result.update(compare_logits(expected, OnnxPredictor(tmp, micro_batch=4).logits(images), predictor.threshold))
+        if result["max_rel_diff"] > rtol or result["mask_agreement"] < min_agreement:
+            raise GliomasegError(
+                f"{out}: not written: on {inputs}, ONNX logits differ from PyTorch by {result['max_abs_diff']:.2e} "
+                f"({result['max_rel_diff']:.2e} relative, limit {rtol:.0e}) and the masks agree on "
+                f"{result['mask_agreement']:.4%} of the pixels (limit {min_agreement:.2%})"
+            )
+
+    atomic_write(out, write_and_check)
     if write_card:
         result["model_card"] = str(write_text(render_markdown(card), out.parent / CARD_FILE))
     return result
@@ -67,7 +120,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, bat
 
 def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, opset: int = 17,
                    calibration_csv: str | Path | None = None, check_csv: str | Path | None = None,
-                   calibration_slices: int | None = None, max_dice_drop: float | None = None) -> dict:
+                   calibration_slices: int | None = None, max_dice_drop: float | None = None,
+                   sample: str | Path | None = None) -> dict:
     """Export ``checkpoint`` as its ``variant`` (``int8`` / ``fp16``) to ``out``, nothing written unless every check passes.
 
     The fp32 model goes through :func:`export_onnx` into a temporary file beside ``out`` (removed afterwards),
@@ -90,7 +144,7 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
     os.close(fd)
     fp32 = Path(name)
     try:
-        result = export_onnx(checkpoint, fp32, opset=opset, write_card=False)  # the card comes once the variant passed
+        result = export_onnx(checkpoint, fp32, opset=opset, sample=sample, write_card=False)  # the card comes once the variant passed
         options = {"calibration_slices": calibration_slices, "max_dice_drop": max_dice_drop}
         result["variant"] = quantization.write_variant(
             fp32, out, variant, check_csv=check_csv, calibration_csv=calibration_csv,

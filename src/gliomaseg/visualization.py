@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.data.files import atomic_write
+
 PREDICTION_COLOUR = (0, 255, 0)  # RGB green
 TRUTH_COLOUR = (255, 0, 0)  # RGB red
 
@@ -121,8 +123,6 @@ def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) 
     frames = [np.asarray(f, dtype=np.uint8) for f in frames]
     if not frames:
         raise ValueError(f"{path}: no frames to write")
-    from gliomaseg.data.files import atomic_write
-
     images = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for f in frames]
     return atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                                                          duration=round(1000.0 / fps), loop=0))
@@ -173,8 +173,8 @@ def plot_curves(metrics: pd.DataFrame, path: str | Path, title: str = "training 
 def _save(fig, path: str | Path) -> Path:
     plt = _pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)

@@ -6,8 +6,9 @@ never surfaces as an OpenCV or numpy traceback.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -16,10 +17,31 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from gliomaseg.errors import DataError
+from gliomaseg.errors import DataError, GliomasegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 SLICE_SIZE = (256, 256)
+# The largest slice side read: kaggle_3m slices are 256 px; a 44 KB PNG can claim 6000x6000 (108 MB decoded).
+MAX_IMAGE_SIDE = 4096
+# 16-bit slices, when allowed, are scaled per volume from these percentiles to 0..255.
+DEEP_PERCENTILES = (0.5, 99.5)
+
+
+def _check_dimensions(path: Path, raw: np.ndarray) -> None:
+    """Refuse an image whose header claims a side over :data:`MAX_IMAGE_SIDE`, before decoding its pixels.
+
+    Pillow reads only the header here; a file Pillow cannot identify is left to OpenCV, whose own
+    limit (2^30 pixels) still applies.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw.tobytes())) as header:
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise DataError(f"{path}: image of {width}x{height} pixels is larger than the limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -32,18 +54,22 @@ def _decode(path: Path) -> np.ndarray:
     raw = np.fromfile(str(path), dtype=np.uint8)
     if raw.size == 0:
         raise DataError(f"{path}: file is empty")
+    _check_dimensions(path, raw)
     array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if array is None:
         raise DataError(f"{path}: file does not decode as an image (corrupt, truncated or unsupported format)")
     return array
 
 
-def read_image(path: str | Path, *, lenient: bool = False) -> np.ndarray:
-    """Read an MRI slice as uint8 RGB, shape (H, W, 3).
+def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool = False, allow_16bit: bool = False) -> np.ndarray:
+    """Read an MRI slice as RGB, shape (H, W, 3): uint8, or uint16 when ``allow_16bit`` and the file is 16-bit.
 
-    Strict mode (``lenient=False``, used for datasets) requires 3 channels of uint8.
-    Lenient mode (inference) replicates a grayscale slice to 3 channels, drops alpha and
-    scales 16-bit data to 8 bits, each with a warning naming the file.
+    The model was trained on 8-bit RGB slices whose channels are pre-contrast, FLAIR and post-contrast.
+    A grayscale slice holds one sequence only, and 16-bit data holds raw scanner values, so both are
+    refused by default with an error that says why. ``allow_grayscale`` copies a grayscale slice into the
+    three channels; ``allow_16bit`` returns the 16-bit values for :func:`scale_volume` to map a whole
+    patient to 0..255 (each with a warning naming the file). ``lenient`` (inference) drops an alpha
+    channel with a warning; strict reading (datasets) refuses it.
     """
     path = Path(path)
     array = _decode(path)
@@ -53,22 +79,42 @@ def read_image(path: str | Path, *, lenient: bool = False) -> np.ndarray:
             warnings.warn(f"{path}: alpha channel dropped", stacklevel=2)
     if array.ndim == 3 and array.shape[2] == 3:
         array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-    if array.dtype != np.uint8:
-        if not lenient:
-            raise DataError(f"{path}: expected 8-bit pixels, found {array.dtype}")
-        if array.dtype == np.uint16:
-            warnings.warn(f"{path}: 16-bit image scaled to 8 bits", stacklevel=2)
-            array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
-        else:
-            raise DataError(f"{path}: unsupported pixel type {array.dtype}")
+    if array.dtype == np.uint16:
+        if not allow_16bit:
+            hint = (" or pass --allow-16bit to scale each patient's 16-bit slices together (percentiles "
+                    f"{DEEP_PERCENTILES[0]}-{DEEP_PERCENTILES[1]} to 0..255)") if lenient else ""
+            raise DataError(f"{path}: 16-bit image; the model was trained on 8-bit slices and raw scanner values give a "
+                            f"meaningless mask. Convert it to 8 bits{hint}")
+        warnings.warn(f"{path}: 16-bit image, scaled per patient to 8 bits", stacklevel=2)
+    elif array.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported pixel type {array.dtype}; expected 8-bit RGB")
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1):
-        if not lenient:
-            raise DataError(f"{path}: expected an RGB slice of shape (H, W, 3), found shape {array.shape}")
+        if not allow_grayscale:
+            hint = "; pass --allow-grayscale to copy it into the three channels anyway" if lenient else ""
+            raise DataError(f"{path}: expected an RGB slice of shape (H, W, 3), found a grayscale slice of shape {array.shape}; "
+                            "the model expects 3 channels (pre-contrast, FLAIR, post-contrast) and one sequence copied "
+                            f"three times gives a meaningless mask{hint}")
         warnings.warn(f"{path}: grayscale slice replicated to 3 channels", stacklevel=2)
         array = np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:
         raise DataError(f"{path}: expected an RGB slice of shape (H, W, 3), found shape {array.shape}")
     return np.ascontiguousarray(array)
+
+
+def scale_volume(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Map the 16-bit slices of one volume to uint8 together; 8-bit slices pass unchanged.
+
+    The :data:`DEEP_PERCENTILES` of all 16-bit pixels of the volume become 0 and 255, so MRI values of
+    0-2000 fill the 8-bit range instead of turning nearly black (as a plain division by 257 would).
+    """
+    deep = [im for im in images if im.dtype != np.uint8]
+    if not deep:
+        return images
+    values = np.concatenate([im.reshape(-1) for im in deep]).astype(np.float32)
+    low, high = np.percentile(values, DEEP_PERCENTILES)
+    span = max(float(high - low), 1.0)
+    return [im if im.dtype == np.uint8 else np.clip((im.astype(np.float32) - low) / span * 255.0, 0, 255).round().astype(np.uint8)
+            for im in images]
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -109,20 +155,23 @@ def read_slice_pair(
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path`` and rename it into place.
+    """Call ``write(tmp)`` on a fresh temporary file next to ``path`` and rename it into place.
 
-    A crash mid-write leaves the previous file (or none) instead of half a file.
+    A crash or an error mid-write leaves the previous file (or none) instead of half a file, and the
+    temporary file is removed on error. The temporary file is created with mode 0o666, so the process
+    umask gives it the usual permissions without the umask being read or changed (no race with threads).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -138,6 +187,29 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write bytes (an encoded PNG, for instance) atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def safe_name(name: str, what: str, source: str | Path, error: type[GliomasegError] = DataError) -> str:
+    """``name`` when it can be used as one file or folder name inside an output folder.
+
+    Refuses (with ``error``, naming ``source``) an empty name, an absolute path, a name
+    with a path separator, ``.`` / ``..`` or a leading dot, or a control character: such a name
+    would write outside the output folder or hide its files.
+    """
+    text = str(name)
+    bad = (
+        not text.strip() or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text
+        or Path(text).is_absolute() or any(ord(c) < 32 for c in text) or (len(text) > 1 and text[1] == ":")
+    )
+    if bad:
+        raise error(f"{source}: {what} {text!r} cannot name a file inside the output folder "
+                        "(absolute path, path separator, '..', leading dot or control character)")
+    return text
 
 
 REQUIRED_COLUMNS = ("patient", "image_path", "mask_path")

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv, safe_name
 from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, case_name, read_mask_volume, read_volume
 from gliomaseg.errors import DataError
 from gliomaseg.visualization import natural_key
@@ -39,9 +39,12 @@ class SliceInput:
     load_image: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     load_mask: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
-    def image(self, *, lenient: bool = True) -> np.ndarray:
-        """uint8 RGB (H, W, 3). ``lenient`` (inference) accepts grayscale / 16-bit slice files with a warning."""
-        return self.load_image() if self.load_image else read_image(self.image_path, lenient=lenient)
+    def image(self, *, lenient: bool = True, allow_grayscale: bool = False, allow_16bit: bool = False) -> np.ndarray:
+        """RGB (H, W, 3), uint8 (uint16 for an allowed 16-bit slice file: scale it with
+        :func:`~gliomaseg.data.files.scale_volume`). Options as in :func:`~gliomaseg.data.files.read_image`."""
+        if self.load_image:
+            return self.load_image()
+        return read_image(self.image_path, lenient=lenient, allow_grayscale=allow_grayscale, allow_16bit=allow_16bit)
 
     def mask(self) -> np.ndarray | None:
         """uint8 0/1 (H, W), or ``None`` when the slice has no mask."""
@@ -123,6 +126,7 @@ def read_csv(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
         frame = read_slices_csv(path, require_mask=False, check_paths=False)
         has_mask = "mask_path" in frame
         for row in frame.itertuples():
+            safe_name(row.patient, "patient name", path)  # patient names become output folder and GIF names
             image = Path(row.image_path)
             mask = Path(row.mask_path) if has_mask and isinstance(row.mask_path, str) and row.mask_path else None
             number = int(row.slice) if "slice" in frame and row.slice == row.slice else slice_number(image)

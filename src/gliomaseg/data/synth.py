@@ -85,6 +85,26 @@ def _slice_arrays(
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
+def _random_tumour(prng: np.random.Generator, size: int) -> dict:
+    start = float(prng.uniform(0.2, 0.4))
+    return {
+        "start": start,
+        "stop": float(min(0.85, start + prng.uniform(0.3, 0.5))),
+        "cy": float(size / 2 + prng.uniform(-0.15, 0.15) * size),
+        "cx": float(size / 2 + prng.uniform(-0.12, 0.12) * size),
+        "radius": float(prng.uniform(0.08, 0.16) * size),
+        "shape": np.clip(_smooth_noise(prng, size, size / 16), -1.5, 1.5),
+    }
+
+
+def sample_slices(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """``count`` MRI-like slices through one synthetic patient with a tumour: uint8 RGB (count, size, size, 3)."""
+    prng = np.random.default_rng(seed)
+    tumour = _random_tumour(prng, size)
+    texture = np.clip(_smooth_noise(prng, size, 3.0), -2.5, 2.5)
+    return np.stack([_slice_arrays(prng, size, (k + 0.5) / count, tumour, texture)[0] for k in range(count)])
+
+
 def generate(
     out: str | Path, patients: int = 12, slices: int = 20, seed: int = 0, size: int = 256, tumour_fraction: float = 0.7
 ) -> SynthSummary:
@@ -110,15 +130,7 @@ def generate(
         tumour = None
         # The first patient always has a tumour so that even a tiny set has positives.
         if index == 0 or prng.random() < tumour_fraction:
-            start = float(prng.uniform(0.2, 0.4))
-            tumour = {
-                "start": start,
-                "stop": float(min(0.85, start + prng.uniform(0.3, 0.5))),
-                "cy": float(size / 2 + prng.uniform(-0.15, 0.15) * size),
-                "cx": float(size / 2 + prng.uniform(-0.12, 0.12) * size),
-                "radius": float(prng.uniform(0.08, 0.16) * size),
-                "shape": np.clip(_smooth_noise(prng, size, size / 16), -1.5, 1.5),
-            }
+            tumour = _random_tumour(prng, size)
         folder = out / name
         folder.mkdir(exist_ok=True)
         texture = np.clip(_smooth_noise(prng, size, 3.0), -2.5, 2.5)

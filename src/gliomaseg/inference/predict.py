@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, write_csv
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume, write_bytes, write_csv
 from gliomaseg.data.nifti import write_mask_volume
 from gliomaseg.data.sources import SliceInput, open_source
 from gliomaseg.errors import DataError
@@ -33,9 +33,7 @@ class PredictResult:
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(array))
-    return path
+    return write_bytes(encode_png(array), path)
 
 
 def _read_truth(item: SliceInput, shape: tuple[int, int]) -> np.ndarray | None:
@@ -57,12 +55,17 @@ def predict(
     fps: float = 2.0,
     gifs: bool = True,
     overlays: bool = True,
+    allow_grayscale: bool = False,
+    allow_16bit: bool = False,
 ) -> PredictResult:
     """Predict every slice of ``inputs`` (anything :func:`~gliomaseg.data.sources.open_source` reads).
 
     Writes per slice ``<slice>_pred.png`` (0/255 at the input's size; for a NIfTI case one
     ``<case>_mask.nii.gz`` instead, with the input's shape, affine and header), ``<slice>_overlay.png``,
     per patient ``<patient>.gif``, and ``predictions.csv``, ``patients.csv`` (``skipped.csv`` for bad files).
+    Grayscale and 16-bit slices are skipped (listed in ``skipped.csv`` with the reason) unless
+    ``allow_grayscale`` / ``allow_16bit``; allowed 16-bit slices are scaled per patient
+    (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem.
     """
     patients, skipped = open_source(inputs)
     out = Path(out)
@@ -74,12 +77,14 @@ def predict(
         loaded: list[tuple[SliceInput, np.ndarray, np.ndarray | None]] = []
         for item in patient.slices:
             try:
-                image = item.image()
+                image = item.image(allow_grayscale=allow_grayscale, allow_16bit=allow_16bit)
                 loaded.append((item, image, _read_truth(item, image.shape[:2])))
             except DataError as exc:
                 skipped.append((str(item.image_path), str(exc).partition(": ")[2] or str(exc)))
         if not loaded:
             continue
+        scaled = scale_volume([image for _, image, _ in loaded])
+        loaded = [(item, image, truth) for (item, _, truth), image in zip(loaded, scaled)]
         probs, masks = segment(predictor, [image for _, image, _ in loaded], threshold, tta, postprocess, batch_size)
         folder = out / patient.name
         volume_out = None
@@ -124,6 +129,9 @@ def predict(
     written.append(write_csv(patients, out / "patients.csv"))
     if len(skipped_frame):
         written.append(write_csv(skipped_frame, out / "skipped.csv"))
+        if not rows:
+            more = f" (and {len(skipped_frame) - 1} more, listed in {out / 'skipped.csv'})" if len(skipped_frame) > 1 else ""
+            raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
     return PredictResult(predictions, patients, skipped_frame, out, written)
 
 
@@ -135,7 +143,7 @@ def gif_from_folder(folder: str | Path, out: str | Path, fps: float = 2.0, patte
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in tuple(pattern) and p.is_file()), key=natural_key)
     if not files:
         raise DataError(f"{folder}: no images to put in a GIF")
-    frames = [read_image(p, lenient=True) for p in files]
+    frames = scale_volume([read_image(p, lenient=True, allow_grayscale=True, allow_16bit=True) for p in files])
     shape = frames[0].shape
     frames = [f if f.shape == shape else cv2.resize(f, (shape[1], shape[0]), interpolation=cv2.INTER_AREA) for f in frames]
     return write_gif(frames, out, fps=fps)

@@ -6,7 +6,8 @@ checkpoint carries its architecture, encoder, image size, normalization and thre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -23,8 +24,13 @@ class Predictor(Protocol):
         """(N, S, S, 3) uint8 RGB -> (N, S, S) float32 probabilities."""
 
 
+IMAGE_SIZE_RANGE = (32, 1024)  # the sizes a model description may claim (multiples of 32)
+
+
 @dataclass
 class ModelInfo:
+    """What a checkpoint or an exported ONNX model says about itself."""
+
     arch: str
     encoder: str
     image_size: int
@@ -35,6 +41,63 @@ class ModelInfo:
     classes: int = 1
     train_csv: str | None = None
     val_csv: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: object, source: str | Path) -> "ModelInfo":
+        """Validate a model description (checkpoint hyperparameters or ONNX metadata), field by field.
+
+        Raises one :class:`CheckpointError` naming ``source`` and the field for anything missing or out of
+        range: architecture and encoder names, image size (32..1024, a multiple of 32), mean and std
+        (3 finite floats, std > 0), threshold in (0, 1), 3 input channels and 1 class.
+        """
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{source}: model description is not a mapping of fields")
+
+        def bad(field: str, expected: str) -> CheckpointError:
+            shown = repr(values[field])[:80] if field in values else "missing"
+            return CheckpointError(f"{source}: model description field {field!r} must be {expected}, found {shown}")
+
+        def number(field: str, kind: type, default=None):
+            value = values.get(field, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise bad(field, "an integer" if kind is int else "a number")
+            return kind(value)
+
+        for field in ("arch", "encoder"):
+            if not isinstance(values.get(field), str) or not values[field].strip():
+                raise bad(field, "a non-empty name")
+        low, high = IMAGE_SIZE_RANGE
+        size = number("image_size", int)
+        if not low <= size <= high or size % 32:
+            raise bad("image_size", f"a multiple of 32 from {low} to {high}")
+        stats = {}
+        for field in ("mean", "std"):
+            value = values.get(field)
+            if (not isinstance(value, (list, tuple)) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+                raise bad(field, "3 finite numbers (one per RGB channel)")
+            stats[field] = [float(v) for v in value]
+        if min(stats["std"]) <= 0:
+            raise bad("std", "3 positive numbers")
+        threshold = number("threshold", float, 0.5)
+        if not 0.0 < threshold < 1.0:
+            raise bad("threshold", "a probability strictly between 0 and 1")
+        if number("in_channels", int, 3) != 3:
+            raise bad("in_channels", "3 (RGB slices)")
+        if number("classes", int, 1) != 1:
+            raise bad("classes", "1 (binary tumour mask)")
+        for field in ("train_csv", "val_csv"):
+            if values.get(field) is not None and not isinstance(values[field], str):
+                raise bad(field, "a path or nothing")
+        return cls(arch=values["arch"], encoder=values["encoder"], image_size=size, mean=stats["mean"], std=stats["std"],
+                   threshold=threshold, train_csv=values.get("train_csv"), val_csv=values.get("val_csv"))
+
+    def portable(self) -> dict:
+        """The description without the training machine's paths (CSV file names only), for exported models."""
+        values = asdict(self)
+        for field in ("train_csv", "val_csv"):
+            values[field] = None if values[field] is None else Path(values[field]).name
+        return values
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
@@ -48,15 +111,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "arch" not in checkpoint.get("hyper_parameters", {}):
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(
+            checkpoint.get("hyper_parameters"), dict):
         raise CheckpointError(f"{path}: not a gliomaseg checkpoint (no state_dict with model hyperparameters)")
-    h = checkpoint["hyper_parameters"]
-    info = ModelInfo(
-        arch=h["arch"], encoder=h["encoder"], image_size=int(h["image_size"]), mean=list(h["mean"]), std=list(h["std"]),
-        threshold=float(h.get("threshold", 0.5)), in_channels=int(h.get("in_channels", 3)), classes=int(h.get("classes", 1)),
-        train_csv=h.get("train_csv"), val_csv=h.get("val_csv"),
-    )
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    info = ModelInfo.from_dict(checkpoint["hyper_parameters"], path)
+    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if isinstance(k, str) and k.startswith("model.")}
+    if not state:
+        raise CheckpointError(f"{path}: checkpoint holds no model weights (no 'model.*' entries in its state_dict)")
     return state, info
 
 
@@ -103,8 +164,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
     """A :class:`TorchPredictor` from a training checkpoint (``best.ckpt`` / ``last.ckpt``)."""
     from gliomaseg.models import build_model
 
+    from gliomaseg.errors import ConfigError
+
     state, info = read_checkpoint(path)
-    model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None)
+    try:
+        model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 
 from gliomaseg import machine
 from gliomaseg.errors import CheckpointError
+from gliomaseg.inference.predictor import ModelInfo
 
 MICRO_BATCHES = (1, 2, 4, 8)
 PROBE_SLICES = 8
@@ -98,11 +99,15 @@ class OnnxPredictor:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "gliomaseg" not in meta:
             raise CheckpointError(f"{path}: ONNX model has no gliomaseg metadata (export it with `gliomaseg export`)")
-        self.meta = json.loads(meta["gliomaseg"])
-        self.image_size = int(self.meta["image_size"])
-        self.threshold = float(self.meta["threshold"])
-        self.mean = np.asarray(self.meta["mean"], np.float32).reshape(1, 3, 1, 1) * 255.0
-        self.std = np.asarray(self.meta["std"], np.float32).reshape(1, 3, 1, 1) * 255.0
+        try:
+            self.meta = json.loads(meta["gliomaseg"])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: gliomaseg metadata is not valid JSON ({exc})") from exc
+        self.info = ModelInfo.from_dict(self.meta, path)
+        self.image_size = self.info.image_size
+        self.threshold = self.info.threshold
+        self.mean = np.asarray(self.info.mean, np.float32).reshape(1, 3, 1, 1) * 255.0
+        self.std = np.asarray(self.info.std, np.float32).reshape(1, 3, 1, 1) * 255.0
         self.input_name = self.session.get_inputs()[0].name
         if micro_batch is not None:
             if micro_batch < 1:
