@@ -73,3 +73,19 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="session")
+def small64(tmp_path_factory) -> Path:
+    """A data folder of 64 px slices (5 patients, about 6 slices each) with a patient split: for subprocess runs."""
+    from gliomaseg.data.files import write_csv
+    from gliomaseg.data.prepare import scan_folder, split_by_patient
+    from gliomaseg.data.synth import generate
+
+    root = tmp_path_factory.mktemp("small64")
+    generate(root / "kaggle_3m", patients=5, slices=6, seed=5, size=64)
+    info, _ = scan_folder(root / "kaggle_3m", expected_size=None)
+    train, val = split_by_patient(info)
+    for frame, name in ((info, "data_info.csv"), (train, "data_train.csv"), (val, "data_val.csv")):
+        write_csv(frame, root / name)
+    return root

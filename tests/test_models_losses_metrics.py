@@ -11,7 +11,10 @@ import torchvision
 
 from gliomaseg.errors import CheckpointError, ConfigError
 from gliomaseg.losses import LOSSES, build_loss, parse_loss
-from gliomaseg.metrics import REDUCTIONS, all_metrics, dataset_report, hd95, patient_table, slice_table
+from gliomaseg import metrics
+from gliomaseg.metrics import (
+    REDUCTIONS, all_metrics, dataset_report, hd95, iou, patient_table, slice_table, worst_case_distance,
+)
 from gliomaseg.models import ARCHITECTURES, build_model, canonical_architecture, min_image_size
 
 
@@ -133,7 +136,7 @@ def test_metrics_agree_with_smp(reduction: str):
 def test_dataset_report_hand_computed():
     tp, fp, fn, tn = _counts()
     slices = slice_table(pd.DataFrame({"patient": ["a", "a", "b"], "tp": tp, "fp": fp, "fn": fn, "tn": tn}))
-    patients = patient_table(slices, {"a": 1.0, "b": math.inf})
+    patients = patient_table(slices, {"a": 1.0, "b": 42.0})  # b: a false tumour, scored with a worst-case distance
     report = dataset_report(slices, patients)
     assert report["iou_imagewise"] == pytest.approx((0.6 + 1 + 0) / 3)
     assert report["dice_imagewise"] == pytest.approx((12 / 16 + 1 + 0) / 3)
@@ -143,7 +146,9 @@ def test_dataset_report_hand_computed():
     # patient a: one volume, Dice 12/16; patient b: nothing to find, 4 false positives -> 0
     assert patients.set_index("patient")["dice_3d"].to_dict() == pytest.approx({"a": 0.75, "b": 0.0})
     assert report["patient_dice_mean"] == pytest.approx(0.375)
-    assert report["patient_hd95_px_mean"] == 1.0 and report["patient_hd95_undefined"] == 1
+    assert report["patient_hd95_mean"] == pytest.approx(21.5) and report["patient_hd95_undefined"] == 0
+    assert (report["patients_false_tumour"], report["patients_missed_tumour"]) == (1, 0)
+    assert report["iou_micro"] < iou(6, 0, 4)  # the 4 false positives on b's empty slice count
     assert report["empty_slices_predicted_empty"] == 1
 
 
@@ -162,3 +167,14 @@ def test_hd95():
     assert hd95(shifted, truth) == pytest.approx(3.0)
     assert math.isnan(hd95(np.zeros_like(truth), np.zeros_like(truth)))
     assert math.isinf(hd95(np.zeros_like(truth), truth))
+    assert hd95(shifted, truth, spacing=(0.5, 2.0)) == pytest.approx(6.0)  # the shift runs along columns of 2 mm
+    assert worst_case_distance((3, 4)) == 5.0 and worst_case_distance((3, 4), (2.0, 1.0)) == pytest.approx(math.sqrt(52))
+
+
+def test_docs_say_false_positives_on_empty_slices_count():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for text in (metrics.REPORT_MEANING["iou_micro"], readme, metrics.__doc__):
+        assert "empty slices add nothing" not in text and "neither help nor hurt IoU or Dice." not in text
+    assert "false positives on empty slices" in metrics.REPORT_MEANING["iou_micro"]

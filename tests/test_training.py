@@ -41,7 +41,7 @@ def test_training_lowers_the_loss(prepared: Path, tmp_path: Path):
     assert losses[-1] < losses[0]
 
 
-def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path):
+def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path, capsys):
     train(_config(prepared, tmp_path, epochs=1))
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 0
     with pytest.raises(ConfigError, match="--resume"):
@@ -52,6 +52,14 @@ def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path):
     assert result.summary["resumed_from"].endswith("last.ckpt")
     epochs = read_metrics(tmp_path)["epoch"].dropna().unique().tolist()
     assert epochs == [0, 1]  # the first session's log survives the resume
+    speed = result.summary["train_images_per_second"]
+    assert speed > 0
+    done = train(_config(prepared, tmp_path, epochs=2, resume=True))  # nothing left to train
+    assert done.summary["train_images_this_session"] == 0 and done.summary["train_images_per_second"] == speed
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--image-size", "64",
+                 "--workers", "0", "--no-progress", "--scheduler", "none", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "had no epochs left to train" in printed and "nan" not in printed
 
 
 def test_lowlr_parameter_groups():
@@ -118,20 +126,24 @@ def test_evaluate_outputs_and_names_the_selection_csv(trained_run: Path, prepare
 
 
 class _Oracle:
-    """A predictor that returns the true mask: evaluation must then report 1 everywhere."""
+    """A predictor that returns the true mask (at its own ``image_size``): evaluation must then report 1 everywhere."""
 
-    image_size = 256
     threshold = 0.5
     info = None
 
-    def __init__(self, frame: pd.DataFrame):
-        from gliomaseg.data.files import read_image, read_mask
-
+    def __init__(self, frame: pd.DataFrame, image_size: int = 256):
+        import cv2
         import numpy as np
 
+        from gliomaseg.data.files import read_image, read_mask
+
+        self.image_size = image_size
         self.truth = {}
         for r in frame.itertuples():
             image, mask = read_image(r.image_path), read_mask(r.mask_path).astype("float32")
+            if image_size != image.shape[0]:  # what predict_probabilities sends: the image resized with INTER_AREA
+                image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                mask = cv2.resize(mask, (image_size, image_size), interpolation=cv2.INTER_AREA)
             for axis in (None, 0, 1):  # also the flipped copies that flip-TTA sends
                 im, m = (image, mask) if axis is None else (np.flip(image, axis), np.flip(mask, axis))
                 self.truth[np.ascontiguousarray(im).tobytes()] = np.ascontiguousarray(m)
@@ -142,15 +154,89 @@ class _Oracle:
         return np.stack([self.truth[im.tobytes()] for im in images])
 
 
+class _Nothing(_Oracle):
+    """A predictor that never finds a tumour."""
+
+    def probabilities(self, images):
+        import numpy as np
+
+        return np.zeros(images.shape[:3], np.float32)
+
+
 def test_perfect_prediction_gives_one_everywhere(prepared: Path, tmp_path: Path):
     frame = pd.read_csv(prepared / "data_val.csv")
     summary = evaluate("oracle", prepared / "data_val.csv", tmp_path, predictor=_Oracle(frame))
     for key in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro",
                 "patient_dice_mean", "patient_dice_median"):
         assert summary[key] == 1.0, key
-    assert summary["patient_hd95_px_mean"] == 0.0
-    for variant in ("none", "tta:flip"):  # post-processing may legitimately change a perfect mask's edges
+    assert summary["patient_hd95_mean"] == 0.0 and summary["patients_missed_tumour"] == summary["patients_false_tumour"] == 0
+    for variant in ("none", "tta:flip", "post:largest_3d"):  # other post-processing may change a perfect mask's edges
         assert all(v == 1.0 for v in summary["variants"][variant].values()), variant
+
+
+def test_oracle_at_128_px_scores_the_resize_path(prepared: Path, tmp_path: Path):
+    frame = pd.read_csv(prepared / "data_val.csv")
+    summary = evaluate("oracle", prepared / "data_val.csv", tmp_path, predictor=_Oracle(frame, 128), compare=False)
+    slices = pd.read_csv(tmp_path / "slices.csv")
+    assert (slices[["tp", "fp", "fn", "tn"]].sum(axis=1) == 256 * 256).all()  # scored at the masks' own size
+    assert 0.9 < summary["dice_micro"] < 1.0 and 0.9 < summary["iou_imagewise_tumour_slices"] < 1.0  # lossy, not wrong
+    assert summary["patient_hd95_mean"] <= 2.0 and summary["patients_missed_tumour"] == 0
+
+
+def test_3d_numbers_do_not_depend_on_csv_row_order(prepared: Path, tmp_path: Path):
+    frame = pd.read_csv(prepared / "data_val.csv")
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    assert shuffled["slice"].tolist() != frame["slice"].tolist()
+    shuffled.to_csv(tmp_path / "shuffled.csv", index=False)
+    summary = evaluate("oracle", tmp_path / "shuffled.csv", tmp_path / "eval", predictor=_Oracle(frame))
+    assert summary["volumes"] is True and summary["patient_hd95_mean"] == 0.0
+    assert summary["variants"]["post:largest_3d"]["patient_dice_mean"] == 1.0
+    assert pd.read_csv(tmp_path / "eval" / "slices.csv").groupby("patient", sort=False)["slice"].apply(
+        lambda s: s.is_monotonic_increasing).all()
+
+
+def test_image_split_is_not_stacked_into_volumes(prepared: Path, tmp_path: Path):
+    frame = pd.read_csv(prepared / "data_val.csv")
+    frame[frame["slice"] % 2 == 0].to_csv(tmp_path / "every_other.csv", index=False)
+    summary = evaluate("oracle", tmp_path / "every_other.csv", tmp_path / "eval", predictor=_Oracle(frame))
+    assert summary["volumes"] is False and summary["patient_hd95_mean"] is None
+    assert "post:largest_3d" not in summary["variants"] and summary["iou_micro"] == 1.0
+    assert "not whole volumes" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_missed_tumours_score_the_worst_case_hd95(prepared: Path, tmp_path: Path):
+    frame = pd.read_csv(prepared / "data_val.csv")
+    summary = evaluate("nothing", prepared / "data_val.csv", tmp_path, predictor=_Nothing(frame), compare=False)
+    with_tumour = frame.groupby("patient")["diagnosis"].max()
+    assert summary["patients_missed_tumour"] == int(with_tumour.sum()) > 0 and summary["patients_false_tumour"] == 0
+    sizes = frame.groupby("patient").size()[with_tumour > 0]
+    diagonals = [(n ** 2 + 2 * 256 ** 2) ** 0.5 for n in sizes]
+    assert summary["patient_hd95_mean"] == pytest.approx(sum(diagonals) / len(diagonals))
+    assert summary["hd95_unit"].startswith("pixels")
+    spaced = evaluate("nothing", prepared / "data_val.csv", tmp_path / "mm", predictor=_Nothing(frame), compare=False,
+                      spacing=(3.0, 0.5, 0.5))
+    assert spaced["hd95_unit"].startswith("mm")
+    assert spaced["patient_hd95_mean"] == pytest.approx(sum((9 * n ** 2 + 2 * 128 ** 2) ** 0.5 for n in sizes) / len(sizes))
+
+
+def test_held_out_is_decided_from_the_slices(trained_run: Path, prepared: Path, tmp_path: Path):
+    for name in ("data_train.csv", "data_info.csv"):
+        summary = evaluate(trained_run / "best.ckpt", prepared / name, tmp_path / name, compare=False)
+        assert summary["held_out"] is False, name
+        assert summary["overlap"]["training"]["slices"] == len(pd.read_csv(prepared / "data_train.csv"))
+    assert summary["overlap"]["model_selection"]["slices"] == len(pd.read_csv(prepared / "data_val.csv"))
+    assert "of these slices" in (tmp_path / name / "summary.md").read_text()
+    # A checkpoint picked on one validation patient, evaluated on the other: held out.
+    val = pd.read_csv(prepared / "data_val.csv")
+    first, second = sorted(val["patient"].unique())[:2]
+    val[val["patient"] == first].to_csv(tmp_path / "pick.csv", index=False)
+    val[val["patient"] == second].to_csv(tmp_path / "test.csv", index=False)
+    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["val_csv"] = str(tmp_path / "pick.csv")
+    torch.save(checkpoint, tmp_path / "picked.ckpt")
+    summary = evaluate(tmp_path / "picked.ckpt", tmp_path / "test.csv", tmp_path / "held", compare=False)
+    assert summary["held_out"] is True and summary["overlap"]["model_selection"] == {
+        "csv": str(tmp_path / "pick.csv"), "slices": 0, "patients": 0}
 
 
 def test_csv_names_resolve_inside_the_data_folder(prepared: Path, tmp_path: Path, monkeypatch):
@@ -237,3 +323,66 @@ def test_run_folder_has_a_model_card_in_markdown_and_checkpoint(trained_run: Pat
     markdown = (trained_run / "MODEL_CARD.md").read_text()
     assert "not for diagnosis" in markdown and "Unet-resnet18" in markdown
     assert f"{card['validation']['best_val_patient_dice']['value']:.4f}" in markdown
+
+
+DRIVER = """
+import sys
+from gliomaseg import training
+from gliomaseg.cli import main
+
+validated = training.SegmentationTask.on_validation_epoch_end
+
+def announce(self):
+    validated(self)
+    print(f"validated epoch {self.current_epoch}", flush=True)
+
+training.SegmentationTask.on_validation_epoch_end = announce
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_loses_at_most_the_epoch_in_progress(small64: Path, tmp_path: Path):
+    """SIGKILL a real training process at random points, resume, and end where an uninterrupted run ends."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    run = tmp_path / "run"
+    epochs = 10
+    command = [sys.executable, str(driver), "train", "--data", str(small64), "--out", str(run), "--epochs", str(epochs),
+               "--batch-size", "4", "--image-size", "64", "--workers", "0", "--no-progress", "--no-cache",
+               "--optimizer", "sgd", "--lr", "1e-6", "--scheduler", "none"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
+    rng = random.Random(os.getpid())
+    for kill in range(3):
+        session = subprocess.Popen(command + (["--resume"] if kill else []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=env)
+        seen, times = [], []
+        for line in session.stdout:
+            if line.startswith("validated epoch"):
+                seen.append(int(line.split()[-1]))
+                times.append(time.perf_counter())
+                if len(seen) == 2:  # two epochs validated in this session: kill at a random point of the next one
+                    time.sleep(rng.uniform(0.0, 1.0) * (times[1] - times[0]))
+                    session.send_signal(signal.SIGKILL)
+        session.wait(timeout=60)
+        assert session.returncode == -signal.SIGKILL, "the session ended before it could be killed"
+        saved = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["epoch"]
+        # Epoch seen[-1] was validated before the kill; its checkpoint may still have been in progress.
+        assert saved in (seen[-1] - 1, seen[-1]), f"killed after epoch {seen[-1]} was validated, last.ckpt holds epoch {saved}"
+        if kill:
+            assert seen[0] == previous_saved + 1, f"resumed at epoch {seen[0]}, last.ckpt held {previous_saved}"
+        previous_saved = saved
+    final = subprocess.run(command + ["--resume"], capture_output=True, text=True, env=env, timeout=120)
+    assert final.returncode == 0, final.stderr[-2000:]
+    resumed = [int(line.split()[-1]) for line in final.stdout.splitlines() if line.startswith("validated epoch")]
+    assert resumed and resumed[0] == previous_saved + 1 and resumed[-1] == epochs - 1
+    checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)
+    steps_per_epoch = len(pd.read_csv(small64 / "data_train.csv")) // 4
+    assert checkpoint["epoch"] == epochs - 1 and checkpoint["global_step"] == epochs * steps_per_epoch  # as uninterrupted
+    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == epochs

@@ -51,8 +51,12 @@ def _train(args: argparse.Namespace) -> None:
 
     result = train(TrainConfig.from_dict({k: v for k, v in vars(args).items() if k != "command"}))
     s = result.summary
-    print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
-          f"({s['train_images_per_second']:.1f} images/s); best val per-patient Dice {s['best_val_patient_dice']}")
+    if not s["train_images_this_session"]:
+        print(f"{s['model']}-{s['encoder']} had no epochs left to train: it finished {s['epochs_completed']} epoch(s) "
+              f"before (raise --epochs to train more); best val per-patient Dice {s['best_val_patient_dice']}")
+    else:
+        print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
+              f"({s['train_images_per_second']:.1f} images/s); best val per-patient Dice {s['best_val_patient_dice']}")
     print(f"run folder: {result.out} (best.ckpt, last.ckpt, summary.json, MODEL_CARD.md)")
 
 
@@ -62,7 +66,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from gliomaseg.inference.postprocess import PostProcess
 
     summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
-                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device)
+                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=args.spacing)
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
 
@@ -92,7 +96,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from gliomaseg.evaluation import score
 
-    score(args.pred, args.truth, args.out)
+    score(args.pred, args.truth, args.out, spacing=args.spacing)
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
 
@@ -266,6 +270,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
     p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
     p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
+                   help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("predict", help="masks, contour overlays and GIFs for a slice, a folder or a CSV")
@@ -297,6 +303,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                    help="folder of predicted masks: <patient>_mask.nii.gz, or <slice>_pred.png / <slice>.png (in <patient>/ or not)")
     p.add_argument("--truth", required=True, type=Path, help="a CSV of prepare, a kaggle_3m folder or a folder of NIfTI cases with masks")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
+                   help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
 
     p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI: <patient>.nii.gz and <patient>_mask.nii.gz")
     p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder")

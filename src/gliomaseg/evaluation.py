@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import read_mask, write_csv, write_text
+from gliomaseg.data.files import read_mask, read_slices_csv, write_csv, write_text
 from gliomaseg.data.nifti import NIFTI_ENDINGS, read_mask_case
 from gliomaseg.data.sources import PatientInput, open_source
 from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
-from gliomaseg.metrics import REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table
+from gliomaseg.metrics import (
+    REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table, worst_case_distance,
+)
 
 HEADLINE = [
     "iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices", "iou_micro",
-    "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_px_mean", "patient_hd95_px_median",
+    "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_mean", "patient_hd95_median",
 ]
 
 
@@ -36,6 +39,31 @@ def _variant_scores(counts: list[tuple[str, int, int, int, int]]) -> dict[str, f
     slices = slice_table(pd.DataFrame(counts, columns=["patient", "tp", "fp", "fn", "tn"]))
     report = dataset_report(slices, patient_table(slices), with_smp=False)
     return {k: report[k] for k in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro", "patient_dice_mean")}
+
+
+def is_volume(patient: PatientInput) -> bool:
+    """Whether a patient's slices form a volume: a NIfTI case, or slice numbers that are known, distinct and consecutive.
+
+    An image-split CSV holds random slices of a patient; stacking those would make 3D numbers (HD95,
+    the largest 3D component) meaningless.
+    """
+    if patient.geometry is not None:
+        return True
+    numbers = [item.slice for item in patient.slices]
+    return None not in numbers and len(set(numbers)) == len(numbers) and max(numbers) - min(numbers) + 1 == len(numbers)
+
+
+def held_out_counts(patients: list[PatientInput], csv: str | None) -> dict | None:
+    """How many of the evaluated slices and patients a training or model-selection CSV holds (None when it is not here).
+
+    Slices are matched by patient and image file name, so a copy of the data elsewhere still matches.
+    """
+    if not csv or not Path(csv).is_file():
+        return None
+    other = read_slices_csv(csv, check_paths=False)
+    keys = set(zip(other["patient"], other["image_path"].map(lambda p: Path(p).name)))
+    slices = sum((p.name, item.image_path.name) in keys for p in patients for item in p.slices)
+    return {"csv": str(csv), "slices": int(slices), "patients": len({p.name for p in patients} & set(other["patient"]))}
 
 
 def _truth_masks(patient: PatientInput) -> list[np.ndarray]:
@@ -48,12 +76,19 @@ def _truth_masks(patient: PatientInput) -> list[np.ndarray]:
     return truths
 
 
-def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.ndarray]]]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.ndarray]]],
+                spacing: tuple[float, float, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per-slice and per-patient scores and the dataset report of predicted masks against truth.
 
     Args:
         cases: per patient, its :class:`PatientInput` (slices in slice order), predicted masks and
             true masks, each uint8 0/1 (H, W), one per slice and of the slice's size.
+        spacing: voxel size (slice step, row, column; e.g. mm) for HD95; ``None``: pixels, the slice
+            step counted as one pixel.
+
+    HD95 is measured only when every patient is a volume (:func:`is_volume`); a missed or a false
+    tumour scores the diagonal of the patient's volume (:func:`~gliomaseg.metrics.worst_case_distance`).
+    The report says ``volumes`` and ``hd95_unit``.
 
     Returns:
         ``(slices, patients, report)``: :func:`~gliomaseg.metrics.slice_table` rows (patient, slice,
@@ -61,8 +96,9 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
         :func:`~gliomaseg.metrics.patient_table` rows with HD95 (a patient's slices as one volume),
         and :func:`~gliomaseg.metrics.dataset_report`.
     """
-    rows, hd = [], {}
+    rows, hd, volumes = [], {}, True
     for patient, predictions, truths in cases:
+        volumes = volumes and is_volume(patient)
         for item, pred, truth in zip(patient.slices, predictions, truths):
             if pred.shape != truth.shape:
                 raise DataError(f"{item.image_path}: prediction of shape {pred.shape} does not match the truth mask's {truth.shape}")
@@ -71,10 +107,18 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
                          "mask_path": None if item.mask_path is None else str(item.mask_path),
                          "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()), "tp": tp, "fp": fp, "fn": fn, "tn": tn})
         if len({m.shape for m in predictions}) == 1:
-            hd[patient.name] = hd95(np.stack(predictions), np.stack(truths))
+            volume = np.stack(truths)
+            hd[patient.name] = hd95(np.stack(predictions), volume, spacing)
+            if math.isinf(hd[patient.name]):  # a missed or a false tumour: the worst distance the volume allows
+                hd[patient.name] = worst_case_distance(volume.shape, spacing)
     slices = slice_table(pd.DataFrame(rows))
-    patients = patient_table(slices, hd)
-    return slices, patients, dataset_report(slices, patients)
+    patients = patient_table(slices, hd if volumes else None)
+    report = dataset_report(slices, patients)
+    if not volumes:
+        report.update(patient_hd95_mean=None, patient_hd95_median=None)
+    report.update(volumes=volumes, hd95_unit="mm (given spacing)" if spacing else "pixels (slice step counted as one pixel)",
+                  hd95_worst_case="a missed or false tumour scores the diagonal of the patient's volume")
+    return slices, patients, report
 
 
 def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients: pd.DataFrame) -> None:
@@ -102,18 +146,22 @@ def evaluate(
     tta: str = "flip",
     device: str = "cpu",
     predictor=None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> dict:
     """Evaluate a checkpoint: :func:`~gliomaseg.inference.segment.segment` every patient of ``csv_path``
     (any source with masks: a CSV of ``prepare``, a kaggle_3m folder, NIfTI cases), then :func:`score_masks`.
 
     Returns the summary written to ``summary.json``. With ``compare``, it also holds a table of the
-    same scores with TTA and with each post-processing step, on the same slices.
+    same scores with TTA and with each post-processing step, on the same slices. On a CSV whose patients
+    are not whole volumes (an image split) the 3D numbers are left out. ``spacing``: see :func:`score_masks`.
     """
     from gliomaseg.inference.predictor import load_checkpoint
 
     predictor = predictor or load_checkpoint(checkpoint, device=device)
     patients, _ = open_source(csv_path, strict=True)
     threshold = predictor.threshold
+    if not all(is_volume(p) for p in patients):
+        postprocess = replace(postprocess, largest_3d=False)
     variants: dict[str, PostProcess] = {"none": PostProcess()}
     if compare:
         variants.update({f"post:{name}": steps for name, steps in postprocess.single_steps().items()})
@@ -133,15 +181,18 @@ def evaluate(
         if compare:
             _, tta_masks = segment(predictor, images, threshold, tta, batch_size=batch_size)
             counts[f"tta:{tta}"].extend((patient.name, *confusion_numpy(m, t)) for m, t in zip(tta_masks, truths))
-    slices, patient_scores, report = score_masks(cases)
+    slices, patient_scores, report = score_masks(cases, spacing)
     info = getattr(predictor, "info", None)
-    selection_csv = getattr(info, "val_csv", None)
-    evaluated = str(Path(csv_path).resolve())
+    overlap = {"training": held_out_counts(patients, getattr(info, "train_csv", None)),
+               "model_selection": held_out_counts(patients, getattr(info, "val_csv", None))}
+    # Held out only when both CSVs are here and neither holds an evaluated patient.
+    known = [o for o in overlap.values() if o is not None]
     summary = {
         "checkpoint": str(checkpoint),
-        "evaluated_csv": evaluated,
-        "model_selection_csv": selection_csv,
-        "held_out": None if selection_csv is None else selection_csv != evaluated,
+        "evaluated_csv": str(Path(csv_path).resolve()),
+        "model_selection_csv": getattr(info, "val_csv", None),
+        "overlap": overlap,
+        "held_out": False if any(o["patients"] for o in known) else (True if len(known) == 2 else None),
         "threshold": threshold,
         "model": None if info is None else f"{info.arch}-{info.encoder} @ {info.image_size}px",
         **report,
@@ -174,7 +225,7 @@ def _prediction_slices(pred: Path, patient: PatientInput) -> list[np.ndarray]:
     return masks
 
 
-def score(pred: str | Path, truth: str | Path, out: str | Path) -> dict:
+def score(pred: str | Path, truth: str | Path, out: str | Path, spacing: tuple[float, float, float] | None = None) -> dict:
     """Score a folder of predicted masks against truth: the ``slices.csv`` / ``patients.csv`` / summary of ``evaluate``.
 
     ``pred`` holds, per truth patient, ``<patient>_mask.nii.gz`` (as ``predict`` writes for NIfTI cases)
@@ -186,7 +237,7 @@ def score(pred: str | Path, truth: str | Path, out: str | Path) -> dict:
     if not pred.is_dir():
         raise DataError(f"{pred}: prediction folder does not exist")
     patients, _ = open_source(truth, strict=True)
-    slices, patient_scores, report = score_masks((p, _prediction_slices(pred, p), _truth_masks(p)) for p in patients)
+    slices, patient_scores, report = score_masks(((p, _prediction_slices(pred, p), _truth_masks(p)) for p in patients), spacing)
     summary = {
         "checkpoint": None,
         "predictions": str(pred.resolve()),
@@ -228,18 +279,34 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"- predictions: `{summary['predictions']}`")
     lines.append(f"- evaluated on: `{summary['evaluated_csv']}` ({summary['slices']} slices, {summary['tumour_slices']} with tumour, "
                  f"{summary['patients']} patients)")
-    if summary["held_out"] is False:
-        lines.append(f"- **these are validation scores**: the checkpoint was picked on this same CSV (`{summary['model_selection_csv']}`), "
-                     "so they are optimistic; report a held-out set as the final number.")
+    overlap = summary.get("overlap") or {}
+    for role, counts in overlap.items():
+        if counts is None:
+            lines.append(f"- the checkpoint's {role.replace('_', '-')} CSV is not on this machine: overlap unknown.")
+        else:
+            lines.append(f"- {counts['slices']} of these slices and {counts['patients']} of these patients are in the {role.replace('_', '-')} "
+                         f"CSV `{counts['csv']}`.")
+    training, selection = overlap.get("training"), overlap.get("model_selection")
+    if training and training["patients"]:
+        lines.append("- **not held out**: the checkpoint was trained on some of these patients; these scores say little "
+                     "about new patients.")
+    if selection and selection["patients"]:
+        lines.append("- **these are validation scores**: the checkpoint was picked on some of these patients, so they are "
+                     "optimistic; report a held-out set as the final number.")
     elif summary["held_out"]:
-        lines.append(f"- model selection used `{summary['model_selection_csv']}`, not this CSV.")
+        lines.append("- held out: no evaluated patient was used for training or model selection.")
+    if not summary["volumes"]:
+        lines.append("- the patients' slices here are not whole volumes (an image split?): HD95 and the largest-3D-component "
+                     "step are left out, and patient Dice is over each patient's evaluated slices.")
     lines.append(f"- {summary['empty_slices']} slices have no tumour; {summary['empty_slices_predicted_empty']} of them were predicted empty "
                  "and score 1 in the image-wise numbers.")
     lines += ["", "| number | value | meaning |", "|---|---|---|"]
     for key in HEADLINE:
         lines.append(f"| {key} | {_fmt(summary.get(key))} | {summary['meaning'].get(key, '')} |")
-    if summary["patient_hd95_undefined"]:
-        lines.append(f"\nHD95 is undefined for {summary['patient_hd95_undefined']} patient(s) (an empty prediction or an empty truth).")
+    if summary["volumes"]:
+        lines.append(f"\nHD95 in {summary['hd95_unit']}; {summary['patients_missed_tumour']} patient(s) with a missed tumour and "
+                     f"{summary['patients_false_tumour']} with a false tumour score the diagonal of their volume (worst case); "
+                     f"{summary['patient_hd95_undefined']} patient(s) without tumour predicted empty have no HD95.")
     if summary["variants"]:
         lines += ["", "## With TTA and post-processing (same slices)", "",
                   "| variant | iou_imagewise | dice_imagewise | iou_imagewise_tumour_slices | iou_micro | dice_micro | patient_dice_mean |",

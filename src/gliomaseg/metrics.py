@@ -3,8 +3,9 @@
 Counts come from smp's ``get_stats`` in binary mode: tp, fp, fn, tn per slice, each (N, 1).
 Reductions (smp's names):
 
-- ``micro``: sum the counts over all slices, then compute once (dataset-wise). Empty slices add
-  only true negatives, so they neither help nor hurt IoU or Dice.
+- ``micro``: sum the counts over all slices, then compute once (dataset-wise). An empty slice
+  predicted empty adds only true negatives, so it neither helps nor hurts IoU or Dice; false
+  positives on empty slices do count (they lower IoU and Dice).
 - ``macro`` / ``weighted``: per class over the summed counts, then averaged (with one class,
   binary: the same as micro).
 - ``micro-imagewise`` / ``macro-imagewise`` / ``weighted-imagewise``: compute per slice, then average
@@ -16,7 +17,7 @@ Reductions (smp's names):
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,11 +83,13 @@ def dice(tp, fp, fn) -> float:
     return ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """95th-percentile Hausdorff distance between two masks' surfaces, in pixels.
+def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """95th-percentile Hausdorff distance between two masks' surfaces.
 
-    Works on 2D slices or 3D volumes (slices stacked, the slice step counted as one pixel).
-    NaN when both are empty, infinity when exactly one is.
+    Works on 2D slices or 3D volumes (slices stacked in slice order). ``spacing`` gives the size of a
+    step along each axis (e.g. mm: slice step, row, column); without it the unit is the pixel and the
+    slice step counts as one pixel. NaN when both are empty, infinity when exactly one is (see
+    :func:`worst_case_distance`).
     """
     prediction, truth = prediction.astype(bool), truth.astype(bool)
     if not prediction.any() and not truth.any():
@@ -95,9 +98,19 @@ def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
         return math.inf
     pred_surface = prediction ^ ndimage.binary_erosion(prediction)
     true_surface = truth ^ ndimage.binary_erosion(truth)
-    to_truth = ndimage.distance_transform_edt(~true_surface)[pred_surface]
-    to_prediction = ndimage.distance_transform_edt(~pred_surface)[true_surface]
+    to_truth = ndimage.distance_transform_edt(~true_surface, sampling=spacing)[pred_surface]
+    to_prediction = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[true_surface]
     return float(max(np.percentile(to_truth, 95), np.percentile(to_prediction, 95)))
+
+
+def worst_case_distance(shape: Sequence[int], spacing: Sequence[float] | None = None) -> float:
+    """The diagonal of an array of ``shape`` (times ``spacing``): the HD95 given to a missed or a false tumour.
+
+    BraTS-style evaluations score such a case with the image diagonal instead of dropping it, so that
+    missing a tumour never scores better than finding it badly.
+    """
+    steps = spacing if spacing is not None else [1.0] * len(shape)
+    return float(math.sqrt(sum((n * step) ** 2 for n, step in zip(shape, steps))))
 
 
 def confusion_numpy(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
@@ -119,7 +132,8 @@ def slice_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def patient_table(slices: pd.DataFrame, hd95_by_patient: dict[str, float] | None = None) -> pd.DataFrame:
-    """One row a patient: its slices as one 3D volume (counts summed), Dice, IoU and HD95."""
+    """One row a patient: its slices as one 3D volume (counts summed), Dice, IoU, HD95 and whether a tumour was
+    missed (truth, empty prediction) or false (prediction, no truth)."""
     grouped = slices.groupby("patient", sort=True).agg(
         slices=("tp", "size"), tumour_slices=("has_tumour", "sum"), tp=("tp", "sum"), fp=("fp", "sum"),
         fn=("fn", "sum"), tn=("tn", "sum"),
@@ -127,13 +141,17 @@ def patient_table(slices: pd.DataFrame, hd95_by_patient: dict[str, float] | None
     grouped["has_tumour"] = (grouped["tp"] + grouped["fn"]) > 0
     grouped["dice_3d"] = [dice(tp, fp, fn) for tp, fp, fn in zip(grouped["tp"], grouped["fp"], grouped["fn"])]
     grouped["iou_3d"] = [iou(tp, fp, fn) for tp, fp, fn in zip(grouped["tp"], grouped["fp"], grouped["fn"])]
+    predicted = (grouped["tp"] + grouped["fp"]) > 0
+    grouped["missed_tumour"] = grouped["has_tumour"] & ~predicted
+    grouped["false_tumour"] = ~grouped["has_tumour"] & predicted
     if hd95_by_patient is not None:
-        grouped["hd95_px"] = grouped["patient"].map(hd95_by_patient)
+        grouped["hd95"] = grouped["patient"].map(hd95_by_patient)
     return grouped
 
 
-def _finite(values: Iterable[float]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
+def _defined(values: Iterable[float]) -> list[float]:
+    """The values that are not None or NaN (an infinite HD95 stays: it is a real, worst, result)."""
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
 
 
 def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame, *, with_smp: bool = True) -> dict:
@@ -147,7 +165,7 @@ def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame, *, with_smp: bo
     tumour = slices[slices["has_tumour"]]
     tp, fp, fn = (int(slices[c].sum()) for c in ("tp", "fp", "fn"))
     with_tumour = patients[patients["has_tumour"]]
-    hd = _finite(patients["hd95_px"]) if "hd95_px" in patients else []
+    hd = _defined(patients["hd95"]) if "hd95" in patients else []
     report = {
         "slices": len(slices),
         "tumour_slices": len(tumour),
@@ -163,9 +181,11 @@ def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame, *, with_smp: bo
         "patient_dice_mean": float(patients["dice_3d"].mean()),
         "patient_dice_median": float(patients["dice_3d"].median()),
         "patient_dice_mean_tumour_patients": float(with_tumour["dice_3d"].mean()) if len(with_tumour) else math.nan,
-        "patient_hd95_px_mean": float(np.mean(hd)) if hd else math.nan,
-        "patient_hd95_px_median": float(np.median(hd)) if hd else math.nan,
-        "patient_hd95_undefined": int(len(patients) - len(hd)) if "hd95_px" in patients else 0,
+        "patient_hd95_mean": float(np.mean(hd)) if hd else math.nan,
+        "patient_hd95_median": float(np.median(hd)) if hd else math.nan,
+        "patient_hd95_undefined": int(len(patients) - len(hd)) if "hd95" in patients else 0,
+        "patients_missed_tumour": int(patients["missed_tumour"].sum()),
+        "patients_false_tumour": int(patients["false_tumour"].sum()),
     }
     if not with_smp:
         return report
@@ -181,11 +201,15 @@ REPORT_MEANING = {
     "dice_imagewise": "mean per-slice Dice over all slices; empty predicted empty scores 1",
     "iou_imagewise_tumour_slices": "mean per-slice IoU over slices whose mask has tumour only: no free 1s",
     "dice_imagewise_tumour_slices": "mean per-slice Dice over slices whose mask has tumour only",
-    "iou_micro": "dataset-wise IoU: tp, fp, fn summed over every slice, then one IoU; empty slices add nothing",
+    "iou_micro": "dataset-wise IoU: tp, fp, fn summed over every slice, then one IoU; an empty slice predicted empty adds "
+                 "nothing, false positives on empty slices count",
     "dice_micro": "dataset-wise Dice from the summed counts",
     "patient_dice_mean": "mean over patients of the 3D Dice of each patient's slices as one volume",
     "patient_dice_median": "median of the per-patient 3D Dice",
     "patient_dice_mean_tumour_patients": "mean 3D Dice over patients who have tumour",
-    "patient_hd95_px_mean": "mean per-patient 3D HD95 in pixels (slice step = 1 pixel), over patients where it is defined",
-    "patient_hd95_px_median": "median per-patient HD95 in pixels",
+    "patient_hd95_mean": "mean per-patient 3D HD95 (unit: hd95_unit) over patients with a tumour in truth or prediction; "
+                         "a missed or false tumour scores the volume's diagonal (worst case)",
+    "patient_hd95_median": "median per-patient 3D HD95, same patients and worst case",
+    "patients_missed_tumour": "patients with tumour whose prediction is empty",
+    "patients_false_tumour": "patients without tumour with a predicted tumour",
 }

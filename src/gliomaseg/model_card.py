@@ -25,7 +25,7 @@ INTENDED_USE = (
     "pre-processing are unknown until measured there."
 )
 EVALUATION_KEYS = ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices",
-                   "iou_micro", "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_px_mean")
+                   "iou_micro", "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_mean")
 PICKED = "; best.ckpt was picked on this number, so it is optimistic"
 BEST_VAL_MEANING = {
     "best_val_patient_dice": "mean over validation patients of the 3D Dice of each patient's slices as one volume, "
@@ -126,7 +126,8 @@ def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation:
     if evaluation:
         meaning = evaluation.get("meaning", {})
         held_out = evaluation.get("held_out")
-        scope = {True: "held out from model selection", False: "the model-selection CSV: validation scores, optimistic",
+        scope = {True: "held out from training and model selection",
+                 False: "patients used for training or model selection: optimistic scores",
                  None: "unknown relation to model selection"}[held_out]
         card["validation"]["evaluation"] = {
             "csv": evaluation.get("evaluated_csv"), "scope": scope,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -282,6 +283,26 @@ class Throughput(Callback):
         return self.images / self.seconds if self.seconds else math.nan
 
 
+class LastCheckpoint(Callback):
+    """Writes ``last.ckpt`` at the end of every training epoch (after its validation), atomically.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a top-k
+    checkpoint, so epochs that do not improve the monitored score left ``last.ckpt`` behind and a crash
+    lost them. Here the checkpoint goes to a temporary file that is renamed over ``last.ckpt``, so a crash
+    (even ``kill -9``) loses at most the epoch in progress and never leaves half a file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # every rank takes part; the global rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier()
+
+
 def _max_time(value: str | None) -> str | None:
     """HH:MM:SS (or DD:HH:MM:SS) for Lightning, which wants DD:HH:MM:SS."""
     if not value:
@@ -385,8 +406,7 @@ def train(config: TrainConfig) -> TrainResult:
     write_text(json.dumps(asdict(config), indent=2), out / "config.json")
     task = task_from_config(config, train_csv, val_csv)
     throughput = Throughput()
-    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=True, save_top_k=1)
-    checkpoint.CHECKPOINT_NAME_LAST = "last"
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1)
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=config.epochs,
@@ -398,7 +418,7 @@ def train(config: TrainConfig) -> TrainResult:
         precision=PRECISIONS[precision.precision],
         # A new log version per session: Lightning's loggers would delete the interrupted session's logs.
         logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="logs")],
-        callbacks=[checkpoint, LearningRateMonitor("epoch"), throughput],
+        callbacks=[checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader))),
@@ -421,7 +441,9 @@ def train(config: TrainConfig) -> TrainResult:
         "resumed_from": str(resume_from) if resume_from else None,
         "stopped_by": "max_time" if trainer.current_epoch < config.epochs else "epochs",
         "train_seconds_this_session": round(seconds, 2),
-        "train_images_per_second": round(throughput.images_per_second, 2),
+        "train_images_this_session": throughput.images,
+        # None when no session trained anything; a resumed run with no epochs left keeps the earlier speed.
+        "train_images_per_second": round(throughput.images_per_second, 2) if throughput.images else None,
         "parameters": count_parameters(task.model),
         f"best_{MONITOR}": None if best_score is None else float(best_score),
         "best_checkpoint": str(out / "best.ckpt"),
@@ -434,6 +456,8 @@ def train(config: TrainConfig) -> TrainResult:
     if resume_from and previous.is_file():
         earlier = json.loads(previous.read_text())
         summary["train_seconds"] = round(earlier.get("train_seconds", 0.0) + seconds, 2)
+        if not throughput.images:
+            summary["train_images_per_second"] = earlier.get("train_images_per_second")
     else:
         summary["train_seconds"] = round(seconds, 2)
     write_text(json.dumps(summary, indent=2), previous)
