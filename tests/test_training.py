@@ -386,3 +386,28 @@ def test_kill_9_loses_at_most_the_epoch_in_progress(small64: Path, tmp_path: Pat
     steps_per_epoch = len(pd.read_csv(small64 / "data_train.csv")) // 4
     assert checkpoint["epoch"] == epochs - 1 and checkpoint["global_step"] == epochs * steps_per_epoch  # as uninterrupted
     assert json.loads((run / "summary.json").read_text())["epochs_completed"] == epochs
+
+
+def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(small64: Path, tmp_path: Path):
+    """--devices 2 --strategy ddp (gloo): validation numbers equal evaluate() on the same checkpoint and CSV."""
+    import os
+    import subprocess
+    import sys
+
+    val = pd.read_csv(small64 / "data_val.csv")
+    val = val if len(val) % 2 else val.iloc[1:]  # an odd count: DistributedSampler pads it with a repeated slice
+    val.to_csv(tmp_path / "val.csv", index=False)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "gliomaseg", "train", "--train-csv", str(small64 / "data_train.csv"), "--val-csv",
+               str(tmp_path / "val.csv"), "--out", str(run), "--epochs", "1", "--batch-size", "2", "--image-size", "64",
+               "--workers", "0", "--no-progress", "--no-augment", "--scheduler", "none", "--lr", "0.05",
+               "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed_backend=gloo" in done.stderr and "All distributed processes registered" in done.stderr
+    logged = read_metrics(run).dropna(subset=["val_iou_imagewise"]).iloc[-1]
+    summary = evaluate(run / "last.ckpt", tmp_path / "val.csv", tmp_path / "eval", compare=False)
+    assert summary["slices"] == len(val)
+    for key in ("iou_imagewise", "dice_imagewise", "iou_micro", "dice_micro"):
+        assert logged[f"val_{key}"] == pytest.approx(summary[key], abs=1e-4), key
