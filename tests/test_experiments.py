@@ -97,6 +97,10 @@ def test_failing_run_is_recorded_and_others_go_on(prepared: Path, tmp_path: Path
         ("name: t\nruns:\n  - {name: a, loss: dise}\n", "unknown loss term 'dise'"),
         ("name: t\nruns: [{name: a}\n", "not valid YAML"),
         ("name: t\nruns:\n  - {name: a}\n  - {name: a}\n", "two runs are named 'a'"),
+        ("name: t\nruns:\n  - {name: ../../escaped}\n", "run name '../../escaped' cannot name a file inside the output folder"),
+        ("name: t\nruns:\n  - {name: /tmp/abs}\n", "run name '/tmp/abs' cannot name a file"),
+        ("name: ..\nruns:\n  - {name: a}\n", "experiment name '..' cannot name a file"),
+        ("name: t\ncompare_with: ../x\nruns:\n  - {name: a}\n", "compare_with '../x' cannot name a file"),
     ],
 )
 def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
@@ -124,3 +128,46 @@ def test_report_is_self_contained(two_runs: Path, prepared: Path, tmp_path: Path
     assert page.count("data:image/png;base64,") >= 4  # bar chart, 2 training curves, overlays
     assert "<table" in page and "Experiment: two" in page and "Sample overlays" in page
     assert "src=\"http" not in page and "href=\"http" not in page
+
+
+def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
+    """Build the wheel, install it without -e into a folder, and run it from outside the source tree."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    (source / "src" / "gliomaseg" / "assets" / "MODEL_CARD.md").write_text("# card\n")
+    (source / "src" / "gliomaseg" / "assets" / "gliomaseg-default.onnx").write_bytes(b"onnx")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("gliomaseg-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"gliomaseg/configs/experiments/encoders.yaml", "gliomaseg/assets/MODEL_CARD.md",
+            "gliomaseg/assets/gliomaseg-default.onnx", "gliomaseg/__main__.py"} <= names
+    target = tmp_path / "installed"
+    installed = subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True,
+                               timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import gliomaseg; print(gliomaseg.__file__)"], capture_output=True, text=True,
+                           env=env, cwd=outside)
+    assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
+    listed = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "--list"], capture_output=True, text=True, env=env,
+                            cwd=outside, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for name in ("encoders: 3 runs", "architectures: 12 runs", "lowlr: 9 runs", "split: 2 runs", "losses: 9 runs"):
+        assert name in listed.stdout
+    missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
+                             capture_output=True, text=True, env=env, cwd=outside, timeout=300)
+    assert missing.returncode == 2 and "known: architectures, encoders, losses, lowlr, split" in missing.stderr

@@ -144,8 +144,14 @@ def _gif(args: argparse.Namespace) -> None:
 
 @command("experiment")
 def _experiment(args: argparse.Namespace) -> None:
-    from gliomaseg.experiments import run_experiment
+    from gliomaseg.experiments import run_experiment, shipped_experiments
 
+    if args.list:
+        for experiment in shipped_experiments():
+            print(f"{experiment.name}: {len(experiment.runs)} runs ({', '.join(r.name for r in experiment.runs)}): {experiment.description}")
+        return
+    if not (args.name and args.data and args.out):
+        raise GliomasegError("experiment needs NAME, --data and --out (or --list)")
     results = run_experiment(args.name, args.data, args.out, preset=args.preset, epochs=args.epochs, image_size=args.image_size,
                              max_time=args.max_time, only=args.only, include_extra=args.all)
     shown = [c for c in ("run", "iou_imagewise", "reference_iou", "dice_imagewise", "patient_dice_mean", "epochs", "status") if c in results]
@@ -331,10 +337,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                    help="a CSV of prepare whose slices (8 at random) check the fp32 export; default: the checkpoint's "
                         "validation CSV when it exists here, else synthetic MRI-like slices")
 
-    p = sub.add_parser("experiment", help="run a comparison experiment (configs/experiments/NAME.yaml)")
-    p.add_argument("name", help="encoders, architectures, lowlr, split, losses, or a path to a .yaml file")
-    p.add_argument("--data", required=True, type=Path, help="a prepare output folder")
-    p.add_argument("--out", required=True, type=Path, help="experiments folder; runs go to OUT/NAME/RUN")
+    p = sub.add_parser("experiment", help="run a comparison experiment (NAME: a shipped experiment, or a .yaml file)")
+    p.add_argument("name", nargs="?", help="encoders, architectures, lowlr, split, losses, or a path to a .yaml file")
+    p.add_argument("--list", action="store_true", help="list the shipped experiments and their runs")
+    p.add_argument("--data", type=Path, help="a prepare output folder")
+    p.add_argument("--out", type=Path, help="experiments folder; runs go to OUT/NAME/RUN")
     p.add_argument("--preset", default="cpu", help="cpu (2 CPU cores) or gpu (the case study's setting)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)

@@ -1,6 +1,6 @@
 """Comparison experiments from YAML files: each run an ordinary training run in its own folder.
 
-An experiment file (``configs/experiments/NAME.yaml``)::
+An experiment file (``src/gliomaseg/configs/experiments/NAME.yaml``, shipped in the package)::
 
     name: encoders
     description: ...
@@ -21,6 +21,7 @@ import json
 import math
 import time
 import traceback
+from importlib import resources
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from gliomaseg.data.files import safe_name, write_csv, write_text
 from gliomaseg.errors import ConfigError, DataError
 from gliomaseg.training import TrainConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments"
+# The shipped experiment files are package data: found through importlib.resources in a wheel as in a source tree.
+CONFIG_DIR = Path(str(resources.files("gliomaseg") / "configs" / "experiments"))
 REFERENCE_LABEL = "case study (GPU, ImageNet encoder, mIoU picked and reported on val)"
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -76,8 +78,14 @@ def experiment_path(name_or_path: str | Path) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {name_or_path!r}; known: {', '.join(known)} (or give a .yaml path)")
+        raise ConfigError(f"unknown experiment {name_or_path!r}; known: {', '.join(known) or '(none: ' + str(CONFIG_DIR) + ' is empty)'} "
+                          "(or give a .yaml path)")
     return candidate
+
+
+def shipped_experiments() -> list[Experiment]:
+    """Every experiment that ships with gliomaseg, loaded and checked, by name."""
+    return [load_experiment(p.stem) for p in sorted(CONFIG_DIR.glob("*.yaml"))]
 
 
 def load_experiment(name_or_path: str | Path) -> Experiment:
