@@ -66,9 +66,14 @@ def test_synth_is_deterministic(tmp_path: Path):
 def test_info_columns_and_numeric_order(prepared: Path):
     info = pd.read_csv(prepared / "data_info.csv")
     assert list(info.columns) == INFO_COLUMNS
+    long_patients = 0
     for patient, group in info.groupby("patient", sort=False):
-        assert group["slice"].tolist() == sorted(group["slice"].tolist())  # 2 before 10, not "10" before "2"
-        assert 10 in group["slice"].tolist() or group["slice"].max() < 10
+        numbers = group["slice"].tolist()
+        assert numbers == sorted(numbers)
+        if 10 in numbers:  # a lexical sort puts "10" before "2"; consecutive small numbers could not tell
+            assert numbers.index(2) < numbers.index(10) and numbers.index(9) + 1 == numbers.index(10)
+            long_patients += 1
+    assert long_patients >= 1
     assert info["patient"].tolist() == sorted(info["patient"].tolist())
     for _, row in info.iterrows():
         mask = tifffile.imread(row["mask_path"])
@@ -201,6 +206,99 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path):
         files.atomic_write(target, explode)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
+
+
+def test_atomic_write_leaves_the_umask_alone_and_keeps_usual_permissions(tmp_path: Path, monkeypatch):
+    import os
+    import threading
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def forbidden(*args):
+        raise AssertionError("atomic_write must not read or change the process umask (threads race on it)")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    target = tmp_path / "table.csv"
+    errors = []
+
+    def write(k: int) -> None:
+        try:
+            files.write_text(f"version {k}\n", target)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and target.read_text().startswith("version ")
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_png_and_gif_outputs_are_written_atomically(tmp_path: Path, monkeypatch):
+    import imageio.v3 as iio
+
+    from gliomaseg.visualization import plot_bars, write_gif
+
+    frames = [np.full((16, 16, 3), v, np.uint8) for v in (0, 120, 240)]
+    gif = write_gif(frames, tmp_path / "a.gif")
+    plot = plot_bars(["a"], [0.5], tmp_path / "bars.png", title="t", ylabel="y")
+    before = {p.name: p.read_bytes() for p in (gif, plot)}
+
+    def half_then_fail(path, *args, **kwargs):
+        Path(path).write_bytes(b"GIF89a half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(iio, "imwrite", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_gif(frames[:1], tmp_path / "a.gif")
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, path, **kw: half_then_fail(path))
+    with pytest.raises(OSError, match="disk full"):
+        plot_bars(["a"], [0.9], tmp_path / "bars.png", title="t", ylabel="y")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files kept, no half file, no temp file
+
+
+def test_huge_images_are_refused_before_decoding(tmp_path: Path, monkeypatch):
+    import cv2
+
+    ok, png = cv2.imencode(".png", np.zeros((6000, 6000), np.uint8))
+    (tmp_path / "bomb.png").write_bytes(png.tobytes())
+    assert len(png) < 200_000  # a small file that would decode to 36 MB (108 MB as RGB)
+
+    def no_decode(*args):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(files.cv2, "imdecode", no_decode)
+    with pytest.raises(DataError, match=rf"bomb\.png: image of 6000x6000 pixels is larger than the limit of "
+                                        rf"{files.MAX_IMAGE_SIDE}x{files.MAX_IMAGE_SIDE}"):
+        files.read_image(tmp_path / "bomb.png", lenient=True, allow_grayscale=True)
+
+
+def test_grayscale_and_16bit_are_refused_unless_allowed(tmp_path: Path):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "gray.png"), np.full((32, 32), 80, np.uint8))
+    deep = (np.arange(32 * 32 * 3).reshape(32, 32, 3) % 2000).astype(np.uint16)  # MRI values of 0-2000
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    with pytest.raises(DataError, match=r"gray\.png: .*grayscale.*pre-contrast, FLAIR, post-contrast.*--allow-grayscale"):
+        files.read_image(tmp_path / "gray.png", lenient=True)
+    with pytest.raises(DataError, match=r"deep\.png: 16-bit image; .*meaningless.*--allow-16bit"):
+        files.read_image(tmp_path / "deep.png", lenient=True)
+    with pytest.warns(UserWarning, match="replicated"):
+        gray = files.read_image(tmp_path / "gray.png", lenient=True, allow_grayscale=True)
+    assert gray.shape == (32, 32, 3) and (gray == 80).all()
+    with pytest.warns(UserWarning, match="16-bit"):
+        raw = files.read_image(tmp_path / "deep.png", lenient=True, allow_16bit=True)
+    eight = np.zeros((32, 32, 3), np.uint8)
+    scaled, untouched = files.scale_volume([raw, eight])
+    assert untouched is eight and scaled.dtype == np.uint8
+    assert scaled.max() == 255 and scaled.min() == 0 and scaled.mean() > 100  # a division by 257 gives a mean under 4
+    assert np.corrcoef(scaled.ravel().astype(float), deep[..., ::-1].ravel().astype(float))[0, 1] > 0.99
 
 
 # --- dataset -----------------------------------------------------------------------------------
