@@ -239,8 +239,6 @@ def test_atomic_write_leaves_the_umask_alone_and_keeps_usual_permissions(tmp_pat
 
 
 def test_png_and_gif_outputs_are_written_atomically(tmp_path: Path, monkeypatch):
-    import imageio.v3 as iio
-
     from gliomaseg.visualization import plot_bars, write_gif
 
     frames = [np.full((16, 16, 3), v, np.uint8) for v in (0, 120, 240)]
@@ -252,7 +250,9 @@ def test_png_and_gif_outputs_are_written_atomically(tmp_path: Path, monkeypatch)
         Path(path).write_bytes(b"GIF89a half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(iio, "imwrite", half_then_fail)
+    from PIL import Image
+
+    monkeypatch.setattr(Image.Image, "save", lambda self, path, **kw: half_then_fail(path))
     with pytest.raises(OSError, match="disk full"):
         write_gif(frames[:1], tmp_path / "a.gif")
     import matplotlib.figure
