@@ -136,7 +136,11 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     card = json.loads({p.key: p.value for p in model.metadata_props}["model_card"])
     from_checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)["model_card"]
     assert card["architecture"] == from_checkpoint["architecture"] == "Unet"
-    assert card["training_data"] == from_checkpoint["training_data"] and card["threshold"] == meta["threshold"]
+    from gliomaseg.export import without_paths
+
+    # The same card, with the training machine's paths reduced to file names.
+    assert card["training_data"] == without_paths(from_checkpoint["training_data"]) and card["threshold"] == meta["threshold"]
+    assert card["training_data"]["train"]["csv"] == "data_train.csv"
     assert "research" in (tmp_path / "MODEL_CARD.md").read_text().lower()
 
 
