@@ -402,7 +402,7 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(small64: Pat
     command = [sys.executable, "-m", "gliomaseg", "train", "--train-csv", str(small64 / "data_train.csv"), "--val-csv",
                str(tmp_path / "val.csv"), "--out", str(run), "--epochs", "1", "--batch-size", "2", "--image-size", "64",
                "--workers", "0", "--no-progress", "--no-augment", "--scheduler", "none", "--lr", "0.05",
-               "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+               "--precision", "32", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "distributed_backend=gloo" in done.stderr and "All distributed processes registered" in done.stderr
