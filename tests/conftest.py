@@ -64,6 +64,17 @@ def bright_predictor() -> BrightPredictor:
     return BrightPredictor()
 
 
+@pytest.fixture(scope="session")
+def onnx_model(trained_run: Path, tmp_path_factory) -> Path:
+    """``trained_run``'s best.ckpt exported to ONNX (the export's own check must pass)."""
+    from gliomaseg.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    result = export_onnx(trained_run / "best.ckpt", out)
+    assert result["max_rel_diff"] <= result["rtol"] and result["mask_agreement"] >= result["min_agreement"]
+    return out
+
+
 @pytest.fixture()
 def no_network(monkeypatch):
     """Any attempt to open a network connection fails the test."""

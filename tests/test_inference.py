@@ -26,16 +26,6 @@ def predictor(trained_run: Path):
     return load_checkpoint(trained_run / "best.ckpt")
 
 
-@pytest.fixture(scope="module")
-def onnx_model(trained_run: Path, tmp_path_factory) -> Path:
-    from gliomaseg.export import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    result = export_onnx(trained_run / "best.ckpt", out)
-    assert result["max_rel_diff"] <= result["rtol"] and result["mask_agreement"] >= result["min_agreement"]
-    return out
-
-
 def _patient(synth_root: Path) -> Path:
     return sorted(synth_root.iterdir())[0]
 

@@ -17,15 +17,6 @@ from gliomaseg.quantization import QuantizationError, load_slices, write_variant
 
 
 @pytest.fixture(scope="module")
-def fp32_model(trained_run: Path, tmp_path_factory) -> Path:
-    from gliomaseg.export import export_onnx
-
-    out = tmp_path_factory.mktemp("fp32") / "model.onnx"
-    export_onnx(trained_run / "best.ckpt", out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def int8_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
     from gliomaseg.export import export_variant
 
@@ -38,7 +29,7 @@ def _metadata(path: Path) -> dict:
     return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["gliomaseg"])
 
 
-def test_int8_export_is_quantized_calibrated_on_training_slices_and_checked(int8_export, fp32_model: Path, prepared: Path):
+def test_int8_export_is_quantized_calibrated_on_training_slices_and_checked(int8_export, onnx_model: Path, prepared: Path):
     out, result = int8_export
     report = result["variant"]
     # no temp files left; the model card goes beside every export
@@ -55,7 +46,7 @@ def test_int8_export_is_quantized_calibrated_on_training_slices_and_checked(int8
     assert _metadata(out)["variant"] == report
     # The stored numbers are the real ones: recompute them from both models on the validation slices.
     check = load_slices(prepared / "data_val.csv", 64, with_truth=True)
-    ref = OnnxPredictor(fp32_model, micro_batch=4).probabilities(check.images) > 0.5
+    ref = OnnxPredictor(onnx_model, micro_batch=4).probabilities(check.images) > 0.5
     got = OnnxPredictor(out, micro_batch=4).probabilities(check.images) > 0.5
     agreement = float((ref == got).mean())
     assert report["mask_agreement"] == pytest.approx(agreement, abs=1e-6)
@@ -66,20 +57,20 @@ def test_int8_export_is_quantized_calibrated_on_training_slices_and_checked(int8
     assert report["patient_dice_drop_max"] >= report["patient_dice_drop"]
 
 
-def test_fp16_weights_halve_the_file_and_keep_the_masks(fp32_model: Path, prepared: Path, tmp_path: Path):
+def test_fp16_weights_halve_the_file_and_keep_the_masks(onnx_model: Path, prepared: Path, tmp_path: Path):
     out = tmp_path / "model-fp16.onnx"
-    report = write_variant(fp32_model, out, "fp16", check_csv=prepared / "data_val.csv")
+    report = write_variant(onnx_model, out, "fp16", check_csv=prepared / "data_val.csv")
     assert report["tensors_converted"] > 20
     assert 0.45 < report["file_bytes"] / report["fp32_file_bytes"] < 0.55
     # A 2-epoch model leaves many logits near the threshold, where fp16 weights flip a few pixels.
     assert report["mask_agreement"] > 0.995 and abs(report["patient_dice_drop_max"]) < 5e-3 and abs(report["patient_dice_drop"]) < 5e-3
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(out)).graph.initializer)
     images = load_slices(prepared / "data_val.csv", 64).images[:4]
-    ref = OnnxPredictor(fp32_model, micro_batch=4).logits(images)
+    ref = OnnxPredictor(onnx_model, micro_batch=4).logits(images)
     assert np.abs(OnnxPredictor(out, micro_batch=4).logits(images) - ref).max() < 0.05 * np.abs(ref).max()
 
 
-def test_variant_that_loses_dice_is_refused_and_leaves_no_file(fp32_model: Path, prepared: Path, tmp_path: Path, monkeypatch):
+def test_variant_that_loses_dice_is_refused_and_leaves_no_file(onnx_model: Path, prepared: Path, tmp_path: Path, monkeypatch):
     real = quantization.compare_with_fp32
 
     def mean_drop(reference, candidate, check):
@@ -91,23 +82,23 @@ def test_variant_that_loses_dice_is_refused_and_leaves_no_file(fp32_model: Path,
     out = tmp_path / "out" / "model.onnx"
     monkeypatch.setattr(quantization, "compare_with_fp32", mean_drop)
     with pytest.raises(QuantizationError, match=r"not written: with fp16 the mean per-patient Dice drops by 0.0080 \(limit 0.005\)"):
-        write_variant(fp32_model, out, "fp16", check_csv=prepared / "data_val.csv")
+        write_variant(onnx_model, out, "fp16", check_csv=prepared / "data_val.csv")
     monkeypatch.setattr(quantization, "compare_with_fp32", one_patient)
     with pytest.raises(QuantizationError, match=r"patient P1 loses 0.0800 Dice \(limit 0.05 for one patient\)"):
-        write_variant(fp32_model, out, "fp16", check_csv=prepared / "data_val.csv")
+        write_variant(onnx_model, out, "fp16", check_csv=prepared / "data_val.csv")
     assert list(out.parent.iterdir()) == []  # neither the model nor a temp file
 
 
-def test_calibration_never_uses_validation_slices(fp32_model: Path, prepared: Path, tmp_path: Path):
+def test_calibration_never_uses_validation_slices(onnx_model: Path, prepared: Path, tmp_path: Path):
     with pytest.raises(QuantizationError, match="is the validation CSV"):
-        write_variant(fp32_model, tmp_path / "m.onnx", "int8", check_csv=prepared / "data_val.csv",
+        write_variant(onnx_model, tmp_path / "m.onnx", "int8", check_csv=prepared / "data_val.csv",
                       calibration_csv=prepared / "data_val.csv", calibration_slices=4)
     mixed = tmp_path / "mixed.csv"
     import pandas as pd
 
     pd.concat([pd.read_csv(prepared / "data_train.csv").head(3), pd.read_csv(prepared / "data_val.csv").head(2)]).to_csv(mixed, index=False)
     with pytest.raises(QuantizationError, match="2 calibration slice"):
-        write_variant(fp32_model, tmp_path / "m.onnx", "int8", check_csv=prepared / "data_val.csv", calibration_csv=mixed,
+        write_variant(onnx_model, tmp_path / "m.onnx", "int8", check_csv=prepared / "data_val.csv", calibration_csv=mixed,
                       calibration_slices=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.csv"]
 
@@ -147,7 +138,7 @@ def test_cli_predict_onnx_says_its_settings(int8_export, synth_root: Path, tmp_p
     assert "onnxruntime: 1 thread(s), micro-batch" in text and (tmp_path / "p" / "predictions.csv").is_file()
 
 
-def test_calibration_ranges_cover_every_batch(fp32_model: Path, tmp_path: Path):
+def test_calibration_ranges_cover_every_batch(onnx_model: Path, tmp_path: Path):
     from onnx import numpy_helper
 
     from gliomaseg.quantization import CALIBRATION_BATCH, quantize_int8
@@ -158,11 +149,11 @@ def test_calibration_ranges_cover_every_batch(fp32_model: Path, tmp_path: Path):
     wide[0, 0, 0], wide[0, 0, 1] = 0, 255
     flat = np.full((2 * CALIBRATION_BATCH, 64, 64, 3), 128, np.uint8)
     out = tmp_path / "q.onnx"
-    quantize_int8(fp32_model, out, np.concatenate([wide, flat]))
+    quantize_int8(onnx_model, out, np.concatenate([wide, flat]))
     graph = onnx.load(str(out)).graph
     first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
     scale = float(numpy_helper.to_array(next(i for i in graph.initializer if i.name == first.input[1])))
-    meta = _metadata(fp32_model)
+    meta = _metadata(onnx_model)
     lo = min((0 - 255 * m) / (255 * s) for m, s in zip(meta["mean"], meta["std"]))
     hi = max((255 - 255 * m) / (255 * s) for m, s in zip(meta["mean"], meta["std"]))
     assert scale == pytest.approx((hi - lo) / 255, rel=1e-3)

@@ -45,15 +45,6 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(trained_run: Path, tmp_path_factory) -> Path:
-    from gliomaseg.export import export_onnx
-
-    out = tmp_path_factory.mktemp("browser-onnx") / "model.onnx"
-    export_onnx(trained_run / "best.ckpt", out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def served(onnx_model: Path, tmp_path_factory):
     """`gliomaseg serve --model model.onnx` on a free loopback port, as a user would start it."""
     port = free_port()
