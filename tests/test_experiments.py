@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from gliomaseg.cli import main
-from gliomaseg.errors import ConfigError
-from gliomaseg.experiments import load_experiment, run_experiment
+from gliomaseg.errors import ConfigError, DataError
+from gliomaseg.experiments import load_experiment, run_experiment, split_csvs
 
 TINY = {"batch_size": 4, "limit_train_batches": 2, "workers": 0}
 
@@ -79,6 +79,49 @@ def test_killed_run_resumes(prepared: Path, tmp_path: Path, monkeypatch):
     assert results.loc[0, "status"] == "done" and results.loc[0, "epochs"] == 2
 
 
+def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):
+    """split: foldK trains on the fold CSVs of prepare --folds; score_last scores last.ckpt; a summary over folds."""
+    from gliomaseg.data.prepare import prepare
+
+    data = tmp_path / "data"
+    prepare(synth_root, data, folds=2, plots=False)
+    spec = _yaml(tmp_path / "cv.yaml", "name: cv\nscore_last: true\nruns:\n  - {name: f0, split: fold0}\n  - {name: f1, split: fold1}\n")
+    results = run_experiment(spec, data, tmp_path / "exp", epochs=2, image_size=64, extra_options=TINY)
+    root = tmp_path / "exp" / "cv"
+    assert (results["status"] == "done").all(), results["status"].tolist()
+    held_out = {run: set(pd.read_csv(root / run / "eval" / "patients.csv")["patient"]) for run in ("f0", "f1")}
+    folds = pd.read_csv(data / "data_folds.csv")
+    for k, run in enumerate(("f0", "f1")):  # each fold is scored on its own held-out patients only
+        assert held_out[run] == set(folds.loc[folds["fold"] == k, "patient"])
+        config = json.loads((root / run / "config.json").read_text())
+        assert config["train_csv"].endswith(f"data_fold{k}_train.csv") and config["val_csv"].endswith(f"data_fold{k}_val.csv")
+        last = json.loads((root / run / "eval_last" / "summary.json").read_text())
+        assert results.loc[k, "patient_dice_mean_last"] == pytest.approx(last["patient_dice_mean"])
+        assert results.loc[k, "best_epoch"] in (1, 2)
+    summary = json.loads((root / "crossval.json").read_text())
+    assert summary["folds"] == ["f0", "f1"]
+    assert summary["patient_dice_mean"]["mean"] == pytest.approx(results["patient_dice_mean"].mean())
+    pooled = pd.concat([pd.read_csv(root / run / "eval" / "patients.csv") for run in ("f0", "f1")])["dice_3d"]
+    assert summary["pooled_patient_dice_best"]["patients"] == len(folds["patient"].unique()) == len(pooled)
+    assert summary["pooled_patient_dice_best"]["mean"] == pytest.approx(pooled.mean())
+    assert "Over the 2 folds" in (root / "results.md").read_text()
+    with pytest.raises(DataError, match="data_fold0_train.csv.*prepare --folds"):
+        split_csvs(tmp_path / "exp", "fold0")  # a folder without the fold CSVs
+
+
+def test_compare_with_puts_each_run_beside_its_namesake(prepared: Path, tmp_path: Path):
+    """lowlr is shown as the case study does: each architecture's base and 0.1x rows side by side, with the difference."""
+    base = _yaml(tmp_path / "base.yaml", "name: base\nruns:\n  - {name: Unet, model: unet}\n")
+    low = _yaml(tmp_path / "low.yaml", "name: low\ncompare_with: base\nbase: {lowlr: true}\nruns:\n  - {name: Unet, model: unet}\n")
+    out = tmp_path / "exp"
+    first = run_experiment(base, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+    second = run_experiment(low, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+    assert second.loc[0, "base_patient_dice_mean"] == pytest.approx(first.loc[0, "patient_dice_mean"])
+    assert second.loc[0, "patient_dice_mean_minus_base"] == pytest.approx(second.loc[0, "patient_dice_mean"] - first.loc[0, "patient_dice_mean"])
+    assert "patient_dice_mean_minus_base" in (out / "low" / "results.md").read_text()
+    assert (out / "low" / "results.png").stat().st_size > 1000
+
+
 def test_failing_run_is_recorded_and_others_go_on(prepared: Path, tmp_path: Path):
     spec = _yaml(tmp_path / "mixed.yaml", "name: mixed\nruns:\n  - {name: pan, model: pan}\n  - {name: fpn, model: fpn}\n")
     results = run_experiment(spec, prepared, tmp_path / "exp", epochs=1, image_size=64, extra_options=TINY)
@@ -101,6 +144,7 @@ def test_failing_run_is_recorded_and_others_go_on(prepared: Path, tmp_path: Path
         ("name: t\nruns:\n  - {name: /tmp/abs}\n", "run name '/tmp/abs' cannot name a file"),
         ("name: ..\nruns:\n  - {name: a}\n", "experiment name '..' cannot name a file"),
         ("name: t\ncompare_with: ../x\nruns:\n  - {name: a}\n", "compare_with '../x' cannot name a file"),
+        ("name: t\nruns:\n  - {name: a, split: folds}\n", "split must be patient, image or foldK"),
     ],
 )
 def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
@@ -111,11 +155,18 @@ def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
 
 
 def test_shipped_experiments_load():
-    for name, count in (("encoders", 3), ("architectures", 12), ("lowlr", 9), ("split", 2), ("losses", 9)):
+    for name, count in (("encoders", 3), ("architectures", 14), ("lowlr", 10), ("split", 2), ("losses", 10), ("crossval", 5)):
         experiment = load_experiment(name)
         assert len(experiment.runs) == count
-    assert sum(not r.extra for r in load_experiment("architectures").runs) == 9
+    architectures = load_experiment("architectures").runs
+    assert sum(not r.extra for r in architectures) == 11 and sum(r.reference is not None for r in architectures) == 9
     assert all(r.options.get("lowlr") for r in load_experiment("lowlr").runs)
+    for name in ("architectures", "lowlr", "losses"):  # the pretrained encoder in every row, and one row from scratch
+        runs = load_experiment(name).runs
+        scratch = [r for r in runs if r.options["encoder_weights"] == "none"]
+        assert [r.options["encoder"] for r in scratch if not r.extra] == ["resnet18"], name
+        assert all(r.options["encoder"] == "timm-tf_efficientnet_lite0" for r in runs if r not in scratch), name
+    assert load_experiment("crossval").score_last and [r.split for r in load_experiment("crossval").runs] == [f"fold{k}" for k in range(5)]
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
         load_experiment("encoder")
 

@@ -154,7 +154,7 @@ def _experiment(args: argparse.Namespace) -> None:
         raise GliomasegError("experiment needs NAME, --data and --out (or --list)")
     results = run_experiment(args.name, args.data, args.out, preset=args.preset, epochs=args.epochs, image_size=args.image_size,
                              max_time=args.max_time, only=args.only, include_extra=args.all)
-    shown = [c for c in ("run", "iou_imagewise", "reference_iou", "dice_imagewise", "patient_dice_mean", "epochs", "status") if c in results]
+    shown = [c for c in ("run", "patient_dice_mean", "patient_dice_mean_last", "iou_imagewise", "reference_iou", "epochs", "status") if c in results]
     print(results[shown].to_string(index=False))
     print(f"results in {results.attrs['folder']}/results.md")
 
@@ -338,7 +338,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                         "validation CSV when it exists here, else synthetic MRI-like slices")
 
     p = sub.add_parser("experiment", help="run a comparison experiment (NAME: a shipped experiment, or a .yaml file)")
-    p.add_argument("name", nargs="?", help="encoders, architectures, lowlr, split, losses, or a path to a .yaml file")
+    p.add_argument("name", nargs="?", help="a shipped experiment (see --list: encoders, architectures, lowlr, split, losses, crossval) or a path to a .yaml file")
     p.add_argument("--list", action="store_true", help="list the shipped experiments and their runs")
     p.add_argument("--data", type=Path, help="a prepare output folder")
     p.add_argument("--out", type=Path, help="experiments folder; runs go to OUT/NAME/RUN")

@@ -10,6 +10,11 @@ An experiment file (``src/gliomaseg/configs/experiments/NAME.yaml``, shipped in 
       - {name: resnet18, encoder: resnet18, reference: 0.82}   # reference: the case study's number
       - {name: image, split: image}     # split: patient (default) or image
       - {name: UPerNet, model: upernet, extra: true}           # only with --all
+      - {name: fold0, split: fold0}     # split: foldK, the CSVs of `prepare --folds`
+    score_last: true                    # optional: also score last.ckpt (the pick-free number)
+
+Runs whose split is ``foldK`` make a cross-validation: ``results.md`` then adds the mean and spread over
+folds and the per-patient Dice pooled over every held-out patient (``crossval.json``).
 
 The runner skips finished runs, resumes interrupted ones from ``last.ckpt``, records a failing
 run as failed and goes on, then writes ``results.csv``, ``results.md`` and ``results.png``.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import traceback
 from importlib import resources
@@ -47,7 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "scheduler": "cosine", "precision": "auto", "workers": 0, "cache": True},
 }
 RUN_KEYS = {"name", "reference", "split", "extra"}
-FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets"}
+FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets", "score_last"}
+FOLD_SPLIT = re.compile(r"fold(\d+)")
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Experiment:
     path: Path
     compare_with: str | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    score_last: bool = False
 
 
 def experiment_path(name_or_path: str | Path) -> Path:
@@ -115,8 +123,8 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
             raise ConfigError(f"{path}: two runs are named {name!r}")
         names.add(name)
         split = entry.get("split", "patient")
-        if split not in ("patient", "image"):
-            raise ConfigError(f"{path}: run {name!r}: split must be patient or image, got {split!r}")
+        if split not in ("patient", "image") and not FOLD_SPLIT.fullmatch(str(split)):
+            raise ConfigError(f"{path}: run {name!r}: split must be patient, image or foldK (K = 0, 1, ...), got {split!r}")
         options = {**base, **{k: v for k, v in entry.items() if k not in RUN_KEYS}}
         try:
             TrainConfig.from_dict({"out": "-", "data": "-", **options}).validate()
@@ -126,7 +134,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
     compare_with = raw.get("compare_with")
     return Experiment(name=safe_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
                       runs=runs, path=path, compare_with=None if compare_with is None else safe_name(str(compare_with), "compare_with", path, ConfigError),
-                      presets=raw.get("presets") or {})
+                      presets=raw.get("presets") or {}, score_last=bool(raw.get("score_last", False)))
 
 
 
@@ -134,6 +142,14 @@ def split_csvs(data: Path, split: str) -> tuple[Path, Path]:
     """The CSVs of a split, making the image split from ``data_info.csv`` when it is missing."""
     if split == "patient":
         return data / "data_train.csv", data / "data_val.csv"
+    fold = FOLD_SPLIT.fullmatch(split)
+    if fold:
+        from gliomaseg.data.prepare import FOLD_CSV
+
+        train, val = (data / FOLD_CSV.format(fold=int(fold[1]), part=part) for part in ("train", "val"))
+        if not (train.is_file() and val.is_file()):
+            raise DataError(f"{data}: no {train.name} / {val.name}; run `gliomaseg prepare --folds K` (K > {fold[1]}) into this folder first")
+        return train, val
     train, val = data / "data_train_split_by_img.csv", data / "data_val_split_by_img.csv"
     if not (train.is_file() and val.is_file()):
         from gliomaseg.data.files import read_slices_csv
@@ -156,12 +172,16 @@ def _set_status(run_dir: Path, **values) -> None:
     write_text(json.dumps({**_status(run_dir), **values}, indent=2), run_dir / "status.json")
 
 
-def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any]) -> dict:
-    """Train (or resume) and evaluate one run; returns its results row."""
+def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any], score_last: bool = False) -> dict:
+    """Train (or resume) and evaluate one run; returns its results row.
+
+    ``best.ckpt`` is scored into ``eval/``; with ``score_last`` also ``last.ckpt`` into ``eval_last/``: the
+    last epoch involves no pick on the validation CSV, so the gap between the two shows how lucky the pick was.
+    """
     from gliomaseg.evaluation import evaluate
     from gliomaseg.models import build_model, gflops
     from gliomaseg.model_card import write_run_card
-    from gliomaseg.training import train
+    from gliomaseg.training import best_epoch, train
 
     train_csv, val_csv = split_csvs(data, spec.split)
     options = {**spec.options, **overrides}
@@ -177,6 +197,10 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any])
     summary = json.loads(summary_path.read_text())
     report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=False)
     write_run_card(run_dir)  # the card now carries the evaluation too
+    last = {}
+    if score_last:
+        last_report = evaluate(run_dir / "last.ckpt", val_csv, run_dir / "eval_last", compare=False)
+        last = {f"{key}_last": last_report[key] for key in ("patient_dice_mean", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise")}
     model = build_model(config.model, config.encoder)
     return {
         "run": spec.name, "model": summary["model"], "encoder": summary["encoder"], "loss": summary["loss"],
@@ -186,7 +210,8 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any])
         "patient_dice_mean": report["patient_dice_mean"], "patient_dice_median": report["patient_dice_median"],
         "epochs": summary["epochs_completed"], "train_seconds": summary["train_seconds"],
         "images_per_s": summary["train_images_per_second"], "parameters_M": round(summary["parameters"] / 1e6, 2),
-        "gflops": round(gflops(model, config.image_size), 2), "reference_iou": spec.reference, "status": "done",
+        "gflops": round(gflops(model, config.image_size), 2), "reference_iou": spec.reference,
+        "best_epoch": best_epoch(run_dir), **last, "status": "done",
     }
 
 
@@ -235,7 +260,8 @@ def run_experiment(
             continue
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / 'last.ckpt').is_file() else 'starting'}")
         try:
-            row = run_one(spec, data, run_dir, {**{k: v for k, v in preset_options.items() if k not in spec.options}, **overrides})
+            row = run_one(spec, data, run_dir, {**{k: v for k, v in preset_options.items() if k not in spec.options}, **overrides},
+                          score_last=experiment.score_last)
             _set_status(run_dir, state="done", row=row, error=None)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -250,26 +276,65 @@ def run_experiment(
     return results
 
 
+def _numbers(column: pd.Series) -> list[float | None]:
+    return [float(v) if isinstance(v, (int, float)) and not math.isnan(v) else None for v in column]
+
+
 def write_results(results: pd.DataFrame, root: Path, experiment: Experiment, preset: str, out: Path) -> None:
-    from gliomaseg.visualization import plot_bars
+    """``results.csv``, ``results.md`` and ``results.png`` (per-patient Dice, and image-wise IoU beside the case study)."""
+    from gliomaseg.visualization import plot_bar_panels
 
-    if experiment.compare_with:
-        other = out / experiment.compare_with / "results.csv"
-        if other.is_file():
-            beside = pd.read_csv(other).set_index("run")["iou_imagewise"]
-            results[f"{experiment.compare_with}_iou_imagewise"] = results["run"].map(beside)
+    other = experiment.compare_with
+    if other and (out / other / "results.csv").is_file() and "patient_dice_mean" in results:
+        # Each run beside the same-named run of the other experiment (lowlr beside architectures), with the difference.
+        beside = pd.read_csv(out / other / "results.csv").set_index("run")
+        for column in ("patient_dice_mean", "iou_imagewise"):
+            if column in beside:
+                results[f"{other}_{column}"] = results["run"].map(beside[column])
+        results[f"patient_dice_mean_minus_{other}"] = pd.to_numeric(results["patient_dice_mean"], errors="coerce") - results[f"{other}_patient_dice_mean"]
     write_csv(results, root / "results.csv")
-    write_text(results_markdown(results, experiment, preset), root / "results.md")
-    if "iou_imagewise" in results:
-        values = [float(v) if isinstance(v, (int, float)) and not math.isnan(v) else math.nan for v in results["iou_imagewise"]]
-        reference = [None if (r is None or (isinstance(r, float) and math.isnan(r))) else float(r) for r in results["reference_iou"]]
-        plot_bars(list(results["run"]), values, root / "results.png", title=f"{experiment.name}: image-wise IoU (validation)",
-                  ylabel="image-wise IoU", reference=reference if any(r is not None for r in reference) else None,
-                  reference_label="case study")
+    folds = crossval_summary(results, root)
+    write_text(results_markdown(results, experiment, preset, folds), root / "results.md")
+    if "patient_dice_mean" in results:
+        labels = list(results["run"])
+        dice = {"mean": _numbers(results["patient_dice_mean"]), "median": _numbers(results["patient_dice_median"])}
+        if other and f"{other}_patient_dice_mean" in results:
+            dice = {"this experiment": dice["mean"], other: _numbers(results[f"{other}_patient_dice_mean"])}
+        iou = {"ours": _numbers(results["iou_imagewise"])}
+        if results["reference_iou"].notna().any():
+            iou["case study"] = _numbers(results["reference_iou"])
+        plot_bar_panels(labels, [("per-patient Dice (validation patients)", dice), ("image-wise IoU (empty slice = 1)", iou)],
+                        root / "results.png", title=f"{experiment.name}: {experiment.description}")
 
 
-COLUMNS = ["run", "iou_imagewise", "reference_iou", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro",
-           "patient_dice_mean", "patient_dice_median", "epochs", "train_seconds", "images_per_s", "parameters_M", "gflops", "status"]
+def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
+    """Mean and spread over the ``foldK`` runs, and per-patient Dice pooled over all their held-out patients.
+
+    Written to ``crossval.json``; None when the experiment has no finished fold runs.
+    """
+    if "split" not in results or "status" not in results:
+        return None
+    folds = results[results["split"].astype(str).str.fullmatch(FOLD_SPLIT.pattern) & (results["status"] == "done")]
+    if folds.empty:
+        return None
+    summary: dict[str, Any] = {"folds": list(folds["run"])}
+    for column in ("patient_dice_mean", "patient_dice_mean_last", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise"):
+        if column in folds:
+            values = pd.to_numeric(folds[column], errors="coerce").dropna()
+            summary[column] = {"mean": float(values.mean()), "sd_over_folds": float(values.std(ddof=1)) if len(values) > 1 else None}
+    for name, folder in (("best", "eval"), ("last", "eval_last")):
+        files = [root / run / folder / "patients.csv" for run in folds["run"]]
+        if files and all(f.is_file() for f in files):
+            dice = pd.concat([pd.read_csv(f) for f in files])["dice_3d"]
+            summary[f"pooled_patient_dice_{name}"] = {"patients": int(len(dice)), "mean": float(dice.mean()),
+                                                      "median": float(dice.median()), "sd": float(dice.std(ddof=1))}
+    write_text(json.dumps(summary, indent=2), root / "crossval.json")
+    return summary
+
+
+COLUMNS = ["run", "patient_dice_mean", "patient_dice_median", "patient_dice_mean_last", "iou_imagewise_tumour_slices", "iou_micro",
+           "iou_imagewise", "reference_iou", "dice_imagewise", "best_epoch", "epochs", "train_seconds", "images_per_s", "parameters_M",
+           "gflops", "status"]
 
 
 def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> list[str]:
@@ -285,15 +350,30 @@ def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> lis
     return lines
 
 
-def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str) -> str:
-    columns = [c for c in COLUMNS if c in results] + [c for c in results if c.endswith("_iou_imagewise") and c != "iou_imagewise"]
+def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str, folds: dict | None = None) -> str:
+    other = experiment.compare_with
+    compared = [c for c in (f"{other}_patient_dice_mean", f"patient_dice_mean_minus_{other}", f"{other}_iou_imagewise") if other and c in results]
+    columns = [c for c in COLUMNS if c in results] + compared
     lines = [f"# Experiment `{experiment.name}`: {experiment.description}", "",
              f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", ""]
     lines += markdown_table(results, columns)
+    if folds:
+        lines += ["", f"## Over the {len(folds['folds'])} folds", "",
+                  "Each fold's patients are held out of its training; `best` is still picked on them, `last` is not.", ""]
+        for key, value in folds.items():
+            if key.startswith("pooled_"):
+                lines.append(f"- `{key}`: {value['mean']:.3f} mean, {value['median']:.3f} median, sd {value['sd']:.3f} over {value['patients']} patients")
+            elif isinstance(value, dict):
+                spread = "-" if value["sd_over_folds"] is None else f"{value['sd_over_folds']:.3f}"
+                lines.append(f"- `{key}`: {value['mean']:.3f} mean over folds, sd {spread}")
     lines += ["", "- `iou_imagewise`: mean per-slice IoU, an empty slice predicted empty scores 1 (the case study's mIoU).",
               "- `iou_imagewise_tumour_slices`: the same over slices with tumour only (no free 1s).",
               "- `iou_micro`: dataset-wise IoU from counts summed over all slices.",
               "- `patient_dice_*`: 3D Dice of each validation patient's slices as one volume, mean and median over patients.",
               f"- `reference_iou`: {REFERENCE_LABEL}.",
+              "- `patient_dice_mean_last`: the same for `last.ckpt`, which no validation score picked.",
+              "- `best_epoch`: the epoch (from 1) that picked `best.ckpt`; `epochs`: epochs trained (fewer under `max_time`).",
               "- `images_per_s`: training images per second, data loading included; `gflops`: forward pass of one image."]
+    if compared:
+        lines.append(f"- `{other}_*`: the same-named run of experiment `{other}`; `patient_dice_mean_minus_{other}`: this run's minus that one.")
     return "\n".join(lines) + "\n"

@@ -475,3 +475,12 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["epoch", "step"])
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
+
+
+def best_epoch(run: str | Path) -> int | None:
+    """The epoch (counted from 1) whose validation score picked ``best.ckpt``; None before any validation."""
+    metrics = read_metrics(run)
+    if MONITOR not in metrics or metrics[MONITOR].isna().all():
+        return None
+    scored = metrics.dropna(subset=[MONITOR])
+    return int(scored.loc[scored[MONITOR].idxmax(), "epoch"]) + 1

@@ -128,28 +128,45 @@ def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) 
                                                          duration=round(1000.0 / fps), loop=0))
 
 
+COLOURS = ("#2ca02c", "#1f77b4", "#7f7f7f", "#ff7f0e")
+
+
+def _bar_axis(ax, labels: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str) -> None:
+    """Grouped bars on ``ax``: one group a label, one bar a series (None or NaN draws no bar), values printed on top."""
+    x = np.arange(len(labels))
+    width = 0.8 / len(series)
+    for index, (name, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else float(v) for v in values]
+        bars = ax.bar(x + (index - (len(series) - 1) / 2) * width, heights, width, label=name, color=COLOURS[index % len(COLOURS)])
+        for bar, value in zip(bars, heights):
+            if value == value:  # not NaN
+                ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=6)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.08)
+
+
 def plot_bars(
     labels: Sequence[str], values: Sequence[float], path: str | Path, *, title: str, ylabel: str,
     reference: Sequence[float | None] | None = None, reference_label: str = "reference",
 ) -> Path:
     """A bar chart of one value per label, optionally with a reference value beside each bar."""
+    series = {"ours": values, **({reference_label: reference} if reference is not None else {})}
+    return plot_bar_panels(labels, [(ylabel, series)], path, title=title)
+
+
+def plot_bar_panels(labels: Sequence[str], panels: Sequence[tuple[str, dict[str, Sequence[float | None]]]],
+                    path: str | Path, *, title: str) -> Path:
+    """One bar chart per panel side by side, each ``(ylabel, {series name: one value per label})``."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 3), 4))
-    x = np.arange(len(labels))
-    width = 0.4 if reference is not None else 0.7
-    bars = ax.bar(x - (width / 2 if reference is not None else 0), values, width, label="ours", color="#2ca02c")
-    for bar, value in zip(bars, values):
-        if value == value:  # not NaN
-            ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=7)
-    if reference is not None:
-        ref = [np.nan if r is None else r for r in reference]
-        ax.bar(x + width / 2, ref, width, label=reference_label, color="#7f7f7f")
-        ax.legend(fontsize=8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
+    width = max(6, 0.5 * len(labels) + 3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        _bar_axis(ax, labels, series, ylabel)
+    fig.suptitle(title)
     return _save(fig, path)
 
 
