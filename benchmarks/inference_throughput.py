@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, prepared_data, print_table, write_results  # noqa: E402
 
 from gliomaseg.data.files import read_image  # noqa: E402
-from gliomaseg.inference.predict import collect_inputs, predict, predict_probabilities  # noqa: E402
+from gliomaseg.data.sources import open_source  # noqa: E402
+from gliomaseg.inference.predict import predict  # noqa: E402
+from gliomaseg.inference.segment import predict_probabilities  # noqa: E402
 from gliomaseg.inference.predictor import ModelInfo, TorchPredictor, load_checkpoint  # noqa: E402
 from gliomaseg.inference.runtime import OnnxPredictor  # noqa: E402
 from gliomaseg.models import build_model  # noqa: E402
@@ -61,10 +63,10 @@ def checkpoint_for_bench(path: str | None, work: Path) -> Path:
 
 def stages(predictor, patient_csv: Path, out: Path, batch: int) -> dict[str, float]:
     """Seconds per stage of ``predict`` for one patient, each stage timed alone (same steps as predict())."""
-    items, _ = collect_inputs(patient_csv)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    images = [read_image(item.image_path, lenient=True) for item in items]
+    patients, _ = open_source(patient_csv)
+    images = [item.image() for patient in patients for item in patient.slices]
     seconds["read"] = time.perf_counter() - t
     t = time.perf_counter()
     probs = predict_probabilities(predictor, images, batch)
