@@ -41,17 +41,26 @@ def test_training_lowers_the_loss(prepared: Path, tmp_path: Path):
     assert losses[-1] < losses[0]
 
 
+def _train_minutes(checkpoint: dict) -> float:
+    return next(state["train_minutes"] for key, state in checkpoint["callbacks"].items() if "Throughput" in key)
+
+
 def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path, capsys):
     train(_config(prepared, tmp_path, epochs=1))
-    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 0
+    first = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0
     with pytest.raises(ConfigError, match="--resume"):
         train(_config(prepared, tmp_path, epochs=2))
     result = train(_config(prepared, tmp_path, epochs=2, resume=True))
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert checkpoint["epoch"] == 1 and result.summary["epochs_completed"] == 2
     assert result.summary["resumed_from"].endswith("last.ckpt")
-    epochs = read_metrics(tmp_path)["epoch"].dropna().unique().tolist()
-    assert epochs == [0, 1]  # the first session's log survives the resume
+    metrics = read_metrics(tmp_path)
+    assert metrics["epoch"].dropna().unique().tolist() == [0, 1]  # the first session's log survives the resume
+    minutes = metrics.dropna(subset=["train_minutes"]).groupby("epoch")["train_minutes"].last()
+    # Training minutes go on counting across the resume (the checkpoint carries them), not from 0.
+    assert minutes[0] == pytest.approx(_train_minutes(first), rel=1e-3)
+    assert minutes[1] == pytest.approx(_train_minutes(checkpoint), rel=1e-3) and minutes[1] > minutes[0] > 0
     speed = result.summary["train_images_per_second"]
     assert speed > 0
     done = train(_config(prepared, tmp_path, epochs=2, resume=True))  # nothing left to train

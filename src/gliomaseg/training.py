@@ -264,6 +264,7 @@ class Throughput(Callback):
         self.images = 0
         self.seconds = 0.0
         self._last = 0.0
+        self.minutes_before = 0.0  # training minutes of the earlier sessions of a resumed run
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last = time.perf_counter()
@@ -274,9 +275,19 @@ class Throughput(Callback):
         self._last = now
         self.images += len(batch[0])
 
+    @property
+    def minutes(self) -> float:
+        return self.minutes_before + self.seconds / 60.0
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # Cumulative training time, so quality can be plotted against minutes spent (resumed sessions restart it).
-        pl_module.log("train_minutes", self.seconds / 60.0, on_epoch=True)
+        # Cumulative over every session of the run, so quality can be plotted against minutes spent.
+        pl_module.log("train_minutes", self.minutes, on_epoch=True)
+
+    def state_dict(self) -> dict[str, float]:  # stored in last.ckpt: a resumed run goes on counting
+        return {"train_minutes": self.minutes}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.minutes_before = float(state_dict.get("train_minutes", 0.0))
 
     @property
     def images_per_second(self) -> float:
@@ -297,7 +308,7 @@ class LastCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank takes part; the global rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state, to resume; every rank takes part, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier()
