@@ -12,6 +12,7 @@ An experiment file (``src/gliomaseg/configs/experiments/NAME.yaml``, shipped in 
       - {name: UPerNet, model: upernet, extra: true}           # only with --all
       - {name: fold0, split: fold0}     # split: foldK, the CSVs of `prepare --folds`
     score_last: true                    # optional: also score last.ckpt (the pick-free number)
+    score_variants: true                # optional: evaluate's TTA / post-processing table for best.ckpt
 
 Runs whose split is ``foldK`` make a cross-validation: ``results.md`` then adds the mean and spread over
 folds and the per-patient Dice pooled over every held-out patient (``crossval.json``).
@@ -53,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "scheduler": "cosine", "precision": "auto", "workers": 0, "cache": True},
 }
 RUN_KEYS = {"name", "reference", "split", "extra"}
-FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets", "score_last"}
+FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets", "score_last", "score_variants"}
 FOLD_SPLIT = re.compile(r"fold(\d+)")
 
 
@@ -75,6 +76,7 @@ class Experiment:
     compare_with: str | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     score_last: bool = False
+    score_variants: bool = False
 
 
 def experiment_path(name_or_path: str | Path) -> Path:
@@ -134,7 +136,8 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
     compare_with = raw.get("compare_with")
     return Experiment(name=safe_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
                       runs=runs, path=path, compare_with=None if compare_with is None else safe_name(str(compare_with), "compare_with", path, ConfigError),
-                      presets=raw.get("presets") or {}, score_last=bool(raw.get("score_last", False)))
+                      presets=raw.get("presets") or {}, score_last=bool(raw.get("score_last", False)),
+                      score_variants=bool(raw.get("score_variants", False)))
 
 
 
@@ -172,11 +175,13 @@ def _set_status(run_dir: Path, **values) -> None:
     write_text(json.dumps({**_status(run_dir), **values}, indent=2), run_dir / "status.json")
 
 
-def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any], score_last: bool = False) -> dict:
+def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any], score_last: bool = False,
+            score_variants: bool = False) -> dict:
     """Train (or resume) and evaluate one run; returns its results row.
 
     ``best.ckpt`` is scored into ``eval/``; with ``score_last`` also ``last.ckpt`` into ``eval_last/``: the
     last epoch involves no pick on the validation CSV, so the gap between the two shows how lucky the pick was.
+    ``score_variants`` adds evaluate's TTA and post-processing table (``variant_*`` columns: per-patient Dice mean).
     """
     from gliomaseg.evaluation import evaluate
     from gliomaseg.models import build_model, gflops
@@ -195,7 +200,9 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
         train(config)
         _set_status(run_dir, trained=True)
     summary = json.loads(summary_path.read_text())
-    report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=False)
+    report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=score_variants)
+    variants = {f"variant_{name.replace(':', '_')}": scores["patient_dice_mean"] for name, scores in report.get("variants", {}).items()
+                if name != "none"}
     write_run_card(run_dir)  # the card now carries the evaluation too
     last = {}
     if score_last:
@@ -211,7 +218,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
         "epochs": summary["epochs_completed"], "train_seconds": summary["train_seconds"],
         "images_per_s": summary["train_images_per_second"], "parameters_M": round(summary["parameters"] / 1e6, 2),
         "gflops": round(gflops(model, config.image_size), 2), "reference_iou": spec.reference,
-        "best_epoch": best_epoch(run_dir), **last, "status": "done",
+        "best_epoch": best_epoch(run_dir), **last, **variants, "status": "done",
     }
 
 
@@ -261,7 +268,7 @@ def run_experiment(
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / 'last.ckpt').is_file() else 'starting'}")
         try:
             row = run_one(spec, data, run_dir, {**{k: v for k, v in preset_options.items() if k not in spec.options}, **overrides},
-                          score_last=experiment.score_last)
+                          score_last=experiment.score_last, score_variants=experiment.score_variants)
             _set_status(run_dir, state="done", row=row, error=None)
         except (KeyboardInterrupt, SystemExit):
             raise
