@@ -85,7 +85,7 @@ def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):
 
     data = tmp_path / "data"
     prepare(synth_root, data, folds=2, plots=False)
-    spec = _yaml(tmp_path / "cv.yaml", "name: cv\nscore_last: true\nruns:\n  - {name: f0, split: fold0}\n  - {name: f1, split: fold1}\n")
+    spec = _yaml(tmp_path / "cv.yaml", "name: cv\nscore_last: true\nscore_variants: true\nruns:\n  - {name: f0, split: fold0}\n  - {name: f1, split: fold1}\n")
     results = run_experiment(spec, data, tmp_path / "exp", epochs=2, image_size=64, extra_options=TINY)
     root = tmp_path / "exp" / "cv"
     assert (results["status"] == "done").all(), results["status"].tolist()
@@ -98,6 +98,8 @@ def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):
         last = json.loads((root / run / "eval_last" / "summary.json").read_text())
         assert results.loc[k, "patient_dice_mean_last"] == pytest.approx(last["patient_dice_mean"])
         assert results.loc[k, "best_epoch"] in (1, 2)
+        best = json.loads((root / run / "eval" / "summary.json").read_text())
+        assert results.loc[k, "variant_tta_flip"] == pytest.approx(best["variants"]["tta:flip"]["patient_dice_mean"])
     summary = json.loads((root / "crossval.json").read_text())
     assert summary["folds"] == ["f0", "f1"]
     assert summary["patient_dice_mean"]["mean"] == pytest.approx(results["patient_dice_mean"].mean())

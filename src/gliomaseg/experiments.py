@@ -325,7 +325,8 @@ def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
     if folds.empty:
         return None
     summary: dict[str, Any] = {"folds": list(folds["run"])}
-    for column in ("patient_dice_mean", "patient_dice_mean_last", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise"):
+    scored = ["patient_dice_mean", "patient_dice_mean_last", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise"]
+    for column in scored + [c for c in folds if c.startswith("variant_")]:
         if column in folds:
             values = pd.to_numeric(folds[column], errors="coerce").dropna()
             summary[column] = {"mean": float(values.mean()), "sd_over_folds": float(values.std(ddof=1)) if len(values) > 1 else None}
@@ -360,7 +361,7 @@ def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> lis
 def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str, folds: dict | None = None) -> str:
     other = experiment.compare_with
     compared = [c for c in (f"{other}_patient_dice_mean", f"patient_dice_mean_minus_{other}", f"{other}_iou_imagewise") if other and c in results]
-    columns = [c for c in COLUMNS if c in results] + compared
+    columns = [c for c in COLUMNS if c in results] + compared + [c for c in results if c.startswith("variant_")]
     lines = [f"# Experiment `{experiment.name}`: {experiment.description}", "",
              f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", ""]
     lines += markdown_table(results, columns)
@@ -379,6 +380,7 @@ def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str,
               "- `patient_dice_*`: 3D Dice of each validation patient's slices as one volume, mean and median over patients.",
               f"- `reference_iou`: {REFERENCE_LABEL}.",
               "- `patient_dice_mean_last`: the same for `last.ckpt`, which no validation score picked.",
+              "- `variant_*`: per-patient Dice mean of `best.ckpt` with that TTA or post-processing step (evaluate's table).",
               "- `best_epoch`: the epoch (from 1) that picked `best.ckpt`; `epochs`: epochs trained (fewer under `max_time`).",
               "- `images_per_s`: training images per second, data loading included; `gflops`: forward pass of one image."]
     if compared:
