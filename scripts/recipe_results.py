@@ -52,14 +52,21 @@ def collect(run: Path) -> tuple[dict, pd.DataFrame]:
     metrics = read_metrics(run)
     curve = metrics.dropna(subset=["val_patient_dice"])[["epoch", "val_patient_dice"]] if "val_patient_dice" in metrics else pd.DataFrame()
     if "train_minutes" in metrics and len(curve):
-        minutes = metrics.dropna(subset=["train_minutes"]).groupby("epoch")["train_minutes"].last()
-        curve = curve.assign(train_minutes=curve["epoch"].map(minutes))
+        minutes = metrics.dropna(subset=["train_minutes"]).groupby("epoch")["train_minutes"].last().sort_index()
+        # Runs resumed before train_minutes carried over restart at 0 in the new session: add the earlier total.
+        offset, previous, cumulative = 0.0, 0.0, {}
+        for epoch, value in minutes.items():
+            if value + offset < previous:
+                offset = previous
+            cumulative[epoch] = previous = value + offset
+        curve = curve.assign(train_minutes=curve["epoch"].map(cumulative))
     best = _scores(run / "eval_best" / "summary.json") or _scores(run / "eval" / "summary.json")
     last = _scores(run / "eval_last" / "summary.json")
     row = {
         "run": run.name,
         "epochs": summary.get("epochs_completed"),
-        "train_minutes": round(summary.get("train_seconds", float("nan")) / 60, 1),
+        "train_minutes": round(float(curve["train_minutes"].max()), 1) if "train_minutes" in curve and len(curve)
+        else round(summary.get("train_seconds", float("nan")) / 60, 1),
         "images_per_s": summary.get("train_images_per_second"),
         "best_epoch_val_dice": float(curve["val_patient_dice"].max()) if len(curve) else None,
         "last_epoch_val_dice": float(curve["val_patient_dice"].iloc[-1]) if len(curve) else None,
