@@ -9,6 +9,7 @@ import pytest
 from gliomaseg.cli import main
 from gliomaseg.errors import ConfigError, DataError
 from gliomaseg.experiments import load_experiment, run_experiment, split_csvs
+from gliomaseg.training import read_metrics
 
 TINY = {"batch_size": 4, "limit_train_batches": 2, "workers": 0}
 
@@ -97,7 +98,8 @@ def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):
         assert config["train_csv"].endswith(f"data_fold{k}_train.csv") and config["val_csv"].endswith(f"data_fold{k}_val.csv")
         last = json.loads((root / run / "eval_last" / "summary.json").read_text())
         assert results.loc[k, "patient_dice_mean_last"] == pytest.approx(last["patient_dice_mean"])
-        assert results.loc[k, "best_epoch"] in (1, 2)
+        scores = read_metrics(root / run).dropna(subset=["val_patient_dice"]).reset_index(drop=True)
+        assert results.loc[k, "best_epoch"] == int(scores.loc[scores["val_patient_dice"].idxmax(), "epoch"]) + 1
         best = json.loads((root / run / "eval" / "summary.json").read_text())
         assert results.loc[k, "variant_tta_flip"] == pytest.approx(best["variants"]["tta:flip"]["patient_dice_mean"])
     summary = json.loads((root / "crossval.json").read_text())
@@ -106,9 +108,29 @@ def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):
     pooled = pd.concat([pd.read_csv(root / run / "eval" / "patients.csv") for run in ("f0", "f1")])["dice_3d"]
     assert summary["pooled_patient_dice_best"]["patients"] == len(folds["patient"].unique()) == len(pooled)
     assert summary["pooled_patient_dice_best"]["mean"] == pytest.approx(pooled.mean())
-    assert "Over the 2 folds" in (root / "results.md").read_text()
+    assert "Over the 2 finished folds" in (root / "results.md").read_text() and summary["failed_folds"] == []
+    # --only one fold later: the table and the summary keep the other, finished fold.
+    again = run_experiment(spec, data, tmp_path / "exp", epochs=2, image_size=64, extra_options=TINY, only=["f1"])
+    assert list(again["run"]) == ["f0", "f1"] and json.loads((root / "crossval.json").read_text())["folds"] == ["f0", "f1"]
     with pytest.raises(DataError, match="data_fold0_train.csv.*prepare --folds"):
         split_csvs(tmp_path / "exp", "fold0")  # a folder without the fold CSVs
+
+
+def test_crossval_summary_names_failed_folds_and_refuses_repeated_patients(tmp_path: Path):
+    from gliomaseg.experiments import crossval_summary
+
+    for run, patients in (("f0", ["A", "B"]), ("f2", ["B", "C"])):
+        (tmp_path / run / "eval").mkdir(parents=True)
+        pd.DataFrame({"patient": patients, "dice_3d": [0.9, 0.5]}).to_csv(tmp_path / run / "eval" / "patients.csv", index=False)
+    results = pd.DataFrame([{"run": "f0", "split": "fold0", "status": "done", "patient_dice_mean": 0.7},
+                            {"run": "f1", "split": "fold1", "status": "failed: RuntimeError: boom"}])
+    summary = crossval_summary(results, tmp_path)
+    assert summary["folds"] == ["f0"] and summary["failed_folds"] == ["f1"]
+    assert summary["patient_dice_mean"] == {"mean": 0.7, "sd_over_folds": None, "folds": 1}
+    assert json.loads((tmp_path / "crossval.json").read_text())["pooled_patient_dice_best"]["patients"] == 2  # valid JSON, no NaN
+    both = pd.DataFrame([{"run": r, "split": s, "status": "done", "patient_dice_mean": 0.7} for r, s in (("f0", "fold0"), ("f2", "fold2"))])
+    with pytest.raises(DataError, match="held out by more than one fold \\(B\\)"):
+        crossval_summary(both, tmp_path)
 
 
 def test_compare_with_puts_each_run_beside_its_namesake(prepared: Path, tmp_path: Path):

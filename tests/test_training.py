@@ -71,6 +71,21 @@ def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path, capsys)
     assert "had no epochs left to train" in printed and "nan" not in printed
 
 
+def test_training_minutes_carry_over_a_resume(monkeypatch):
+    from gliomaseg.training import Throughput
+
+    clock = iter([0.0, 30.0, 90.0])
+    monkeypatch.setattr("gliomaseg.training.time.perf_counter", lambda: next(clock))
+    first = Throughput()
+    first.on_train_epoch_start(None, None)
+    first.on_train_batch_end(None, None, None, (torch.zeros(4),), 0)  # 30 s
+    first.on_train_batch_end(None, None, None, (torch.zeros(4),), 1)  # 60 s more
+    assert first.state_dict() == {"train_minutes": 1.5} and first.images == 8
+    resumed = Throughput()
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.minutes == 1.5 and resumed.images == 0  # the new session's speed starts afresh, the minutes do not
+
+
 def test_lowlr_parameter_groups():
     task = SegmentationTask(lr=0.01, lowlr=True, scheduler="none")
     optimizer = task.configure_optimizers()

@@ -151,7 +151,8 @@ def split_csvs(data: Path, split: str) -> tuple[Path, Path]:
 
         train, val = (data / FOLD_CSV.format(fold=int(fold[1]), part=part) for part in ("train", "val"))
         if not (train.is_file() and val.is_file()):
-            raise DataError(f"{data}: no {train.name} / {val.name}; run `gliomaseg prepare --folds K` (K > {fold[1]}) into this folder first")
+            raise DataError(f"{data}: no {train.name} / {val.name}; run `gliomaseg prepare --folds K` with K >= {max(2, int(fold[1]) + 1)} "
+                            "into this folder first")
         return train, val
     train, val = data / "data_train_split_by_img.csv", data / "data_val_split_by_img.csv"
     if not (train.is_file() and val.is_file()):
@@ -253,17 +254,20 @@ def run_experiment(
         if missing:
             raise ConfigError(f"--only names no run of {experiment.name}: {', '.join(missing)}; runs: {', '.join(r.name for r in experiment.runs)}")
         runs = [r for r in experiment.runs if r.name in only]
+    for spec in runs:  # a missing fold CSV stops everything before anything trains, not one run after another
+        if FOLD_SPLIT.fullmatch(spec.split):
+            split_csvs(data, spec.split)
     root = Path(out) / experiment.name
     root.mkdir(parents=True, exist_ok=True)
     write_text(json.dumps({"experiment": experiment.name, "file": str(experiment.path), "preset": preset, "preset_options": preset_options, "overrides": overrides,
                            "data": str(data.resolve())}, indent=2), root / "experiment.json")
-    rows = []
+    rows: dict[str, dict] = {}
     for spec in runs:
         run_dir = root / spec.name
         status = _status(run_dir)
-        if status.get("state") == "done" and status.get("row"):
+        if status.get("state") == "done" and status.get("row") and _has_scores(status["row"], experiment):
             print(f"[{experiment.name}] {spec.name}: done, skipped")
-            rows.append(status["row"])
+            rows[spec.name] = status["row"]
             continue
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / 'last.ckpt').is_file() else 'starting'}")
         try:
@@ -276,11 +280,23 @@ def run_experiment(
             _set_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             print(f"[{experiment.name}] {spec.name}: FAILED: {type(exc).__name__}: {exc}")
             row = {"run": spec.name, "split": spec.split, "reference_iou": spec.reference, "status": f"failed: {type(exc).__name__}: {exc}"}
-        rows.append(row)
-    results = pd.DataFrame(rows)
+        rows[spec.name] = row
+    # Runs left out by --only (or --all) that finished earlier stay in the table, in the file's order.
+    for spec in experiment.runs:
+        status = _status(root / spec.name)
+        if spec.name not in rows and status.get("state") == "done" and status.get("row"):
+            rows[spec.name] = status["row"]
+    order = [spec.name for spec in experiment.runs]
+    results = pd.DataFrame([rows[name] for name in order if name in rows])
     write_results(results, root, experiment, preset, Path(out))
     results.attrs["folder"] = str(root)
     return results
+
+
+def _has_scores(row: dict, experiment: Experiment) -> bool:
+    """Whether a finished run's saved row carries what the experiment's flags ask for (else it is scored again)."""
+    return (not experiment.score_last or "patient_dice_mean_last" in row) and \
+        (not experiment.score_variants or any(key.startswith("variant_") for key in row))
 
 
 def _numbers(column: pd.Series) -> list[float | None]:
@@ -298,7 +314,9 @@ def write_results(results: pd.DataFrame, root: Path, experiment: Experiment, pre
         for column in ("patient_dice_mean", "iou_imagewise"):
             if column in beside:
                 results[f"{other}_{column}"] = results["run"].map(beside[column])
-        results[f"patient_dice_mean_minus_{other}"] = pd.to_numeric(results["patient_dice_mean"], errors="coerce") - results[f"{other}_patient_dice_mean"]
+        if f"{other}_patient_dice_mean" in results:
+            results[f"patient_dice_mean_minus_{other}"] = (pd.to_numeric(results["patient_dice_mean"], errors="coerce")
+                                                           - pd.to_numeric(results[f"{other}_patient_dice_mean"], errors="coerce"))
     write_csv(results, root / "results.csv")
     folds = crossval_summary(results, root)
     write_text(results_markdown(results, experiment, preset, folds), root / "results.md")
@@ -314,28 +332,43 @@ def write_results(results: pd.DataFrame, root: Path, experiment: Experiment, pre
                         root / "results.png", title=f"{experiment.name}: {experiment.description}")
 
 
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
     """Mean and spread over the ``foldK`` runs, and per-patient Dice pooled over all their held-out patients.
 
-    Written to ``crossval.json``; None when the experiment has no finished fold runs.
+    Written to ``crossval.json``; None when the experiment has no fold runs. Failed folds are named, and
+    each mean says over how many folds it is. ``best`` numbers come from the epoch its own held-out patients
+    picked; ``last`` numbers involve no pick.
     """
     if "split" not in results or "status" not in results:
         return None
-    folds = results[results["split"].astype(str).str.fullmatch(FOLD_SPLIT.pattern) & (results["status"] == "done")]
-    if folds.empty:
+    is_fold = results["split"].astype(str).str.fullmatch(FOLD_SPLIT.pattern)
+    folds = results[is_fold & (results["status"] == "done")]
+    if not is_fold.any():
         return None
-    summary: dict[str, Any] = {"folds": list(folds["run"])}
+    summary: dict[str, Any] = {"folds": list(folds["run"]), "failed_folds": list(results.loc[is_fold & (results["status"] != "done"), "run"]),
+                               "note": "best: best.ckpt, picked on the fold's own held-out patients (optimistic); last: last.ckpt, no pick; "
+                                       "variant_*: best.ckpt with that TTA or post-processing step"}
     scored = ["patient_dice_mean", "patient_dice_mean_last", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise"]
     for column in scored + [c for c in folds if c.startswith("variant_")]:
         if column in folds:
             values = pd.to_numeric(folds[column], errors="coerce").dropna()
-            summary[column] = {"mean": float(values.mean()), "sd_over_folds": float(values.std(ddof=1)) if len(values) > 1 else None}
+            if len(values):
+                summary[column] = {"mean": float(values.mean()), "sd_over_folds": _finite(values.std(ddof=1)) if len(values) > 1 else None,
+                                   "folds": int(len(values))}
     for name, folder in (("best", "eval"), ("last", "eval_last")):
         files = [root / run / folder / "patients.csv" for run in folds["run"]]
         if files and all(f.is_file() for f in files):
-            dice = pd.concat([pd.read_csv(f) for f in files])["dice_3d"]
+            patients = pd.concat([pd.read_csv(f) for f in files])
+            repeated = sorted(patients.loc[patients["patient"].duplicated(), "patient"].unique())
+            if repeated:  # folds from different `prepare --folds` runs: the pooled number would count patients twice
+                raise DataError(f"{root}: patients held out by more than one fold ({', '.join(repeated[:5])}); were the folds re-made?")
+            dice = patients["dice_3d"]
             summary[f"pooled_patient_dice_{name}"] = {"patients": int(len(dice)), "mean": float(dice.mean()),
-                                                      "median": float(dice.median()), "sd": float(dice.std(ddof=1))}
+                                                      "median": float(dice.median()), "sd": _finite(dice.std(ddof=1))}
     write_text(json.dumps(summary, indent=2), root / "crossval.json")
     return summary
 
@@ -366,14 +399,16 @@ def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str,
              f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", ""]
     lines += markdown_table(results, columns)
     if folds:
-        lines += ["", f"## Over the {len(folds['folds'])} folds", "",
+        failed = f" ({', '.join(folds['failed_folds'])} failed)" if folds["failed_folds"] else ""
+        lines += ["", f"## Over the {len(folds['folds'])} finished folds{failed}", "",
                   "Each fold's patients are held out of its training; `best` is still picked on them, `last` is not.", ""]
         for key, value in folds.items():
             if key.startswith("pooled_"):
-                lines.append(f"- `{key}`: {value['mean']:.3f} mean, {value['median']:.3f} median, sd {value['sd']:.3f} over {value['patients']} patients")
+                sd = "-" if value["sd"] is None else f"{value['sd']:.3f}"
+                lines.append(f"- `{key}`: {value['mean']:.3f} mean, {value['median']:.3f} median, sd {sd} over {value['patients']} patients")
             elif isinstance(value, dict):
                 spread = "-" if value["sd_over_folds"] is None else f"{value['sd_over_folds']:.3f}"
-                lines.append(f"- `{key}`: {value['mean']:.3f} mean over folds, sd {spread}")
+                lines.append(f"- `{key}`: {value['mean']:.3f} mean over {value['folds']} folds, sd {spread}")
     lines += ["", "- `iou_imagewise`: mean per-slice IoU, an empty slice predicted empty scores 1 (the case study's mIoU).",
               "- `iou_imagewise_tumour_slices`: the same over slices with tumour only (no free 1s).",
               "- `iou_micro`: dataset-wise IoU from counts summed over all slices.",

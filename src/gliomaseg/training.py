@@ -455,6 +455,8 @@ def train(config: TrainConfig) -> TrainResult:
         "train_images_this_session": throughput.images,
         # None when no session trained anything; a resumed run with no epochs left keeps the earlier speed.
         "train_images_per_second": round(throughput.images_per_second, 2) if throughput.images else None,
+        # Training batches only (no validation), every session of the run: what the Dice-vs-minutes curves use.
+        "train_minutes": round(throughput.minutes, 2),
         "parameters": count_parameters(task.model),
         f"best_{MONITOR}": None if best_score is None else float(best_score),
         "best_checkpoint": str(out / "best.ckpt"),
@@ -489,9 +491,8 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
 
 
 def best_epoch(run: str | Path) -> int | None:
-    """The epoch (counted from 1) whose validation score picked ``best.ckpt``; None before any validation."""
-    metrics = read_metrics(run)
-    if MONITOR not in metrics or metrics[MONITOR].isna().all():
+    """The epoch (counted from 1) that ``best.ckpt`` holds; None when there is none."""
+    path = Path(run) / "best.ckpt"
+    if not path.is_file():
         return None
-    scored = metrics.dropna(subset=[MONITOR])
-    return int(scored.loc[scored[MONITOR].idxmax(), "epoch"]) + 1
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1
