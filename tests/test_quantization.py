@@ -114,6 +114,20 @@ def test_cli_export_fp16_prints_the_check(trained_run: Path, tmp_path: Path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "m16.onnx"]  # the card comes with a written model only
 
 
+def test_cli_quantizes_an_onnx_model_without_its_checkpoint(onnx_model: Path, prepared: Path, tmp_path: Path, capsys):
+    out = tmp_path / "int8.onnx"
+    base = ["export", "--model", str(onnx_model), "--out", str(out), "--quantize", "int8"]
+    assert main(base + ["--check-csv", str(prepared / "data_val.csv")]) == 2  # int8 without training slices
+    assert "--calibration-csv" in capsys.readouterr().err and not out.exists()
+    assert main(["export", "--model", str(onnx_model), "--checkpoint", "x.ckpt", "--out", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(base + ["--check-csv", str(prepared / "data_val.csv"), "--calibration-csv", str(prepared / "data_train.csv"),
+                        "--calibration-slices", "8"]) == 0
+    assert "int8 vs fp32 on" in capsys.readouterr().out
+    variant = _metadata(out)["variant"]
+    assert variant["weights"] == "int8" and variant["calibration_slices"] == 8
+
+
 def test_runtime_settings_are_measured_cached_and_overridable(int8_export, monkeypatch, tmp_path):
     monkeypatch.setenv("GLIOMASEG_CACHE_DIR", str(tmp_path))
     model, _ = int8_export

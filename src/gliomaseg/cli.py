@@ -111,8 +111,19 @@ def _convert(args: argparse.Namespace) -> None:
 
 @command("export")
 def _export(args: argparse.Namespace) -> None:
-    from gliomaseg.export import export_onnx, export_variant
+    from gliomaseg.export import export_onnx, export_variant, quantize_model
 
+    if (args.checkpoint is None) == (args.model is None):
+        raise GliomasegError("export needs --checkpoint (a training checkpoint) or --model (an fp32 ONNX model), not both")
+    if args.model is not None:
+        if not (args.quantize and args.check_csv):
+            raise GliomasegError("export --model needs --quantize and --check-csv (validation slices; for int8 also --calibration-csv, "
+                                 "training slices): an ONNX model does not name its CSVs")
+        result = quantize_model(args.model, args.out, args.quantize, check_csv=args.check_csv, calibration_csv=args.calibration_csv,
+                                calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop)
+        _print_variant(result["variant"])
+        print(f"wrote {result['path']} from {result['model']}")
+        return
     if args.quantize:
         result = export_variant(args.checkpoint, args.out, args.quantize, opset=args.opset, calibration_csv=args.calibration_csv,
                                 check_csv=args.check_csv, calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop,
@@ -122,17 +133,20 @@ def _export(args: argparse.Namespace) -> None:
     print(f"fp32: ONNX Runtime vs PyTorch on {result['inputs']}: max abs logit difference {result['max_abs_diff']:.2e}, relative "
           f"{result['max_rel_diff']:.2e} (limit {result['rtol']:.0e}); masks agree on {result['mask_agreement']:.4%} of the pixels "
           f"(limit {result['min_agreement']:.2%}, {result['positive_pixels']} tumour pixels)")
-    v = result.get("variant")
-    if v:
-        if "calibration" in v:
-            print(f"{v['weights']}: calibrated on {v['calibration_slices']} slices of {v['calibration_csv']} ({v['calibration']})")
-        print(f"{v['weights']} vs fp32 on {v['check_slices']} slices of {v['check_patients']} patients ({v['check_csv']}): "
-              f"mask pixel agreement {v['mask_agreement']:.5f}, {v['slices_with_different_masks']} slice(s) differ; "
-              f"per-patient Dice mean {v['patient_dice_mean']:.4f} vs {v['patient_dice_fp32_mean']:.4f} "
-              f"(drop {v['patient_dice_drop']:.4f}, limit {v['max_dice_drop_allowed']}), one patient's largest drop "
-              f"{v['patient_dice_drop_max']:.4f} ({v['worst_patient']}; limit {v['max_single_patient_dice_drop_allowed']}); "
-              f"{v['file_bytes'] / 1e6:.1f} MB vs {v['fp32_file_bytes'] / 1e6:.1f} MB")
+    if result.get("variant"):
+        _print_variant(result["variant"])
     print(f"wrote {result['path']}; model card {result['model_card']}")
+
+
+def _print_variant(v: dict) -> None:
+    if "calibration" in v:
+        print(f"{v['weights']}: calibrated on {v['calibration_slices']} slices of {v['calibration_csv']} ({v['calibration']})")
+    print(f"{v['weights']} vs fp32 on {v['check_slices']} slices of {v['check_patients']} patients ({v['check_csv']}): "
+          f"mask pixel agreement {v['mask_agreement']:.5f}, {v['slices_with_different_masks']} slice(s) differ; "
+          f"per-patient Dice mean {v['patient_dice_mean']:.4f} vs {v['patient_dice_fp32_mean']:.4f} "
+          f"(drop {v['patient_dice_drop']:.4f}, limit {v['max_dice_drop_allowed']}), one patient's largest drop "
+          f"{v['patient_dice_drop_max']:.4f} ({v['worst_patient']}; limit {v['max_single_patient_dice_drop_allowed']}); "
+          f"{v['file_bytes'] / 1e6:.1f} MB vs {v['fp32_file_bytes'] / 1e6:.1f} MB")
 
 
 @command("gif")
@@ -317,8 +331,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
 
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch, or quantize an ONNX model")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint (best.ckpt)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="instead of --checkpoint: an fp32 ONNX model to quantize (`shipped`: the model inside gliomaseg); "
+                        "needs --quantize, --check-csv and, for int8, --calibration-csv")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--opset", type=int, default=17)

@@ -157,3 +157,29 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
     result["path"] = str(out)
     result["model_card"] = str(write_text(render_markdown(result["card"]), out.parent / CARD_FILE))
     return result
+
+
+def quantize_model(model: str | Path, out: str | Path, variant: str, *, check_csv: str | Path,
+                   calibration_csv: str | Path | None = None, calibration_slices: int | None = None,
+                   max_dice_drop: float | None = None) -> dict:
+    """The ``variant`` (``int8`` / ``fp16``) of an exported fp32 ONNX model (``"shipped"``: the model inside gliomaseg).
+
+    Unlike :func:`export_variant` there is no checkpoint to name the CSVs: ``check_csv`` (validation slices)
+    and, for int8, ``calibration_csv`` (training slices, sharing none with ``check_csv``) are required.
+    Nothing is written unless the check passes. Returns the variant's check report.
+    """
+    from gliomaseg import quantization
+
+    if str(model) == "shipped":
+        from gliomaseg.assets import shipped_model_path
+
+        model = shipped_model_path()
+    model = Path(model)
+    if not model.is_file():
+        raise GliomasegError(f"{model}: no such ONNX model")
+    if variant == "int8" and calibration_csv is None:
+        raise GliomasegError(f"{model}: int8 needs --calibration-csv (training slices to calibrate on; never the validation CSV)")
+    options = {"calibration_slices": calibration_slices, "max_dice_drop": max_dice_drop}
+    report = quantization.write_variant(model, out, variant, check_csv=check_csv, calibration_csv=calibration_csv,
+                                        **{k: v for k, v in options.items() if v is not None})
+    return {"path": str(out), "model": str(model), "variant": report}
