@@ -473,6 +473,8 @@ def train(config: TrainConfig) -> TrainResult:
             summary["train_images_per_second"] = earlier.get("train_images_per_second")
     else:
         summary["train_seconds"] = round(seconds, 2)
+        if resume_from:  # the interrupted session(s) wrote no summary: their time is only in train_minutes
+            summary["train_seconds_note"] = "this session only; train_minutes counts the training batches of every session"
     write_text(json.dumps(summary, indent=2), previous)
     if (out / "best.ckpt").is_file() and trainer.is_global_zero:
         from gliomaseg.model_card import write_run_card
