@@ -241,7 +241,7 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
     listed = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "--list"], capture_output=True, text=True, env=env,
                             cwd=outside, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
-    for name in ("encoders: 3 runs", "architectures: 12 runs", "lowlr: 9 runs", "split: 2 runs", "losses: 9 runs"):
+    for name in ("encoders: 3 runs", "architectures: 14 runs", "lowlr: 10 runs", "split: 2 runs", "losses: 10 runs", "crossval: 5 runs"):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
