@@ -245,4 +245,4 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
-    assert missing.returncode == 2 and "known: architectures, encoders, losses, lowlr, split" in missing.stderr
+    assert missing.returncode == 2 and "known: architectures, crossval, encoders, losses, lowlr, split" in missing.stderr
