@@ -330,7 +330,6 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder")
     p.add_argument("--out", required=True, type=Path)
 
-
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch, or quantize an ONNX model")
     p.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint (best.ckpt)")
     p.add_argument("--model", type=Path, default=None,

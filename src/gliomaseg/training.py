@@ -491,7 +491,6 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
 
-
 def best_epoch(run: str | Path) -> int | None:
     """The epoch (counted from 1) that ``best.ckpt`` holds; None when there is none."""
     path = Path(run) / "best.ckpt"
