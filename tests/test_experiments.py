@@ -179,9 +179,15 @@ def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
 
 
 def test_shipped_experiments_load():
-    for name, count in (("encoders", 3), ("architectures", 14), ("lowlr", 10), ("split", 2), ("losses", 10), ("crossval", 5)):
+    for name, count in (("encoders", 3), ("architectures", 14), ("lowlr", 10), ("split", 2), ("losses", 10), ("crossval", 5),
+                        ("levers", 9)):
         experiment = load_experiment(name)
         assert len(experiment.runs) == count
+    levers = {r.name: r.options for r in load_experiment("levers").runs}
+    recipe = levers.pop("recipe")
+    for name, options in levers.items():  # one change at a time (the scratch row swaps the encoder and its weights)
+        changed = {k for k in set(options) | set(recipe) if options.get(k) != recipe.get(k)}
+        assert len(changed) == 1 or changed == {"encoder", "encoder_weights"}, (name, changed)
     architectures = load_experiment("architectures").runs
     assert sum(not r.extra for r in architectures) == 11 and sum(r.reference is not None for r in architectures) == 9
     assert all(r.options.get("lowlr") for r in load_experiment("lowlr").runs)
@@ -241,8 +247,9 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
     listed = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "--list"], capture_output=True, text=True, env=env,
                             cwd=outside, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
-    for name in ("encoders: 3 runs", "architectures: 14 runs", "lowlr: 10 runs", "split: 2 runs", "losses: 10 runs", "crossval: 5 runs"):
+    for name in ("encoders: 3 runs", "architectures: 14 runs", "lowlr: 10 runs", "split: 2 runs", "losses: 10 runs", "crossval: 5 runs",
+                 "levers: 9 runs"):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
-    assert missing.returncode == 2 and "known: architectures, crossval, encoders, losses, lowlr, split" in missing.stderr
+    assert missing.returncode == 2 and "known: architectures, crossval, encoders, levers, losses, lowlr, split" in missing.stderr

@@ -32,6 +32,7 @@ import numpy as np
 from gliomaseg.choices import CALIBRATION_SLICES, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
 from gliomaseg.choices import EXPORT_VARIANTS as VARIANTS
 from gliomaseg.data.files import read_image, read_mask, read_slices_csv
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, check_intensity, patient_statistics, standardize
 from gliomaseg.errors import DataError, GliomasegError
 
 CALIBRATION_SEED = 0
@@ -55,20 +56,26 @@ class SliceSet:
 
 
 def load_slices(csv: str | Path, size: int, *, limit: int | None = None, seed: int = CALIBRATION_SEED,
-                with_truth: bool = False) -> SliceSet:
+                with_truth: bool = False, intensity: str = DEFAULT_INTENSITY) -> SliceSet:
     """Read a CSV of ``prepare`` (all rows, or ``limit`` rows drawn at random with ``seed``, kept in CSV order).
 
     Images are resized to ``size`` with area interpolation (as ``predict`` does), masks with nearest neighbour.
+    With ``intensity="patient"`` each image is first standardized with statistics over all of its patient's
+    slices in the CSV (drawn or not), as ``segment`` does for a model trained that way.
     """
     csv = Path(csv)
-    frame = read_slices_csv(csv, require_mask=with_truth)
-    if limit is not None and limit < len(frame):
-        frame = frame.sample(n=limit, random_state=seed).sort_index()
+    every = read_slices_csv(csv, require_mask=with_truth)
+    frame = every.sample(n=limit, random_state=seed).sort_index() if limit is not None and limit < len(every) else every
     if not len(frame):
         raise DataError(f"{csv}: no slices")
+    statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     images, truths = [], []
     for row in frame.itertuples():
         image = read_image(row.image_path)
+        if check_intensity(intensity) == "patient":
+            if row.patient not in statistics:
+                statistics[row.patient] = patient_statistics([read_image(p) for p in every.loc[every["patient"] == row.patient, "image_path"]])
+            image = standardize(image, *statistics[row.patient])
         images.append(image if image.shape[:2] == (size, size) else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
         if with_truth:
             mask = read_mask(row.mask_path)
@@ -270,6 +277,7 @@ def write_variant(
     fp32_model, out = Path(fp32_model), Path(out)
     meta = _metadata(fp32_model)
     size = int(meta["image_size"])
+    intensity = meta.get("intensity", DEFAULT_INTENSITY)
     report: dict[str, Any] = {"weights": variant, "max_dice_drop_allowed": max_dice_drop,
                               "max_single_patient_dice_drop_allowed": MAX_PATIENT_DICE_DROP}
     calibration = None
@@ -278,12 +286,12 @@ def write_variant(
             raise QuantizationError(f"{fp32_model}: int8 needs a training CSV to calibrate on (--calibration-csv)")
         if calibration_slices < 1:
             raise QuantizationError(f"--calibration-slices must be at least 1, got {calibration_slices}")
-        calibration = load_slices(calibration_csv, size, limit=calibration_slices)
+        calibration = load_slices(calibration_csv, size, limit=calibration_slices, intensity=intensity)
         _check_calibration_source(calibration, [Path(check_csv), *(validation_csvs or [])])
         report.update(calibration_csv=Path(calibration_csv).name, calibration_slices=len(calibration.images),
                       calibration=f"min/max over {len(calibration.images)} training slices drawn at random (seed {CALIBRATION_SEED})",
                       quantization="ONNX Runtime static, QDQ, int8 weights per channel, uint8 activations; output head fp32")
-    check = load_slices(check_csv, size, with_truth=True)
+    check = load_slices(check_csv, size, with_truth=True, intensity=intensity)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)

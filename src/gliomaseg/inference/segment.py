@@ -1,4 +1,4 @@
-"""The one segmentation path: resize to the model, predict (with optional TTA), resize back, threshold, post-process.
+"""The one segmentation path: standardize the patient if the model asks, resize to the model, predict (with optional TTA), resize back, threshold, post-process.
 
 ``predict``, ``evaluate``, ``report`` and the viewer call :func:`segment`; nothing else resizes,
 thresholds or post-processes predictions. Torch-free: it runs any
@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from gliomaseg.choices import DEFAULT_BATCH_SIZE
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, standardize_patient
 from gliomaseg.data.resize import resize_pair, resize_probabilities
 from gliomaseg.inference.postprocess import PostProcess, process_patient
 from gliomaseg.inference.tta import tta_probabilities
@@ -29,8 +30,9 @@ def predict_probabilities(
     """Tumour probabilities at each image's own size.
 
     Args:
-        predictor: has ``image_size`` (S) and ``probabilities((N, S, S, 3) uint8) -> (N, S, S) float32``.
-        images: uint8 RGB arrays (H, W, 3), any H and W (they may differ between images).
+        predictor: has ``image_size`` (S) and ``probabilities((N, S, S, 3) uint8) -> (N, S, S) float32``;
+            when its ``info.intensity`` is ``patient``, the images are first standardized together.
+        images: one patient's uint8 RGB arrays (H, W, 3), any H and W (they may differ between images).
         batch_size: images per call of the predictor.
         tta: ``none``, ``flip`` or ``d4`` (see :mod:`gliomaseg.inference.tta`).
 
@@ -39,6 +41,9 @@ def predict_probabilities(
         predicted, and its probabilities are resized back to (H, W) (linear interpolation).
     """
     _check_images(images)
+    info = getattr(predictor, "info", None)
+    if getattr(info, "intensity", DEFAULT_INTENSITY) == "patient":
+        images = standardize_patient(images)
     size = predictor.image_size
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):

@@ -1,0 +1,73 @@
+"""Per-patient intensity standardization: each channel z-scored over the patient's brain pixels.
+
+MRI intensities have no absolute scale: the same tissue can be twice as bright in another scanner or
+protocol. ``patient`` mode puts every patient on one scale before the network sees it: per channel,
+the brain pixels of all of the patient's slices get mean 0 and standard deviation 1 (nnU-Net's MRI
+normalization), and the background stays 0.
+
+The result is written back to uint8 (``Z_CENTRE + Z_SCALE * z``, so z from -3.2 to +3.2 fits) so that
+augmentation, the encoder's fixed normalization, ONNX inputs and every predictor stay as they are:
+the one extra step runs on a patient's uint8 slices, in :class:`~gliomaseg.data.dataset.SliceDataset`
+for training and in :func:`~gliomaseg.inference.segment.predict_probabilities` for inference.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from gliomaseg.errors import ConfigError
+
+# fixed: the encoder's statistics only (the case study's way); patient: z-score per patient first.
+INTENSITY_MODES = ("fixed", "patient")
+DEFAULT_INTENSITY = "fixed"
+BRAIN_THRESHOLD = 10  # a pixel whose channels are all at most this (of 255) is background (air)
+Z_CENTRE = 128.0
+Z_SCALE = 40.0
+
+
+def check_intensity(mode: str) -> str:
+    if mode not in INTENSITY_MODES:
+        raise ConfigError(f"unknown intensity mode {mode!r}; valid: {', '.join(INTENSITY_MODES)}")
+    return mode
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels brighter than :data:`BRAIN_THRESHOLD` in any channel of an (H, W, 3) uint8 slice."""
+    return image.max(axis=2) > BRAIN_THRESHOLD
+
+
+def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation, shape (3,) each, over the brain pixels of all ``images``.
+
+    A patient with no brain pixels at all (every slice dark) gets mean 0 and std 1, so that
+    standardization leaves it unchanged apart from the offset.
+    """
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for image in images:
+        pixels = image[brain_mask(image)].astype(np.float64)  # (K, 3)
+        total += pixels.sum(axis=0)
+        squares += (pixels**2).sum(axis=0)
+        count += len(pixels)
+    if count == 0:
+        return np.zeros(3), np.ones(3)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return mean, np.where(std > 1e-6, std, 1.0)
+
+
+def standardize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """One (H, W, 3) uint8 slice z-scored with its patient's statistics, back in uint8; background stays 0."""
+    z = (image.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
+    out = np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255).astype(np.uint8)
+    out[~brain_mask(image)] = 0
+    return out
+
+
+def standardize_patient(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """All slices of one patient, standardized with statistics over all of them."""
+    mean, std = patient_statistics(images)
+    return [standardize(image, mean, std) for image in images]

@@ -1,0 +1,152 @@
+"""Per-patient intensity standardization: the statistics, the uint8 encoding, and that training and every
+inference path apply it the same way when a model was trained with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from gliomaseg.data.dataset import SliceDataset
+from gliomaseg.data.files import read_image
+from gliomaseg.data.intensity import (BRAIN_THRESHOLD, Z_CENTRE, Z_SCALE, brain_mask, patient_statistics, standardize,
+                                      standardize_patient)
+from gliomaseg.errors import CheckpointError, ConfigError
+from gliomaseg.inference.predictor import ModelInfo
+from gliomaseg.inference.segment import predict_probabilities
+
+
+def _slice(values: tuple[int, int, int], size: int = 16) -> np.ndarray:
+    """A square of brain (the given channel values) on a black background."""
+    image = np.zeros((size, size, 3), np.uint8)
+    image[4:12, 4:12] = values
+    return image
+
+
+def test_statistics_are_per_channel_over_the_brain_pixels_of_all_slices():
+    first, second = _slice((40, 100, 200)), _slice((60, 100, 100))
+    mean, std = patient_statistics([first, second])
+    # 64 brain pixels each; the 192 black pixels of each slice do not count.
+    np.testing.assert_allclose(mean, [50, 100, 150])
+    np.testing.assert_allclose(std, [10, 1, 50])  # a constant channel gets std 1, not a division by 0
+    assert brain_mask(first).sum() == 64
+
+
+def test_a_brighter_scan_of_the_same_patient_standardizes_to_the_same_slices():
+    rng = np.random.default_rng(0)
+    base = [np.where(rng.random((16, 16, 1)) < 0.6, rng.integers(20, 120, (16, 16, 3)), 0).astype(np.uint8) for _ in range(3)]
+    brighter = [(image.astype(np.int32) * 2).astype(np.uint8) for image in base]  # max 238: no overflow
+    for a, b in zip(standardize_patient(base), standardize_patient(brighter)):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # rounding only
+    out = standardize_patient(base)[0]
+    assert (out[~brain_mask(base[0])] == 0).all() and (out[brain_mask(base[0])] >= 1).all()
+
+
+def test_the_patient_mean_maps_to_the_centre():
+    image = _slice((50, 50, 50))
+    image[4:8, 4:12] = 70  # half the brain at 70, half at 50: mean 60, std 10
+    out = standardize(image, *patient_statistics([image]))
+    assert out[5, 5, 0] == Z_CENTRE + Z_SCALE and out[9, 5, 0] == Z_CENTRE - Z_SCALE and out[0, 0, 0] == 0
+    assert BRAIN_THRESHOLD < 50
+
+
+def test_the_dataset_standardizes_with_statistics_over_the_whole_patient(prepared: Path):
+    frame = pd.read_csv(prepared / "data_train.csv")
+    patient = frame["patient"].iloc[0]
+    rows = frame.index[frame["patient"] == patient]
+    fixed = SliceDataset(frame, cache=False)
+    per_patient = SliceDataset(frame, cache=True, intensity="patient")
+    images = [read_image(path) for path in frame.loc[rows, "image_path"]]
+    expected = standardize_patient(images)
+    for row, want in zip(rows, expected):
+        got, _ = per_patient.load(row)
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, fixed.load(row)[0])
+    with pytest.raises(ConfigError, match="unknown intensity mode 'zscore'"):
+        SliceDataset(frame, intensity="zscore")
+
+
+def test_model_descriptions_carry_the_mode_and_old_ones_mean_fixed():
+    base = {"arch": "Unet", "encoder": "resnet18", "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "threshold": 0.5}
+    assert ModelInfo.from_dict(base, "old.ckpt").intensity == "fixed"
+    assert ModelInfo.from_dict({**base, "intensity": "patient"}, "new.ckpt").portable()["intensity"] == "patient"
+    with pytest.raises(CheckpointError, match="new.ckpt: model description field 'intensity' must be one of fixed, patient"):
+        ModelInfo.from_dict({**base, "intensity": "zscore"}, "new.ckpt")
+
+
+class _Recorder:
+    """Probability = red channel / 255; remembers what it was given."""
+
+    image_size = 16
+    threshold = 0.5
+
+    def __init__(self, intensity: str):
+        self.info = ModelInfo("Unet", "resnet18", 64, [0.5] * 3, [0.25] * 3, 0.5, intensity=intensity)
+        self.seen: list[np.ndarray] = []
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        self.seen.append(images.copy())
+        return images[..., 0].astype(np.float32) / 255.0
+
+
+def test_segment_standardizes_a_patient_for_a_model_trained_that_way():
+    dim = [_slice((30, 30, 30)), _slice((40, 40, 40))]
+    bright = [(image * 3).astype(np.uint8) for image in dim]
+    patient = _Recorder("patient")
+    np.testing.assert_allclose(predict_probabilities(patient, dim)[0], predict_probabilities(patient, bright)[0], atol=1 / 255)
+    np.testing.assert_array_equal(patient.seen[0][1], standardize_patient(dim)[1])
+    fixed = _Recorder("fixed")
+    predict_probabilities(fixed, dim)
+    np.testing.assert_array_equal(fixed.seen[0][0], dim[0])  # a fixed model sees the slices as read
+
+
+def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Path, tmp_path: Path):
+    from gliomaseg.export import export_onnx
+    from gliomaseg.inference.predictor import load_checkpoint
+    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.training import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="unknown intensity mode"):
+        TrainConfig(out=str(tmp_path / "bad"), data=str(prepared), intensity="zscore").validate()
+    train(TrainConfig(out=str(tmp_path / "run"), data=str(prepared), epochs=1, batch_size=4, image_size=32, workers=0,
+                      progress=False, scheduler="none", intensity="patient", limit_train_batches=2))
+    assert load_checkpoint(tmp_path / "run" / "best.ckpt").info.intensity == "patient"
+    result = export_onnx(tmp_path / "run" / "best.ckpt", tmp_path / "model.onnx")
+    assert OnnxPredictor(tmp_path / "model.onnx").info.intensity == "patient"
+    assert "- intensity: patient: first, per channel" in Path(result["model_card"]).read_text()
+
+
+def test_a_saved_slice_reads_back_for_the_statistics(tmp_path: Path):
+    """The dataset reads a patient's other slices from disk for the statistics: they must be the slices listed."""
+    folder = tmp_path / "P1"
+    folder.mkdir()
+    rows = []
+    for k, value in enumerate((40, 80), start=1):
+        tifffile.imwrite(folder / f"P1_{k}.tif", _slice((value, value, value)), photometric="rgb")
+        tifffile.imwrite(folder / f"P1_{k}_mask.tif", np.zeros((16, 16), np.uint8))
+        rows.append({"patient": "P1", "slice": k, "image_path": str(folder / f"P1_{k}.tif"),
+                     "mask_path": str(folder / f"P1_{k}_mask.tif"), "diagnosis": 0})
+    dataset = SliceDataset(pd.DataFrame(rows), intensity="patient")
+    mean, std = dataset.patient_statistics("P1")
+    np.testing.assert_allclose(mean, [60, 60, 60])
+    np.testing.assert_allclose(std, [20, 20, 20])
+    assert dataset.load(0)[0][5, 5, 0] == Z_CENTRE - Z_SCALE
+
+
+def test_calibration_and_check_slices_are_standardized_like_segment(prepared: Path):
+    """int8 calibration and its check see what the model will see: each patient standardized over all its slices."""
+    import cv2
+
+    from gliomaseg.quantization import load_slices
+
+    csv = prepared / "data_val.csv"
+    drawn = load_slices(csv, 32, limit=3, intensity="patient")
+    frame = pd.read_csv(csv)
+    for path, patient, got in zip(drawn.image_paths, drawn.patients, drawn.images):
+        everything = [read_image(p) for p in frame.loc[frame["patient"] == patient, "image_path"]]
+        want = standardize(read_image(path), *patient_statistics(everything))
+        np.testing.assert_array_equal(got, cv2.resize(want, (32, 32), interpolation=cv2.INTER_AREA))
+    assert not np.array_equal(drawn.images, load_slices(csv, 32, limit=3).images)
