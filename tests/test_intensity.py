@@ -3,6 +3,7 @@ inference path apply it the same way when a model was trained with it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ import tifffile
 
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.files import read_image
+from gliomaseg.data.resize import resize_pair
 from gliomaseg.data.intensity import (BRAIN_THRESHOLD, Z_CENTRE, Z_SCALE, brain_mask, patient_statistics, standardize,
                                       standardize_patient)
-from gliomaseg.errors import CheckpointError, ConfigError
+from gliomaseg.errors import CheckpointError, ConfigError, InputWarning
 from gliomaseg.inference.predictor import ModelInfo
 from gliomaseg.inference.segment import predict_probabilities
 
@@ -57,13 +59,15 @@ def test_the_dataset_standardizes_with_statistics_over_the_whole_patient(prepare
     frame = pd.read_csv(prepared / "data_train.csv")
     patient = frame["patient"].iloc[0]
     rows = frame.index[frame["patient"] == patient]
-    fixed = SliceDataset(frame, cache=False)
-    per_patient = SliceDataset(frame, cache=True, intensity="patient")
+    fixed = SliceDataset(frame, cache=False, image_size=32)
+    per_patient = SliceDataset(frame, cache=True, image_size=32, intensity="patient")
     images = [read_image(path) for path in frame.loc[rows, "image_path"]]
-    expected = standardize_patient(images)
+    with pytest.warns(InputWarning):  # the synthetic patients have fewer slices than a real one
+        expected = standardize_patient(images)
     for row, want in zip(rows, expected):
         got, _ = per_patient.load(row)
-        np.testing.assert_array_equal(got, want)
+        # standardized at native size, then resized: the statistics do not depend on the model's size
+        np.testing.assert_array_equal(got, resize_pair(want, None, 32, resize_mask=False)[0])
         assert not np.array_equal(got, fixed.load(row)[0])
     with pytest.raises(ConfigError, match="unknown intensity mode 'zscore'"):
         SliceDataset(frame, intensity="zscore")
@@ -96,27 +100,62 @@ def test_segment_standardizes_a_patient_for_a_model_trained_that_way():
     dim = [_slice((30, 30, 30)), _slice((40, 40, 40))]
     bright = [(image * 3).astype(np.uint8) for image in dim]
     patient = _Recorder("patient")
-    np.testing.assert_allclose(predict_probabilities(patient, dim)[0], predict_probabilities(patient, bright)[0], atol=1 / 255)
-    np.testing.assert_array_equal(patient.seen[0][1], standardize_patient(dim)[1])
+    with pytest.warns(InputWarning, match="only 2 were given"):
+        np.testing.assert_allclose(predict_probabilities(patient, dim)[0], predict_probabilities(patient, bright)[0], atol=1 / 255)
+        np.testing.assert_array_equal(patient.seen[0][1], standardize_patient(dim)[1])
     fixed = _Recorder("fixed")
     predict_probabilities(fixed, dim)
     np.testing.assert_array_equal(fixed.seen[0][0], dim[0])  # a fixed model sees the slices as read
 
 
-def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Path, tmp_path: Path):
+def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Path, tmp_path: Path, monkeypatch):
+    import onnx
+
     from gliomaseg.export import export_onnx
     from gliomaseg.inference.predictor import load_checkpoint
     from gliomaseg.inference.runtime import OnnxPredictor
-    from gliomaseg.training import TrainConfig, train
+    from gliomaseg.training import TrainConfig, build_loaders, train
 
     with pytest.raises(ConfigError, match="unknown intensity mode"):
         TrainConfig(out=str(tmp_path / "bad"), data=str(prepared), intensity="zscore").validate()
-    train(TrainConfig(out=str(tmp_path / "run"), data=str(prepared), epochs=1, batch_size=4, image_size=32, workers=0,
-                      progress=False, scheduler="none", intensity="patient", limit_train_batches=2))
+    config = TrainConfig(out=str(tmp_path / "run"), data=str(prepared), epochs=1, batch_size=4, image_size=32, workers=0,
+                         progress=False, scheduler="none", intensity="patient", limit_train_batches=2)
+    train_loader, val_loader, _, _ = build_loaders(config)
+    assert train_loader.dataset.intensity == "patient" and val_loader.dataset.data.intensity == "patient"  # best.ckpt is picked on it
+    train(config)
     assert load_checkpoint(tmp_path / "run" / "best.ckpt").info.intensity == "patient"
     result = export_onnx(tmp_path / "run" / "best.ckpt", tmp_path / "model.onnx")
     assert OnnxPredictor(tmp_path / "model.onnx").info.intensity == "patient"
     assert "- intensity: patient: first, per channel" in Path(result["model_card"]).read_text()
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert "standardized per patient" in json.loads(meta["gliomaseg"])["input"]
+
+    # the report's overlays segment each picked patient whole, not its one slice alone
+    import gliomaseg.inference.segment as segment_module
+    from gliomaseg.evaluation import evaluate
+    from gliomaseg.report import _sample_overlays
+
+    evaluate(tmp_path / "run" / "best.ckpt", prepared / "data_val.csv", tmp_path / "run" / "eval", compare=False)
+    given, real_segment = [], segment_module.segment
+    monkeypatch.setattr(segment_module, "segment", lambda predictor, images, *a, **k: (given.append(len(images)), real_segment(predictor, images, *a, **k))[1])
+    assert _sample_overlays(tmp_path / "run")
+    val = pd.read_csv(prepared / "data_val.csv")
+    assert given and min(given) > 1 and set(given) <= set(val.groupby("patient").size())  # whole validation patients
+
+    # int8 calibration and its check load their slices the way the model sees them
+    import gliomaseg.quantization as quantization
+
+    calls = []
+
+    def recording(csv, size, **options):
+        calls.append(options.get("intensity"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(quantization, "load_slices", recording)
+    with pytest.raises(RuntimeError, match="stop here"):
+        quantization.write_variant(tmp_path / "model.onnx", tmp_path / "int8.onnx", "int8",
+                                   check_csv=prepared / "data_val.csv", calibration_csv=prepared / "data_train.csv")
+    assert calls == ["patient"]
 
 
 def test_a_saved_slice_reads_back_for_the_statistics(tmp_path: Path):

@@ -21,3 +21,7 @@ class ConfigError(GliomasegError, ValueError):
 
 class TrainingDivergedError(GliomasegError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class InputWarning(UserWarning):
+    """Input that can be used but may give a worse mask (e.g. too few slices for per-patient statistics)."""

@@ -15,19 +15,27 @@ from pathlib import Path
 import numpy as np
 
 from gliomaseg.data.files import atomic_write, write_text
+from gliomaseg.data.intensity import DEFAULT_INTENSITY
 from gliomaseg.errors import GliomasegError
 
 SAMPLE_SLICES = 8
+INPUT_MEANING = {
+    "fixed": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB",
+    "patient": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB, where pixel is first standardized per patient "
+               "(gliomaseg.data.intensity.standardize_patient over all of the patient's slices)",
+}
 RTOL = 1e-3  # max |ONNX - PyTorch| logit difference, relative to the largest |logit| (at least 1)
 MIN_MASK_AGREEMENT = 0.999  # fraction of pixels whose thresholded mask agrees
 
 
-def sample_images(size: int, sample: str | Path | None = None, fallback_csv: str | Path | None = None) -> tuple[np.ndarray, str]:
+def sample_images(size: int, sample: str | Path | None = None, fallback_csv: str | Path | None = None,
+                  intensity: str = DEFAULT_INTENSITY) -> tuple[np.ndarray, str]:
     """Up to :data:`SAMPLE_SLICES` realistic slices at the model's size, uint8 RGB (N, size, size, 3), and where they came from.
 
     From ``sample`` (a CSV of ``prepare``) when given, else from ``fallback_csv`` (the checkpoint's
     validation CSV) when it exists on this machine, else synthetic MRI-like slices with a tumour
-    (:func:`gliomaseg.data.synth.sample_slices`).
+    (:func:`gliomaseg.data.synth.sample_slices`). Slices of a CSV are standardized per patient when
+    ``intensity`` is ``patient``, as the model will see them.
     """
     csv = sample if sample is not None else (fallback_csv if fallback_csv and Path(fallback_csv).is_file() else None)
     if csv is None:
@@ -36,7 +44,7 @@ def sample_images(size: int, sample: str | Path | None = None, fallback_csv: str
         return sample_slices(SAMPLE_SLICES, size), "synthetic MRI-like slices"
     from gliomaseg.quantization import load_slices
 
-    slices = load_slices(csv, size, limit=SAMPLE_SLICES)
+    slices = load_slices(csv, size, limit=SAMPLE_SLICES, intensity=intensity)
     return slices.images, f"{len(slices.images)} slices of {csv}"
 
 
@@ -86,7 +94,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
     size = predictor.image_size
-    images, inputs = sample_images(size, sample, predictor.info.val_csv)
+    images, inputs = sample_images(size, sample, predictor.info.val_csv, predictor.info.intensity)
     expected = predictor.logits(images).cpu().numpy()
     card = without_paths(checkpoint_card(checkpoint)[1])
     out = Path(out)
@@ -98,7 +106,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
             opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
         proto = onnx.load(str(tmp))
-        meta = {**predictor.info.portable(), "input": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB",
+        meta = {**predictor.info.portable(), "input": INPUT_MEANING[predictor.info.intensity],
                 "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
         for key, value in (("gliomaseg", meta), (CARD_KEY, card)):
             entry = proto.metadata_props.add()

@@ -37,7 +37,7 @@ def _curves(run: Path) -> bytes | None:
 
 def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     """Overlays of the validation slices with the most tumour, predicted by the run's best checkpoint."""
-    from gliomaseg.data.files import read_slice_pair
+    from gliomaseg.data.files import read_image, read_slice_pair
     from gliomaseg.inference.segment import segment
     from gliomaseg.inference.predictor import load_checkpoint
     from gliomaseg.visualization import encode_png, overlay_contours
@@ -51,7 +51,13 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     out = []
     for row in picked.itertuples():
         image, truth = read_slice_pair(row.image_path, row.mask_path, expected_size=None)
-        _, (mask,) = segment(predictor, [image])
+        if predictor.info.intensity == "patient":
+            # The model standardizes a patient over all its slices: segment them all, keep this slice's mask.
+            paths = list(slices.loc[slices["patient"] == row.patient, "image_path"])
+            _, masks = segment(predictor, [read_image(p) for p in paths])
+            mask = masks[paths.index(row.image_path)]
+        else:
+            _, (mask,) = segment(predictor, [image])
         out.append(encode_png(overlay_contours(image, prediction=mask, truth=truth, legend=True)))
     return out
 

@@ -13,11 +13,12 @@ for training and in :func:`~gliomaseg.inference.segment.predict_probabilities` f
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 
-from gliomaseg.errors import ConfigError
+from gliomaseg.errors import ConfigError, InputWarning
 
 # fixed: the encoder's statistics only (the case study's way); patient: z-score per patient first.
 INTENSITY_MODES = ("fixed", "patient")
@@ -25,6 +26,8 @@ DEFAULT_INTENSITY = "fixed"
 BRAIN_THRESHOLD = 10  # a pixel whose channels are all at most this (of 255) is background (air)
 Z_CENTRE = 128.0
 Z_SCALE = 40.0
+# Fewer slices than this make per-patient statistics a guess: inference warns (a patient has 20 to 88 slices).
+MIN_PATIENT_SLICES = 10
 
 
 def check_intensity(mode: str) -> str:
@@ -41,8 +44,8 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
 def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation, shape (3,) each, over the brain pixels of all ``images``.
 
-    A patient with no brain pixels at all (every slice dark) gets mean 0 and std 1, so that
-    standardization leaves it unchanged apart from the offset.
+    A patient with no brain pixels at all (every slice dark) gets mean 0 and std 1 (no division by
+    zero); standardized, all of its pixels are background, 0.
     """
     total = np.zeros(3)
     squares = np.zeros(3)
@@ -68,6 +71,14 @@ def standardize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
 
 
 def standardize_patient(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """All slices of one patient, standardized with statistics over all of them."""
+    """All slices of one patient, standardized with statistics over all of them.
+
+    Warns when there are fewer than :data:`MIN_PATIENT_SLICES`: the statistics of a few slices differ from
+    those of the whole volume the model was trained with (give a patient's whole volume).
+    """
+    if len(images) < MIN_PATIENT_SLICES:
+        warnings.warn(f"this model standardizes each patient over all of its slices, and only {len(images)} were given "
+                      f"(fewer than {MIN_PATIENT_SLICES}): its statistics may differ from the whole volume's; "
+                      "give all of the patient's slices", InputWarning, stacklevel=2)
     mean, std = patient_statistics(images)
     return [standardize(image, mean, std) for image in images]

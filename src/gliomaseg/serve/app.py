@@ -23,6 +23,7 @@ import re
 import secrets
 import tempfile
 import threading
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gliomaseg.data.nifti import mask_volume_bytes, slices_geometry
-from gliomaseg.errors import ConfigError, GliomasegError
+from gliomaseg.errors import ConfigError, GliomasegError, InputWarning
 from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, ServeLimits, UploadError, UploadTooLarge
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
 from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
@@ -215,11 +216,13 @@ def create_app(
             try:
                 saved = save_uploads(uploads, folder, limits)  # type: ignore[arg-type]
                 gathered = gather(saved, folder, limits)
-                cases = [analyse(predictor, case, options) for case in gathered.cases]
+                with warnings.catch_warnings(record=True) as caught:  # e.g. too few slices for a per-patient model
+                    warnings.simplefilter("always", InputWarning)
+                    cases = [analyse(predictor, case, options) for case in gathered.cases]
             except GliomasegError as exc:
                 exc.args = (_relative_messages(str(exc), folder),)
                 raise
-            notes = [_relative_messages(n, folder) for n in gathered.notes]
+            notes = [_relative_messages(n, folder) for n in [*gathered.notes, *(str(w.message) for w in caught if issubclass(w.category, InputWarning))]]
         result = store.add(cases, notes)
         return _result_json(result)
 
