@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +85,20 @@ def test_training_minutes_carry_over_a_resume(monkeypatch):
     resumed = Throughput()
     resumed.load_state_dict(first.state_dict())
     assert resumed.minutes == 1.5 and resumed.images == 0  # the new session's speed starts afresh, the minutes do not
+
+
+def test_steady_throughput_leaves_out_the_first_batch(monkeypatch):
+    from gliomaseg.training import Throughput
+
+    clock = iter([0.0, 10.0, 12.0, 14.0])
+    monkeypatch.setattr("gliomaseg.training.time.perf_counter", lambda: next(clock))
+    speed = Throughput()
+    speed.on_train_epoch_start(None, None)
+    speed.on_train_batch_end(None, None, None, (torch.zeros(4),), 0)  # 10 s: start-up costs
+    assert math.isnan(speed.steady_images_per_second)
+    speed.on_train_batch_end(None, None, None, (torch.zeros(4),), 1)  # 2 s
+    speed.on_train_batch_end(None, None, None, (torch.zeros(4),), 2)  # 2 s
+    assert speed.images_per_second == pytest.approx(12 / 14) and speed.steady_images_per_second == pytest.approx(2.0)
 
 
 def test_lowlr_parameter_groups():

@@ -264,11 +264,17 @@ class SegmentationTask(L.LightningModule):
 
 
 class Throughput(Callback):
-    """Training images per second, data loading included, validation excluded."""
+    """Training images per second, data loading included, validation excluded.
+
+    The session's first batch also pays one-off costs (kernel selection, allocator warm-up: seconds on a
+    CPU), so :attr:`steady_images_per_second` leaves it out; a short benchmark run reads that one.
+    """
 
     def __init__(self) -> None:
         self.images = 0
         self.seconds = 0.0
+        self.first_images = 0
+        self.first_seconds = 0.0
         self._last = 0.0
         self.minutes_before = 0.0  # training minutes of the earlier sessions of a resumed run
 
@@ -277,6 +283,8 @@ class Throughput(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
+        if not self.images:
+            self.first_images, self.first_seconds = len(batch[0]), now - self._last
         self.seconds += now - self._last
         self._last = now
         self.images += len(batch[0])
@@ -298,6 +306,12 @@ class Throughput(Callback):
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else math.nan
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Images per second after the session's first batch (nan with fewer than two batches)."""
+        seconds = self.seconds - self.first_seconds
+        return (self.images - self.first_images) / seconds if self.images > self.first_images and seconds > 0 else math.nan
 
 
 class LastCheckpoint(Callback):
@@ -462,6 +476,8 @@ def train(config: TrainConfig) -> TrainResult:
         "train_images_this_session": throughput.images,
         # None when no session trained anything; a resumed run with no epochs left keeps the earlier speed.
         "train_images_per_second": round(throughput.images_per_second, 2) if throughput.images else None,
+        "train_images_per_second_after_first_batch": (None if math.isnan(throughput.steady_images_per_second)
+                                                      else round(throughput.steady_images_per_second, 2)),
         # Training batches only (no validation), every session of the run: what the Dice-vs-minutes curves use.
         "train_minutes": round(throughput.minutes, 2),
         "parameters": count_parameters(task.model),
