@@ -36,6 +36,7 @@ def test_claims_are_judged_against_noise(tmp_path: Path):
     assert "resnet18 from scratch 0.550: +0.150, holds" in text
     assert "\"lowlr costs 3-4 points\"** (mean over the 6 architectures it should hurt): -0.040, holds" in text
     assert "\"except DeepLabV3, MAnet and PAN\"** (mean over them): +0.005, within noise" in text
+    assert "  - DeepLabV3 alone: +0.005, within noise" in text and "  - MAnet alone: +0.010, within noise" in text
     assert "## Losses\n\nNot measured" in text
 
 
