@@ -51,9 +51,10 @@ def noise(folder: Path, architectures: pd.DataFrame | None) -> tuple[float | Non
     differences = (first - second).dropna()
     if len(differences) < 2:
         return gap, f"{gap:.3f}, the gap between the two runs' means"
-    paired = 2 * float(differences.std(ddof=1)) / math.sqrt(len(differences))
+    sd = float(differences.std(ddof=1))
+    paired = 2 * sd / math.sqrt(len(differences))
     return max(gap, paired), (f"{max(gap, paired):.3f}. The two runs' means differ by {gap:.3f}, but their per-patient Dice differ "
-                              f"with a standard deviation of {float(differences.std(ddof=1)):.3f} over {len(differences)} patients, so "
+                              f"with a standard deviation of {sd:.3f} over {len(differences)} patients, so "
                               f"two runs' means are uncertain by about {paired:.3f} (two standard errors); the larger counts")
 
 

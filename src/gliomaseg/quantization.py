@@ -32,7 +32,7 @@ import numpy as np
 from gliomaseg.choices import CALIBRATION_SLICES, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
 from gliomaseg.choices import EXPORT_VARIANTS as VARIANTS
 from gliomaseg.data.files import read_image, read_mask, read_slices_csv
-from gliomaseg.data.intensity import DEFAULT_INTENSITY, check_intensity, patient_statistics, standardize
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, PatientStatistics, check_intensity, standardize
 from gliomaseg.errors import DataError, GliomasegError
 
 CALIBRATION_SEED = 0
@@ -68,14 +68,13 @@ def load_slices(csv: str | Path, size: int, *, limit: int | None = None, seed: i
     frame = every.sample(n=limit, random_state=seed).sort_index() if limit is not None and limit < len(every) else every
     if not len(frame):
         raise DataError(f"{csv}: no slices")
-    statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    per_patient = check_intensity(intensity) == "patient"
+    statistics = PatientStatistics(every)  # over all of a patient's rows, drawn or not
     images, truths = [], []
     for row in frame.itertuples():
         image = read_image(row.image_path)
-        if check_intensity(intensity) == "patient":
-            if row.patient not in statistics:
-                statistics[row.patient] = patient_statistics([read_image(p) for p in every.loc[every["patient"] == row.patient, "image_path"]])
-            image = standardize(image, *statistics[row.patient])
+        if per_patient:
+            image = standardize(image, *statistics(row.patient))
         images.append(image if image.shape[:2] == (size, size) else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
         if with_truth:
             mask = read_mask(row.mask_path)

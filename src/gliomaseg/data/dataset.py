@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from gliomaseg.data.files import read_image, read_slice_pair, read_slices_csv
-from gliomaseg.data.intensity import DEFAULT_INTENSITY, check_intensity, patient_statistics, standardize
+from gliomaseg.data.files import read_slice_pair, read_slices_csv
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, PatientStatistics, check_intensity, standardize
 from gliomaseg.data.resize import resize_pair
 from gliomaseg.data.transforms import eval_transforms
 
@@ -55,7 +55,7 @@ class SliceDataset(Dataset):
         self.native_masks = native_masks
         self.intensity = check_intensity(intensity)
         self._store: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._statistics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._statistics = PatientStatistics(self.frame)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -75,10 +75,7 @@ class SliceDataset(Dataset):
 
     def patient_statistics(self, patient: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std per channel over the brain pixels of all of ``patient``'s slices (read once, then kept)."""
-        if patient not in self._statistics:
-            paths = self.frame.loc[self.frame["patient"] == patient, "image_path"]
-            self._statistics[patient] = patient_statistics([read_image(path) for path in paths])
-        return self._statistics[patient]
+        return self._statistics(patient)
 
     def preload(self) -> "SliceDataset":
         """Decode every slice now (in the main process, so DataLoader workers share the cache)."""

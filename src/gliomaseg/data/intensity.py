@@ -17,7 +17,9 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
+from gliomaseg.data.files import read_image
 from gliomaseg.errors import ConfigError, InputWarning
 
 # fixed: the encoder's statistics only (the case study's way); patient: z-score per patient first.
@@ -68,6 +70,21 @@ def standardize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     out = np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255).astype(np.uint8)
     out[~brain_mask(image)] = 0
     return out
+
+
+class PatientStatistics:
+    """:func:`patient_statistics` of each patient over all of its rows in a slice table (``patient``,
+    ``image_path``), computed when first asked for and kept: the dataset and int8 calibration share this."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._known: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, patient: str) -> tuple[np.ndarray, np.ndarray]:
+        if patient not in self._known:
+            paths = self.frame.loc[self.frame["patient"] == patient, "image_path"]
+            self._known[patient] = patient_statistics([read_image(path) for path in paths])
+        return self._known[patient]
 
 
 def standardize_patient(images: Sequence[np.ndarray]) -> list[np.ndarray]:

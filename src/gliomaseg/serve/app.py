@@ -222,7 +222,10 @@ def create_app(
             except GliomasegError as exc:
                 exc.args = (_relative_messages(str(exc), folder),)
                 raise
-            notes = [_relative_messages(n, folder) for n in [*gathered.notes, *(str(w.message) for w in caught if issubclass(w.category, InputWarning))]]
+            for_user = [w for w in caught if issubclass(w.category, InputWarning)]
+            for other in (w for w in caught if w not in for_user):  # not the user's concern: back to the log as before
+                warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+            notes = [_relative_messages(n, folder) for n in [*gathered.notes, *(str(w.message) for w in for_user)]]
         result = store.add(cases, notes)
         return _result_json(result)
 
