@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders of run folders")
     parser.add_argument("--out", type=Path, required=True, help="output prefix, e.g. docs/results/recipe")
+    parser.add_argument("--machine", default="2 CPU cores", help="what the runs trained on, for the plot's axis")
     args = parser.parse_args(argv)
     folders = []
     for path in args.runs:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(curve) and "train_minutes" in curve:
             ax.plot(curve["train_minutes"], curve["val_patient_dice"], marker="o", ms=3, label=curve["run"].iloc[0])
     ax.axhline(0.82, color="grey", ls="--", lw=1, label="target 0.82 (Buda et al. 2019, U-Net)")
-    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_xlabel(f"training minutes ({args.machine})")
     ax.set_ylabel("validation mean per-patient 3D Dice")
     ax.legend(fontsize=7)
     fig.tight_layout()

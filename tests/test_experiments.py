@@ -253,3 +253,27 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
     assert missing.returncode == 2 and "known: architectures, crossval, encoders, levers, losses, lowlr, split" in missing.stderr
+
+
+def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared: Path, tmp_path: Path, monkeypatch):
+    out = tmp_path / "exp"
+    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options=TINY)
+    run = out / "two" / "dice"
+    (run / "status.json").write_text(json.dumps({"state": "running", "trained": True}))  # trained, not yet scored
+    import torch
+
+    import gliomaseg.inference.predictor as predictor
+
+    real_load, devices = predictor.load_checkpoint, []
+
+    def load_on_cpu(path, device="cpu", **kwargs):
+        devices.append(device)
+        return real_load(path, device="cpu", **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as Lightning would see it
+    monkeypatch.setattr(predictor, "load_checkpoint", load_on_cpu)
+    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options=TINY)
+    assert devices == ["cuda"]
+    (run / "status.json").write_text(json.dumps({"state": "running", "trained": True}))
+    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options={**TINY, "accelerator": "cpu"})
+    assert devices == ["cuda", "cpu"]

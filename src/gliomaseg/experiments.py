@@ -187,6 +187,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
     from gliomaseg.evaluation import evaluate
     from gliomaseg.models import build_model, gflops
     from gliomaseg.model_card import write_run_card
+    from gliomaseg.precision import probe_device
     from gliomaseg.training import best_epoch, train
 
     train_csv, val_csv = split_csvs(data, spec.split)
@@ -201,13 +202,15 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
         train(config)
         _set_status(run_dir, trained=True)
     summary = json.loads(summary_path.read_text())
-    report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=score_variants)
+    # Scored where it trained: on a GPU machine, CPU scoring of several runs at once took longer than their training.
+    device = probe_device(config.accelerator)
+    report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=score_variants, device=device)
     variants = {f"variant_{name.replace(':', '_')}": scores["patient_dice_mean"] for name, scores in report.get("variants", {}).items()
                 if name != "none"}
     write_run_card(run_dir)  # the card now carries the evaluation too
     last = {}
     if score_last:
-        last_report = evaluate(run_dir / "last.ckpt", val_csv, run_dir / "eval_last", compare=False)
+        last_report = evaluate(run_dir / "last.ckpt", val_csv, run_dir / "eval_last", compare=False, device=device)
         last = {f"{key}_last": last_report[key] for key in ("patient_dice_mean", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise")}
     model = build_model(config.model, config.encoder)
     return {
