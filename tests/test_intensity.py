@@ -73,6 +73,29 @@ def test_the_dataset_standardizes_with_statistics_over_the_whole_patient(prepare
         SliceDataset(frame, intensity="zscore")
 
 
+def test_preload_reads_each_slice_once_and_caches_what_load_would(prepared: Path, monkeypatch):
+    frame = pd.read_csv(prepared / "data_train.csv")
+    one_by_one = SliceDataset(frame, cache=True, image_size=32, intensity="patient")
+    wanted = [one_by_one.load(index) for index in range(len(frame))]
+    import gliomaseg.data.dataset as dataset
+    import gliomaseg.data.intensity as intensity
+
+    reads, real_read = [], dataset.read_slice_pair
+
+    def counted(image_path, mask_path, **kwargs):
+        reads.append(image_path)
+        return real_read(image_path, mask_path, **kwargs)
+
+    monkeypatch.setattr(dataset, "read_slice_pair", counted)
+    monkeypatch.setattr(intensity, "read_image", lambda path: pytest.fail(f"{path} read again for its patient's statistics"))
+    preloaded = SliceDataset(frame, cache=True, image_size=32, intensity="patient").preload()
+    assert sorted(reads) == sorted(frame["image_path"])
+    for index, (image, mask) in enumerate(wanted):
+        got_image, got_mask = preloaded.load(index)
+        np.testing.assert_array_equal(got_image, image)
+        np.testing.assert_array_equal(got_mask, mask)
+
+
 def test_model_descriptions_carry_the_mode_and_old_ones_mean_fixed():
     base = {"arch": "Unet", "encoder": "resnet18", "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "threshold": 0.5}
     assert ModelInfo.from_dict(base, "old.ckpt").intensity == "fixed"

@@ -66,8 +66,12 @@ class SliceDataset(Dataset):
             return self._store[index]
         row = self.frame.iloc[index]
         image, mask = read_slice_pair(row["image_path"], row["mask_path"], expected_size=None)
+        return self._finish(index, row["patient"], image, mask)
+
+    def _finish(self, index: int, patient: str, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A slice as read, made ready: standardized (``patient`` mode), resized, and kept when caching."""
         if self.intensity == "patient":
-            image = standardize(image, *self.patient_statistics(row["patient"]))
+            image = standardize(image, *self.patient_statistics(patient))
         image, mask = resize_pair(image, mask, self.image_size, resize_mask=not self.native_masks)
         if self.cache:
             self._store[index] = (image, mask)
@@ -78,10 +82,29 @@ class SliceDataset(Dataset):
         return self._statistics(patient)
 
     def preload(self) -> "SliceDataset":
-        """Decode every slice now (in the main process, so DataLoader workers share the cache)."""
-        if self.cache:
+        """Decode every slice now (in the main process, so DataLoader workers share the cache).
+
+        In ``patient`` mode a patient's slices are read once, for its statistics and for the cache alike."""
+        if not self.cache:
+            return self
+        if self.intensity != "patient":
             for index in range(len(self)):
                 self.load(index)
+            return self
+        patients = self.frame["patient"].to_numpy()
+        for patient in pd.unique(patients):
+            indices = [int(i) for i in np.flatnonzero(patients == patient)]
+            todo = [i for i in indices if i not in self._store]
+            if not todo:
+                continue
+            known = patient in self._statistics
+            rows = self.frame.iloc[todo if known else indices]
+            pairs = dict(zip(todo if known else indices, (read_slice_pair(image, mask, expected_size=None)
+                                                          for image, mask in zip(rows["image_path"], rows["mask_path"]))))
+            if not known:
+                self._statistics.from_images(patient, [image for image, _ in pairs.values()])
+            for index in todo:
+                self._finish(index, patient, *pairs[index])
         return self
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,6 +86,14 @@ class PatientStatistics:
             self._known[patient] = patient_statistics([read_image(path) for path in paths])
         return self._known[patient]
 
+    def __contains__(self, patient: str) -> bool:
+        return patient in self._known
+
+    def from_images(self, patient: str, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The statistics of ``patient`` from all of its slices, already read by the caller (kept like the others)."""
+        self._known[patient] = patient_statistics(images)
+        return self._known[patient]
+
 
 def standardize_patient(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """All slices of one patient, standardized with statistics over all of them.
