@@ -149,9 +149,12 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
     assert load_checkpoint(tmp_path / "run" / "best.ckpt").info.intensity == "patient"
     result = export_onnx(tmp_path / "run" / "best.ckpt", tmp_path / "model.onnx")
     assert OnnxPredictor(tmp_path / "model.onnx").info.intensity == "patient"
-    assert "- intensity: patient: first, per channel" in Path(result["model_card"]).read_text()
+    from gliomaseg.data.intensity import INTENSITY_MEANING
+
+    assert f"- intensity: patient: {INTENSITY_MEANING['patient']}" in Path(result["model_card"]).read_text()
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
-    assert "standardized per patient" in json.loads(meta["gliomaseg"])["input"]
+    assert json.loads(meta["gliomaseg"])["input"].endswith(f"pixel: {INTENSITY_MEANING['patient']}")  # the card's words
+    assert INTENSITY_MEANING["patient"].startswith("first standardized per patient")
 
     # the report's overlays segment each picked patient whole, not its one slice alone
     import gliomaseg.inference.segment as segment_module

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from gliomaseg.data.files import atomic_write, write_text
-from gliomaseg.data.intensity import DEFAULT_INTENSITY
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 from gliomaseg.errors import GliomasegError
 
 SAMPLE_SLICES = 8
-INPUT_MEANING = {
-    "fixed": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB",
-    "patient": "images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB, where pixel is first standardized per patient "
-               "(gliomaseg.data.intensity.standardize_patient over all of the patient's slices)",
-}
+def input_meaning(intensity: str) -> str:
+    """What the ONNX model's input holds, in words (stored in its metadata)."""
+    return f"images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB; pixel: {INTENSITY_MEANING[intensity]}"
+
+
 RTOL = 1e-3  # max |ONNX - PyTorch| logit difference, relative to the largest |logit| (at least 1)
 MIN_MASK_AGREEMENT = 0.999  # fraction of pixels whose thresholded mask agrees
 
@@ -106,7 +106,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
             opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
         proto = onnx.load(str(tmp))
-        meta = {**predictor.info.portable(), "input": INPUT_MEANING[predictor.info.intensity],
+        meta = {**predictor.info.portable(), "input": input_meaning(predictor.info.intensity),
                 "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
         for key, value in (("gliomaseg", meta), (CARD_KEY, card)):
             entry = proto.metadata_props.add()

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from gliomaseg.data.files import write_text
-from gliomaseg.data.intensity import BRAIN_THRESHOLD, DEFAULT_INTENSITY, Z_CENTRE, Z_SCALE
+from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 
 CARD_FILE = "MODEL_CARD.md"
 CARD_KEY = "model_card"
@@ -28,11 +28,10 @@ INTENDED_USE = (
 EVALUATION_KEYS = ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices",
                    "iou_micro", "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_mean")
 PICKED = "; best.ckpt was picked on this number, so it is optimistic"
-INTENSITY_MEANING = {
-    "fixed": "fixed: slices as read (no per-patient step)",
-    "patient": (f"patient: first, per channel, each patient's brain pixels (any channel > {BRAIN_THRESHOLD}) z-scored over all "
-                f"of the patient's slices and stored as {Z_CENTRE:.0f} + {Z_SCALE:.0f} * z (background 0)"),
-}
+def intensity_text(mode: str) -> str:
+    return f"{mode}: {INTENSITY_MEANING[mode]}" if mode in INTENSITY_MEANING else str(mode)
+
+
 BEST_VAL_MEANING = {
     "best_val_patient_dice": "mean over validation patients of the 3D Dice of each patient's slices as one volume, "
                              "at the masks' own resolution" + PICKED,
@@ -113,7 +112,7 @@ def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation:
             "image_size": h.get("image_size"),
             "resize": f"slices are resized to {h.get('image_size')}x{h.get('image_size')} (area interpolation) and "
                       "probabilities back to the slice's size (linear)",
-            "intensity": INTENSITY_MEANING.get(h.get("intensity", DEFAULT_INTENSITY), str(h.get("intensity"))),
+            "intensity": intensity_text(h.get("intensity", DEFAULT_INTENSITY)),
             "normalization": {"mean": list(h.get("mean", [])), "std": list(h.get("std", [])),
                               "formula": "(pixel / 255 - mean) / std, per RGB channel"},
         },
@@ -162,7 +161,7 @@ def render_markdown(card: dict) -> str:
              f"- output: {card['output']}; threshold **{card['threshold']}**", "",
              "## Preprocessing", "",
              f"- {pre['resize']}",
-             f"- intensity: {pre.get('intensity', INTENSITY_MEANING[DEFAULT_INTENSITY])}",
+             f"- intensity: {pre.get('intensity', intensity_text(DEFAULT_INTENSITY))}",
              f"- normalization: {pre['normalization']['formula']}, mean {pre['normalization']['mean']}, std {pre['normalization']['std']}", "",
              "## Training data", "",
              f"- training: {counts(data['train'])}",

@@ -28,6 +28,14 @@ DEFAULT_INTENSITY = "fixed"
 BRAIN_THRESHOLD = 10  # a pixel whose channels are all at most this (of 255) is background (air)
 Z_CENTRE = 128.0
 Z_SCALE = 40.0
+# What each mode does to a slice before the encoder's normalization: the one wording that the model card and
+# the ONNX metadata both use.
+INTENSITY_MEANING = {
+    "fixed": "slices as read (no per-patient step)",
+    "patient": (f"first standardized per patient: per channel, the patient's brain pixels (any channel > {BRAIN_THRESHOLD}) "
+                f"z-scored over all of its slices and stored as {Z_CENTRE:.0f} + {Z_SCALE:.0f} * z, background 0 "
+                "(gliomaseg.data.intensity.standardize_patient)"),
+}
 # Fewer slices than this make per-patient statistics a guess: inference warns (a patient has 20 to 88 slices).
 MIN_PATIENT_SLICES = 10
 
