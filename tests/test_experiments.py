@@ -78,6 +78,7 @@ def test_killed_run_resumes(prepared: Path, tmp_path: Path, monkeypatch):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from"].endswith("last.ckpt") and summary["epochs_completed"] == 2
     assert results.loc[0, "status"] == "done" and results.loc[0, "epochs"] == 2
+    assert results.loc[0, "best_epoch"] in (1, 2)  # read from best.ckpt, counted from 1
 
 
 def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):

@@ -519,4 +519,5 @@ def best_epoch(run: str | Path) -> int | None:
     path = Path(run) / "best.ckpt"
     if not path.is_file():
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) + 1
+    # mmap: only the small "epoch" entry is read, not the tensors of a 60 MB file.
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
