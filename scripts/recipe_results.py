@@ -3,8 +3,9 @@
     .venv/bin/python scripts/recipe_results.py RUNS_DIR [RUNS_DIR ...] --out docs/results/recipe
 
 Each run folder is a ``gliomaseg train`` output evaluated by ``gliomaseg evaluate`` into ``eval_best/``
-and ``eval_last/`` (native 256 px, the validation CSV). Writes ``<out>.csv``, ``<out>_table.md`` and
-``<out>.png`` (validation per-patient Dice against training minutes, one line a run).
+and ``eval_last/`` (native 256 px, the validation CSV). Writes ``<out>.csv``, ``<out>_table.md``,
+``<out>_curves.csv`` (each run's validation scores by epoch, as training logged them) and ``<out>.png``
+(validation per-patient Dice against training minutes, one line a run).
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def _scores(path: Path) -> dict:
     return row
 
 
+CURVE = ("val_patient_dice", "val_patient_dice_median", "val_iou_imagewise", "val_iou_tumour_slices", "val_iou_micro")
+
+
 def collect(run: Path) -> tuple[dict, pd.DataFrame]:
     config = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     metrics = read_metrics(run)
-    curve = metrics.dropna(subset=["val_patient_dice"])[["epoch", "val_patient_dice"]] if "val_patient_dice" in metrics else pd.DataFrame()
+    curve = (metrics.dropna(subset=["val_patient_dice"])[["epoch", *(c for c in CURVE if c in metrics)]].reset_index(drop=True)
+             if "val_patient_dice" in metrics else pd.DataFrame())
     if "train_minutes" in metrics and len(curve):
         minutes = metrics.dropna(subset=["train_minutes"]).groupby("epoch")["train_minutes"].last().sort_index()
         # Runs resumed before train_minutes carried over restart at 0 in the new session: add the earlier total.
@@ -69,7 +74,9 @@ def collect(run: Path) -> tuple[dict, pd.DataFrame]:
         else round(summary.get("train_seconds", float("nan")) / 60, 1),
         "images_per_s": summary.get("train_images_per_second"),
         "best_epoch_val_dice": float(curve["val_patient_dice"].max()) if len(curve) else None,
+        "best_epoch": int(curve["epoch"][curve["val_patient_dice"].idxmax()]) + 1 if len(curve) else None,  # counted from 1
         "last_epoch_val_dice": float(curve["val_patient_dice"].iloc[-1]) if len(curve) else None,
+        **{f"last_epoch_{key}": float(curve[key].iloc[-1]) for key in CURVE[1:] if key in curve and len(curve)},
         **{f"best_{k}": v for k, v in best.items()},
         **{f"last_{k}": v for k, v in last.items()},
         "command": command(config),
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out.with_suffix(".csv"), index=False)
+    pd.concat([c.assign(epoch=c["epoch"].astype(int) + 1) for c in curves if len(c)]).to_csv(args.out.with_name(args.out.name + "_curves.csv"), index=False)
     args.out.with_name(args.out.name + "_table.md").write_text("\n".join(markdown_table(table)) + "\n")
     import matplotlib
 

@@ -273,8 +273,9 @@ def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared:
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as Lightning would see it
     monkeypatch.setattr(predictor, "load_checkpoint", load_on_cpu)
-    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options=TINY)
-    assert devices == ["cuda"]
+    results = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options=TINY)
+    assert devices == ["cuda"] and results.loc[0, "status"] == "done" and results.loc[0, "eval_device"] == "cuda"
     (run / "status.json").write_text(json.dumps({"state": "running", "trained": True}))
-    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options={**TINY, "accelerator": "cpu"})
-    assert devices == ["cuda", "cpu"]
+    results = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"],
+                             extra_options={**TINY, "accelerator": "cpu"})
+    assert devices == ["cuda", "cpu"] and results.loc[0, "status"] == "done" and results.loc[0, "eval_device"] == "cpu"

@@ -95,6 +95,17 @@ def test_preload_reads_each_slice_once_and_caches_what_load_would(prepared: Path
         np.testing.assert_array_equal(got_image, image)
         np.testing.assert_array_equal(got_mask, mask)
 
+    # A patient partly cached already (one slice loaded, its statistics known): preload reads only the rest.
+    monkeypatch.undo()
+    partly = SliceDataset(frame, cache=True, image_size=32, intensity="patient")
+    partly.load(0)
+    monkeypatch.setattr(dataset, "read_slice_pair", counted)
+    reads.clear()
+    partly.preload()
+    assert sorted(reads) == sorted(frame["image_path"].iloc[1:])
+    for index, (image, _) in enumerate(wanted):
+        np.testing.assert_array_equal(partly.load(index)[0], image)
+
 
 def test_model_descriptions_carry_the_mode_and_old_ones_mean_fixed():
     base = {"arch": "Unet", "encoder": "resnet18", "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "threshold": 0.5}
@@ -151,7 +162,7 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
     assert OnnxPredictor(tmp_path / "model.onnx").info.intensity == "patient"
     from gliomaseg.data.intensity import INTENSITY_MEANING
 
-    assert f"- intensity: patient: {INTENSITY_MEANING['patient']}" in Path(result["model_card"]).read_text()
+    assert f"- intensity: patient ({INTENSITY_MEANING['patient']})" in Path(result["model_card"]).read_text()
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
     assert json.loads(meta["gliomaseg"])["input"].endswith(f"pixel: {INTENSITY_MEANING['patient']}")  # the card's words
     assert INTENSITY_MEANING["patient"].startswith("first standardized per patient")

@@ -222,7 +222,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
         "epochs": summary["epochs_completed"], "train_seconds": summary["train_seconds"],
         "images_per_s": summary["train_images_per_second"], "parameters_M": round(summary["parameters"] / 1e6, 2),
         "gflops": round(gflops(model, config.image_size), 2), "reference_iou": spec.reference,
-        "best_epoch": best_epoch(run_dir), **last, **variants, "status": "done",
+        "best_epoch": best_epoch(run_dir), "eval_device": device, **last, **variants, "status": "done",
     }
 
 

@@ -19,6 +19,8 @@ from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 from gliomaseg.errors import GliomasegError
 
 SAMPLE_SLICES = 8
+
+
 def input_meaning(intensity: str) -> str:
     """What the ONNX model's input holds, in words (stored in its metadata)."""
     return f"images: float32 (N, 3, S, S), (pixel/255 - mean) / std, RGB; pixel: {INTENSITY_MEANING[intensity]}"

@@ -28,8 +28,11 @@ INTENDED_USE = (
 EVALUATION_KEYS = ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices",
                    "iou_micro", "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_mean")
 PICKED = "; best.ckpt was picked on this number, so it is optimistic"
+
+
 def intensity_text(mode: str) -> str:
-    return f"{mode}: {INTENSITY_MEANING[mode]}" if mode in INTENSITY_MEANING else str(mode)
+    return f"{mode} ({INTENSITY_MEANING[mode]})" if mode in INTENSITY_MEANING else str(mode)
+
 
 
 BEST_VAL_MEANING = {

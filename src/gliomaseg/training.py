@@ -519,5 +519,8 @@ def best_epoch(run: str | Path) -> int | None:
     path = Path(run) / "best.ckpt"
     if not path.is_file():
         return None
-    # mmap: only the small "epoch" entry is read, not the tensors of a 60 MB file.
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+    try:  # mmap: only the small "epoch" entry is read, not the tensors of a 60 MB file
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state["epoch"]) + 1
