@@ -181,7 +181,7 @@ def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
 
 def test_shipped_experiments_load():
     for name, count in (("encoders", 3), ("architectures", 14), ("lowlr", 10), ("split", 2), ("losses", 10), ("crossval", 5),
-                        ("levers", 9)):
+                        ("levers", 9), ("crossval_intensity", 5)):
         experiment = load_experiment(name)
         assert len(experiment.runs) == count
     levers = {r.name: r.options for r in load_experiment("levers").runs}
@@ -198,6 +198,11 @@ def test_shipped_experiments_load():
         assert [r.options["encoder"] for r in scratch if not r.extra] == ["resnet18"], name
         assert all(r.options["encoder"] == "timm-tf_efficientnet_lite0" for r in runs if r not in scratch), name
     assert load_experiment("crossval").score_last and [r.split for r in load_experiment("crossval").runs] == [f"fold{k}" for k in range(5)]
+    # the same folds, one change: its folds pair with crossval's
+    plain, standardized = load_experiment("crossval"), load_experiment("crossval_intensity")
+    assert standardized.score_last and [(r.name, r.split) for r in standardized.runs] == [(r.name, r.split) for r in plain.runs]
+    for a, b in zip(plain.runs, standardized.runs):
+        assert {k: v for k, v in b.options.items() if k != "intensity"} == a.options and b.options["intensity"] == "patient"
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
         load_experiment("encoder")
 
@@ -249,11 +254,11 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
                             cwd=outside, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
     for name in ("encoders: 3 runs", "architectures: 14 runs", "lowlr: 10 runs", "split: 2 runs", "losses: 10 runs", "crossval: 5 runs",
-                 "levers: 9 runs"):
+                 "levers: 9 runs", "crossval_intensity: 5 runs"):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
-    assert missing.returncode == 2 and "known: architectures, crossval, encoders, levers, losses, lowlr, split" in missing.stderr
+    assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, encoders, levers, losses, lowlr, split" in missing.stderr
 
 
 def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared: Path, tmp_path: Path, monkeypatch):
