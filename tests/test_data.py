@@ -369,3 +369,20 @@ def test_train_augmentations_keep_image_and_mask_aligned(prepared: Path):
         # FLAIR is bright in the tumour: mean FLAIR inside the mask stays above the brain's mean.
         flair = image[1]
         assert flair[mask[0] > 0].mean() > flair[flair > flair.min()].mean()
+
+
+def test_importing_the_augmentations_makes_no_network_call():
+    import os
+    import subprocess
+    import sys
+
+    # A fresh interpreter whose every name lookup fails loudly: albumentations' PyPI version check would do one.
+    code = ("import socket\n"
+            "def refuse(*args, **kwargs):\n"
+            "    raise SystemExit(f'network lookup of {args[0]!r} at import')\n"
+            "socket.getaddrinfo = refuse\n"
+            "import gliomaseg.data.transforms\n"
+            "print('no lookup')\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "no lookup" in done.stdout, done.stdout + done.stderr

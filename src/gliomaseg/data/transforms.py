@@ -6,10 +6,15 @@ shift-scale-rotate, ImageNet normalization. Geometry runs on uint8 image and mas
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
-import albumentations as A
-from albumentations.pytorch import ToTensorV2
+# albumentations asks PyPI for a newer version when first imported (up to 2 s on a machine without a network);
+# gliomaseg makes no network calls, so that check is off unless the user turned it on explicitly.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
