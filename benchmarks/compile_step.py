@@ -5,6 +5,7 @@ bounds training throughput. Eager runs before and after the compiled model, so d
 
     .venv/bin/python benchmarks/compile_step.py
 """
+import argparse
 import time
 
 import torch
@@ -12,22 +13,46 @@ import torch
 from gliomaseg.losses import build_loss
 from gliomaseg.models import build_model
 
-torch.manual_seed(0)
-x = torch.randn(16, 3, 256, 256).contiguous(memory_format=torch.channels_last)
-y = (torch.rand(16, 1, 256, 256) > 0.8).float()
-loss_fn = build_loss("dice")
-def run(compiled, steps=8):
+
+
+def run(compiled: bool, steps: int) -> float:
+    """Best images/s over ``steps`` timed steps after two warm-up (compiling) steps."""
     torch.manual_seed(0)
+    images = torch.randn(16, 3, 256, 256).contiguous(memory_format=torch.channels_last)
+    masks = (torch.rand(16, 1, 256, 256) > 0.8).float()
+    loss_fn = build_loss("dice")
     model = build_model("unet", "resnet18").train().to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if compiled else model
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    def step():
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = loss_fn(fwd(x), y)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    t = time.perf_counter(); step(); step(); first = time.perf_counter() - t
+            loss = loss_fn(forward(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    started = time.perf_counter()
+    step()
+    step()
+    warmup = time.perf_counter() - started
     times = []
     for _ in range(steps):
-        t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
-    print(f"{'compiled' if compiled else 'eager'}: first 2 steps {first:.1f} s; best {16/min(times):.2f} images/s, median {16/sorted(times)[len(times)//2]:.2f}", flush=True)
-run(False); run(True); run(False)
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    best, median = len(images) / min(times), len(images) / sorted(times)[len(times) // 2]
+    print(f"{'compiled' if compiled else 'eager'}: first 2 steps {warmup:.1f} s; best {best:.2f} images/s, median {median:.2f}", flush=True)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    for compiled in (False, True, False):
+        run(compiled, args.steps)
+
+
+if __name__ == "__main__":
+    main()
