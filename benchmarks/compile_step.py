@@ -14,7 +14,6 @@ from gliomaseg.losses import build_loss
 from gliomaseg.models import build_model
 
 
-
 def run(compiled: bool, steps: int) -> float:
     """Best images/s over ``steps`` timed steps after two warm-up (compiling) steps."""
     torch.manual_seed(0)

@@ -34,7 +34,6 @@ def intensity_text(mode: str) -> str:
     return f"{mode} ({INTENSITY_MEANING[mode]})" if mode in INTENSITY_MEANING else str(mode)
 
 
-
 BEST_VAL_MEANING = {
     "best_val_patient_dice": "mean over validation patients of the 3D Dice of each patient's slices as one volume, "
                              "at the masks' own resolution" + PICKED,

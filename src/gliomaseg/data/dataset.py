@@ -97,14 +97,14 @@ class SliceDataset(Dataset):
             todo = [i for i in indices if i not in self._store]
             if not todo:
                 continue
-            known = patient in self._statistics
-            rows = self.frame.iloc[todo if known else indices]
-            pairs = dict(zip(todo if known else indices, (read_slice_pair(image, mask, expected_size=None)
-                                                          for image, mask in zip(rows["image_path"], rows["mask_path"]))))
-            if not known:
-                self._statistics.from_images(patient, [image for image, _ in pairs.values()])
-            for index in todo:
-                self._finish(index, patient, *pairs[index])
+            # A cached slice had its patient's statistics computed on the way in, so unknown statistics mean
+            # nothing of this patient is cached yet: the slices read here are all of them.
+            rows = self.frame.iloc[todo]
+            pairs = [read_slice_pair(image, mask, expected_size=None) for image, mask in zip(rows["image_path"], rows["mask_path"])]
+            if patient not in self._statistics:
+                self._statistics.from_images(patient, [image for image, _ in pairs])
+            for index, (image, mask) in zip(todo, pairs):
+                self._finish(index, patient, image, mask)
         return self
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
