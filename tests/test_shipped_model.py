@@ -47,3 +47,39 @@ def test_predict_without_a_model_uses_the_shipped_one(tmp_path: Path, capsys):
     predictor = OnnxPredictor(shipped_model_path())
     probabilities = predictor.probabilities(np.zeros((1, 256, 256, 3), np.uint8))
     assert probabilities.shape == (1, 256, 256) and float(probabilities.max()) < 0.5  # an empty slice: no tumour
+
+
+def test_ship_model_script_writes_model_and_card_without_machine_paths(trained_run: Path, prepared: Path, tmp_path: Path, monkeypatch):
+    """scripts/ship_model.py on a run trained from CSVs (no --data, as an experiment's runs are)."""
+    import importlib.util
+    import shutil
+
+    from gliomaseg.evaluation import evaluate
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"
+    spec = importlib.util.spec_from_file_location("ship_model", script)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "best.ckpt", run / "best.ckpt")
+    config = json.loads((trained_run / "config.json").read_text())
+    config.update(data=None, train_csv=str(prepared / "data_train.csv"), val_csv=str(prepared / "data_val.csv"))
+    (run / "config.json").write_text(json.dumps(config))
+    evaluate(run / "best.ckpt", prepared / "data_val.csv", run / "eval", compare=False, tta="none")
+    (tmp_path / "reproduce.md").write_text("## How to reproduce\n\nthe commands\n")
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / ship.SHIPPED_MODEL).write_bytes(b"the model shipped before")
+    monkeypatch.setattr(ship, "ASSETS", assets)
+    monkeypatch.setattr(ship, "MAX_BYTES", 1000)  # too big: refused, and the model shipped before is untouched
+    assert ship.main([str(run), "--reproduce", str(tmp_path / "reproduce.md")]) == 1
+    assert (assets / ship.SHIPPED_MODEL).read_bytes() == b"the model shipped before"
+    assert not (assets / SHIPPED_MODEL_CARD).exists()
+    monkeypatch.setattr(ship, "MAX_BYTES", 10**9)
+    assert ship.main([str(run), "--reproduce", str(tmp_path / "reproduce.md")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "assets" / ship.SHIPPED_MODEL)).metadata_props}
+    card = (tmp_path / "assets" / SHIPPED_MODEL_CARD).read_text()
+    assert str(prepared) not in json.dumps(meta) + card and str(tmp_path) not in json.dumps(meta) + card  # no machine paths
+    assert json.loads(meta["gliomaseg"])["train_csv"] == "data_train.csv"
+    assert "`data_val.csv`" in card and card.endswith("the commands\n")
