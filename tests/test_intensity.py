@@ -226,3 +226,21 @@ def test_calibration_and_check_slices_are_standardized_like_segment(prepared: Pa
         want = standardize(read_image(path), *patient_statistics(everything))
         np.testing.assert_array_equal(got, cv2.resize(want, (32, 32), interpolation=cv2.INTER_AREA))
     assert not np.array_equal(drawn.images, load_slices(csv, 32, limit=3).images)
+
+
+def test_single_slice_script_scores_each_patient_whole_and_one_slice_at_a_time(trained_run: Path, prepared: Path, tmp_path: Path):
+    """scripts/single_slice.py: one row a validation patient; a model that sees slices as read (no per-patient
+    step) gives the same masks either way, so only batch-size rounding can move its Dice."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "single_slice.py"
+    spec = importlib.util.spec_from_file_location("single_slice", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(trained_run / "best.ckpt"), str(prepared / "data_val.csv"), "--out", str(tmp_path / "s.csv")]) == 0
+    table = pd.read_csv(tmp_path / "s.csv")
+    val = pd.read_csv(prepared / "data_val.csv")
+    assert sorted(table["patient"]) == sorted(val["patient"].unique())
+    assert table["slices"].tolist() == [int((val["patient"] == p).sum()) for p in table["patient"]]
+    assert table["difference"].abs().max() < 0.01
+    assert module.volume_dice([np.array([[1, 1], [0, 0]])], [np.array([[1, 0], [0, 0]])]) == pytest.approx(2 / 3)
