@@ -10,6 +10,10 @@ from pathlib import Path
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kaggle_3m"
 RESULTS = Path(__file__).resolve().parent / "results"
+# tcmalloc (Debian: libtcmalloc-minimal4), preloaded in place of glibc's malloc: PyTorch's CPU training
+# allocates and frees large activation buffers every step, which glibc's allocator handles slowly.
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/usr/lib64/libtcmalloc_minimal.so.4")
 
 
 def prepared_data(use_real: bool = True) -> tuple[Path, str]:
@@ -24,6 +28,11 @@ def prepared_data(use_real: bool = True) -> tuple[Path, str]:
     generate(work / "synth", patients=12, slices=20, seed=0)
     prepare(work / "synth", work / "prepared", plots=False)
     return work / "prepared", "synthetic (12 patients x ~20 slices)"
+
+
+def tcmalloc() -> str | None:
+    """The path of an installed tcmalloc library, or None."""
+    return next((path for path in TCMALLOC if Path(path).is_file()), None)
 
 
 def machine() -> str:

@@ -2,7 +2,9 @@
 
 Compares the case study's way (decode every tif each step, fp32, NCHW) with ours (cached slices,
 channels_last, fp32 and bf16-mixed autocast), and ours through the full ``gliomaseg train`` (Lightning)
-path with fp32 and with ``--precision auto`` (the probe's choice and its reason are printed and stored).
+path with fp32 and with ``--precision auto`` (the probe's choice and its reason are printed and stored),
+with 1 and 2 loader workers, and, when tcmalloc is installed (``apt-get install libtcmalloc-minimal4``),
+in a second process with tcmalloc preloaded (``LD_PRELOAD``) in place of glibc's malloc.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--synthetic] [--quick]
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, prepared_data, print_table, write_results  # noqa: E402
+from _common import machine, prepared_data, print_table, tcmalloc, write_results  # noqa: E402
 
 from gliomaseg.data.dataset import SliceDataset  # noqa: E402
 from gliomaseg.data.transforms import train_transforms  # noqa: E402
@@ -78,9 +82,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--synthetic", action="store_true", help="use synthetic data even when the real data is there")
     parser.add_argument("--quick", action="store_true", help="2 timed steps after 1 warm-up (checks that the benchmark runs)")
+    parser.add_argument("--auto-row-in", type=Path, help=argparse.SUPPRESS)  # internal: one auto row on this data, as JSON
     args = parser.parse_args()
     if args.quick:
         args.steps, args.warmup = 2, 1
+    if args.auto_row_in:
+        print(json.dumps(lightning_path(args.auto_row_in, args.steps, args.size, args.batch, "auto")[:2]))
+        return
     data, source = prepared_data(not args.synthetic)
     common = dict(steps=args.steps, warmup=args.warmup, size=args.size, batch=args.batch)
     rows = []
@@ -105,6 +113,17 @@ def main() -> None:
         rows.append({"path": f"ours through `gliomaseg train --precision auto --workers {workers}` (augmentation in loader processes)",
                      "images_per_s": round(rate, 2)})
         rows.append({"path": "  the same after its first step", "images_per_s": steady})
+    library = tcmalloc()
+    if library and library not in os.environ.get("LD_PRELOAD", ""):
+        # The allocator is picked when a process starts, so this row runs in a process of its own.
+        command = [sys.executable, __file__, "--auto-row-in", str(data), "--steps", str(args.steps), "--size", str(args.size), "--batch", str(args.batch)]
+        done = subprocess.run(command, env={**os.environ, "LD_PRELOAD": library}, capture_output=True, text=True, check=True)
+        rate, steady = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"path": f"ours through `gliomaseg train --precision auto`, tcmalloc preloaded (LD_PRELOAD={library})",
+                     "images_per_s": round(rate, 2)})
+        rows.append({"path": "  the same after its first step", "images_per_s": steady})
+    else:
+        print("tcmalloc row left out: " + ("already preloaded for every row" if library else "no tcmalloc (apt-get install libtcmalloc-minimal4)"), flush=True)
     base = rows[0]["images_per_s"]
     for row in rows:
         row["speedup"] = f"{row['images_per_s'] / base:.2f}x" if row["images_per_s"] else "-"
