@@ -32,6 +32,9 @@ from gliomaseg.losses import build_loss  # noqa: E402
 from gliomaseg.models import build_model  # noqa: E402
 
 
+ROW_MARK = "auto row: "  # how the second process's one result line is found among whatever else it prints
+
+
 def measure(data: Path, *, cache: bool, channels_last: bool, bf16: bool, workers: int, steps: int, warmup: int, size: int, batch: int) -> float:
     torch.manual_seed(0)
     dataset = SliceDataset(data / "data_train.csv", transform=train_transforms(), cache=cache, image_size=size)
@@ -87,7 +90,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.warmup = 2, 1
     if args.auto_row_in:
-        print(json.dumps(lightning_path(args.auto_row_in, args.steps, args.size, args.batch, "auto")[:2]))
+        print(ROW_MARK + json.dumps(lightning_path(args.auto_row_in, args.steps, args.size, args.batch, "auto")[:2]))
         return
     data, source = prepared_data(not args.synthetic)
     common = dict(steps=args.steps, warmup=args.warmup, size=args.size, batch=args.batch)
@@ -113,17 +116,18 @@ def main() -> None:
         rows.append({"path": f"ours through `gliomaseg train --precision auto --workers {workers}` (augmentation in loader processes)",
                      "images_per_s": round(rate, 2)})
         rows.append({"path": "  the same after its first step", "images_per_s": steady})
-    library = tcmalloc()
-    if library and library not in os.environ.get("LD_PRELOAD", ""):
+    library, preloaded = tcmalloc(), os.environ.get("LD_PRELOAD", "")
+    if library and not preloaded:
         # The allocator is picked when a process starts, so this row runs in a process of its own.
         command = [sys.executable, __file__, "--auto-row-in", str(data), "--steps", str(args.steps), "--size", str(args.size), "--batch", str(args.batch)]
-        done = subprocess.run(command, env={**os.environ, "LD_PRELOAD": library}, capture_output=True, text=True, check=True)
-        rate, steady = json.loads(done.stdout.strip().splitlines()[-1])
+        done = subprocess.run(command, env={**os.environ, "LD_PRELOAD": library}, stdout=subprocess.PIPE, text=True, check=True)  # stderr shows
+        rate, steady = json.loads(next(line for line in done.stdout.splitlines() if line.startswith(ROW_MARK))[len(ROW_MARK):])
         rows.append({"path": f"ours through `gliomaseg train --precision auto`, tcmalloc preloaded (LD_PRELOAD={library})",
                      "images_per_s": round(rate, 2)})
         rows.append({"path": "  the same after its first step", "images_per_s": steady})
     else:
-        print("tcmalloc row left out: " + ("already preloaded for every row" if library else "no tcmalloc (apt-get install libtcmalloc-minimal4)"), flush=True)
+        print("tcmalloc row left out: " + (f"LD_PRELOAD={preloaded} already applies to every row" if preloaded
+                                           else "no tcmalloc (apt-get install libtcmalloc-minimal4)"), flush=True)
     base = rows[0]["images_per_s"]
     for row in rows:
         row["speedup"] = f"{row['images_per_s'] / base:.2f}x" if row["images_per_s"] else "-"

@@ -20,7 +20,7 @@ import onnx
 
 from gliomaseg.assets import SHIPPED_MODEL, SHIPPED_MODEL_CARD
 from gliomaseg.export import export_onnx
-from gliomaseg.data.files import write_bytes, write_text
+from gliomaseg.data.files import atomic_write, write_text
 from gliomaseg.model_card import render_markdown
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "gliomaseg" / "assets"
@@ -45,16 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         proto = onnx.load(result["path"])
         for prop in proto.metadata_props:
             prop.value = _relative(prop.value, data_dir)
-        staged = Path(tmp) / "staged.onnx"
-        onnx.save(proto, str(staged))
-        size = staged.stat().st_size
+        size = proto.ByteSize()
         if size > MAX_BYTES:  # refused before anything in assets/ is touched: the shipped model stays as it was
             print(f"{args.run / 'best.ckpt'}: {size / 2**20:.1f} MiB as ONNX is over the {MAX_BYTES / 2**20:.0f} MiB limit; "
                   "not shipped", file=sys.stderr)
             return 1
         card = json.loads(_relative(json.dumps(result["card"]), data_dir))
         text = render_markdown(card) + "\n" + args.reproduce.read_text()
-        write_bytes(staged.read_bytes(), target)
+        atomic_write(target, lambda tmp_file: onnx.save(proto, str(tmp_file)))  # each file whole or not at all
         write_text(text, ASSETS / SHIPPED_MODEL_CARD)
     print(f"shipped {target} ({size / 2**20:.1f} MiB, ONNX vs PyTorch max abs logit difference {result['max_abs_diff']:.1e}) "
           f"and {ASSETS / SHIPPED_MODEL_CARD}")

@@ -12,20 +12,14 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import read_image, read_mask, read_slices_csv, write_csv
+from gliomaseg.data.files import write_csv
+from gliomaseg.data.sources import open_source
 from gliomaseg.errors import InputWarning
+from gliomaseg.evaluation import truth_masks, score_masks
 from gliomaseg.inference.predictor import load_checkpoint
 from gliomaseg.inference.segment import segment
-from gliomaseg.metrics import confusion_numpy, dice
-
-
-def volume_dice(predicted: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    """3D Dice of a patient's masks stacked as one volume."""
-    tp, fp, fn, _ = confusion_numpy(np.stack(predicted), np.stack(truth))
-    return dice(tp, fp, fn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,17 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     predictor = load_checkpoint(args.checkpoint)
-    rows = []
-    warnings.simplefilter("ignore", InputWarning)  # one slice at a time is the point here
-    for patient, group in read_slices_csv(args.csv).groupby("patient", sort=False):
-        images = [read_image(path) for path in group["image_path"]]
-        truth = [(read_mask(path) > 0).astype(np.uint8) for path in group["mask_path"]]
-        whole = segment(predictor, images)[1]
-        alone = [segment(predictor, [image])[1][0] for image in images]
-        rows.append({"patient": patient, "slices": len(images), "dice_3d_whole_patient": volume_dice(whole, truth),
-                     "dice_3d_slice_alone": volume_dice(alone, truth)})
-        print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
+    patients, _ = open_source(args.csv, strict=True)
+    whole, alone = [], []
+    for patient in patients:
+        images = [item.image(lenient=False) for item in patient.slices]
+        truths = truth_masks(patient)
+        whole.append((patient, segment(predictor, images)[1], truths))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)  # one slice at a time is the point here
+            alone.append((patient, [segment(predictor, [image])[1][0] for image in images], truths))
+        print(f"{patient.name}: {len(images)} slices", flush=True)
+    # scored as `gliomaseg evaluate` scores: each patient's slices as one volume
+    table = pd.DataFrame({"patient": [p.name for p in patients], "slices": [len(p.slices) for p in patients],
+                          "dice_3d_whole_patient": score_masks(whole)[1].set_index("patient").loc[[p.name for p in patients], "dice_3d"].to_numpy(),
+                          "dice_3d_slice_alone": score_masks(alone)[1].set_index("patient").loc[[p.name for p in patients], "dice_3d"].to_numpy()})
     table["difference"] = table["dice_3d_slice_alone"] - table["dice_3d_whole_patient"]
     write_csv(table, args.out)
     print(table[["dice_3d_whole_patient", "dice_3d_slice_alone", "difference"]].describe().round(4).to_string())

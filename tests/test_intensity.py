@@ -179,6 +179,16 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
     val = pd.read_csv(prepared / "data_val.csv")
     assert given and min(given) > 1 and set(given) <= set(val.groupby("patient").size())  # whole validation patients
 
+    # scripts/single_slice.py: each patient whole once, then each of its slices alone (standardized by itself)
+    script = _single_slice_script()
+    sizes, real = [], script.segment
+    monkeypatch.setattr(script, "segment", lambda predictor, images, *a, **k: (sizes.append(len(images)), real(predictor, images, *a, **k))[1])
+    assert script.main([str(tmp_path / "run" / "best.ckpt"), str(prepared / "data_val.csv"), "--out", str(tmp_path / "single.csv")]) == 0
+    expected = []
+    for count in val.groupby("patient", sort=False).size():
+        expected += [count] + [1] * count
+    assert sizes == expected and len(pd.read_csv(tmp_path / "single.csv")) == val["patient"].nunique()
+
     # int8 calibration and its check load their slices the way the model sees them
     import gliomaseg.quantization as quantization
 
@@ -231,16 +241,25 @@ def test_calibration_and_check_slices_are_standardized_like_segment(prepared: Pa
 def test_single_slice_script_scores_each_patient_whole_and_one_slice_at_a_time(trained_run: Path, prepared: Path, tmp_path: Path):
     """scripts/single_slice.py: one row a validation patient; a model that sees slices as read (no per-patient
     step) gives the same masks either way, so only batch-size rounding can move its Dice."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "single_slice.py"
-    spec = importlib.util.spec_from_file_location("single_slice", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _single_slice_script()
     assert module.main([str(trained_run / "best.ckpt"), str(prepared / "data_val.csv"), "--out", str(tmp_path / "s.csv")]) == 0
     table = pd.read_csv(tmp_path / "s.csv")
     val = pd.read_csv(prepared / "data_val.csv")
     assert sorted(table["patient"]) == sorted(val["patient"].unique())
     assert table["slices"].tolist() == [int((val["patient"] == p).sum()) for p in table["patient"]]
     assert table["difference"].abs().max() < 0.01
-    assert module.volume_dice([np.array([[1, 1], [0, 0]])], [np.array([[1, 0], [0, 0]])]) == pytest.approx(2 / 3)
+    from gliomaseg.evaluation import evaluate
+
+    evaluate(trained_run / "best.ckpt", prepared / "data_val.csv", tmp_path / "eval", compare=False, tta="none")
+    evaluated = pd.read_csv(tmp_path / "eval" / "patients.csv").set_index("patient")["dice_3d"]
+    assert table.set_index("patient")["dice_3d_whole_patient"].to_dict() == pytest.approx(evaluated.to_dict(), abs=1e-9)  # as `evaluate` scores
+
+
+def _single_slice_script():
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "single_slice.py"
+    spec = importlib.util.spec_from_file_location("single_slice", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

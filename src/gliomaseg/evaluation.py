@@ -66,7 +66,8 @@ def held_out_counts(patients: list[PatientInput], csv: str | None) -> dict | Non
     return {"csv": str(csv), "slices": int(slices), "patients": len({p.name for p in patients} & set(other["patient"]))}
 
 
-def _truth_masks(patient: PatientInput) -> list[np.ndarray]:
+def truth_masks(patient: PatientInput) -> list[np.ndarray]:
+    """The truth masks of a patient's slices, uint8 0/1 (H, W) each; an error names the first slice without one."""
     truths = []
     for item in patient.slices:
         truth = item.mask()
@@ -172,7 +173,7 @@ def evaluate(
     cases = []
     for patient in patients:
         images = [item.image(lenient=False) for item in patient.slices]
-        truths = _truth_masks(patient)
+        truths = truth_masks(patient)
         probs, raw = segment(predictor, images, threshold, batch_size=batch_size)
         cases.append((patient, raw, truths))
         for name, steps in variants.items():
@@ -237,7 +238,7 @@ def score(pred: str | Path, truth: str | Path, out: str | Path, spacing: tuple[f
     if not pred.is_dir():
         raise DataError(f"{pred}: prediction folder does not exist")
     patients, _ = open_source(truth, strict=True)
-    slices, patient_scores, report = score_masks(((p, _prediction_slices(pred, p), _truth_masks(p)) for p in patients), spacing)
+    slices, patient_scores, report = score_masks(((p, _prediction_slices(pred, p), truth_masks(p)) for p in patients), spacing)
     summary = {
         "checkpoint": None,
         "predictions": str(pred.resolve()),
