@@ -47,6 +47,7 @@ def test_runner_writes_results_then_skips_finished_runs(two_runs: Path, prepared
     configs = {name: json.loads((out / "two" / name / "config.json").read_text()) for name in ("dice", "image-split")}
     assert configs["dice"]["loss"] == "dice" and configs["image-split"]["loss"] == "bce"  # what a run compares beats the preset
     assert configs["dice"]["optimizer"] == "adam" and configs["dice"]["image_size"] == 64  # the cpu preset, then the command line
+    assert configs["dice"]["intensity"] == "patient"  # the cpu preset's recipe standardizes each patient
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -202,7 +203,10 @@ def test_shipped_experiments_load():
     plain, standardized = load_experiment("crossval"), load_experiment("crossval_intensity")
     assert standardized.score_last and [(r.name, r.split) for r in standardized.runs] == [(r.name, r.split) for r in plain.runs]
     for a, b in zip(plain.runs, standardized.runs):
-        assert {k: v for k, v in b.options.items() if k != "intensity"} == a.options and b.options["intensity"] == "patient"
+        assert {k: v for k, v in b.options.items() if k != "intensity"} == {k: v for k, v in a.options.items() if k != "intensity"}
+        assert (a.options["intensity"], b.options["intensity"]) == ("fixed", "patient")
+    # the levers compare against the recipe they were measured with, whatever the cpu preset has become
+    assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
         load_experiment("encoder")
 
