@@ -263,3 +263,19 @@ def _single_slice_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_standardize_equals_the_z_score_formula_pixel_by_pixel():
+    """The lookup-table implementation gives exactly the float32 formula of the module docstring."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    image[:5] = rng.integers(0, BRAIN_THRESHOLD + 1, (5, 50, 3), dtype=np.uint8)  # some background rows
+    mean, std = patient_statistics([image])
+    pixels = image[image.max(axis=2) > BRAIN_THRESHOLD].astype(np.float64)
+    np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-9)
+    z = (image.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
+    want = np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255).astype(np.uint8)
+    want[image.max(axis=2) <= BRAIN_THRESHOLD] = 0
+    np.testing.assert_array_equal(standardize(image, mean, std), want)
+    np.testing.assert_array_equal(brain_mask(image), image.max(axis=2) > BRAIN_THRESHOLD)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -48,7 +49,8 @@ def check_intensity(mode: str) -> str:
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels brighter than :data:`BRAIN_THRESHOLD` in any channel of an (H, W, 3) uint8 slice."""
-    return image.max(axis=2) > BRAIN_THRESHOLD
+    # channel by channel: numpy's max over a length-3 last axis is about 15x slower on (256, 256, 3)
+    return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > BRAIN_THRESHOLD
 
 
 def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,25 +59,28 @@ def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nda
     A patient with no brain pixels at all (every slice dark) gets mean 0 and std 1 (no division by
     zero); standardized, all of its pixels are background, 0.
     """
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    count = 0
+    # uint8 pixels: a histogram per channel gives the exact sums without a float copy of every pixel
+    histogram = np.zeros((3, 256), np.int64)
     for image in images:
-        pixels = image[brain_mask(image)].astype(np.float64)  # (K, 3)
-        total += pixels.sum(axis=0)
-        squares += (pixels**2).sum(axis=0)
-        count += len(pixels)
+        pixels = image[brain_mask(image)]  # (K, 3) uint8
+        for channel in range(3):
+            histogram[channel] += np.bincount(pixels[:, channel], minlength=256)
+    count = int(histogram[0].sum())
     if count == 0:
         return np.zeros(3), np.ones(3)
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    values = np.arange(256, dtype=np.float64)
+    mean = histogram @ values / count
+    std = np.sqrt(np.maximum(histogram @ values**2 / count - mean**2, 0.0))
     return mean, np.where(std > 1e-6, std, 1.0)
 
 
 def standardize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """One (H, W, 3) uint8 slice z-scored with its patient's statistics, back in uint8; background stays 0."""
-    z = (image.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
-    out = np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255).astype(np.uint8)
+    # every uint8 value's result, per channel, looked up: the same float32 arithmetic, once per value not per pixel
+    values = np.arange(256, dtype=np.float32)[:, None]
+    z = (values - mean.astype(np.float32)) / std.astype(np.float32)
+    table = np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255).astype(np.uint8).reshape(256, 1, 3)
+    out = cv2.LUT(np.ascontiguousarray(image), table)
     out[~brain_mask(image)] = 0
     return out
 
