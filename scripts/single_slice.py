@@ -39,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", InputWarning)  # one slice at a time is the point here
             alone.append((patient, [segment(predictor, [image])[1][0] for image in images], truths))
         print(f"{patient.name}: {len(images)} slices", flush=True)
-    # scored as `gliomaseg evaluate` scores: each patient's slices as one volume
-    table = pd.DataFrame({"patient": [p.name for p in patients], "slices": [len(p.slices) for p in patients],
-                          "dice_3d_whole_patient": score_masks(whole)[1].set_index("patient").loc[[p.name for p in patients], "dice_3d"].to_numpy(),
-                          "dice_3d_slice_alone": score_masks(alone)[1].set_index("patient").loc[[p.name for p in patients], "dice_3d"].to_numpy()})
+    names = [p.name for p in patients]
+
+    def dice_3d(cases: list) -> list[float]:  # scored as `gliomaseg evaluate` scores: each patient's slices as one volume
+        return score_masks(cases)[1].set_index("patient").loc[names, "dice_3d"].tolist()
+
+    table = pd.DataFrame({"patient": names, "slices": [len(p.slices) for p in patients],
+                          "dice_3d_whole_patient": dice_3d(whole), "dice_3d_slice_alone": dice_3d(alone)})
     table["difference"] = table["dice_3d_slice_alone"] - table["dice_3d_whole_patient"]
     write_csv(table, args.out)
     print(table[["dice_3d_whole_patient", "dice_3d_slice_alone", "difference"]].describe().round(4).to_string())

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "case_study_claims.py"
+from script_helpers import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("case_study_claims", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("case_study_claims")
 
 
 def _write(folder: Path, name: str, scores: dict[str, float]) -> None:

@@ -19,6 +19,7 @@ from gliomaseg.data.intensity import (BRAIN_THRESHOLD, Z_CENTRE, Z_SCALE, brain_
 from gliomaseg.errors import CheckpointError, ConfigError, InputWarning
 from gliomaseg.inference.predictor import ModelInfo
 from gliomaseg.inference.segment import predict_probabilities
+from script_helpers import load_script
 
 
 def _slice(values: tuple[int, int, int], size: int = 16) -> np.ndarray:
@@ -180,7 +181,7 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
     assert given and min(given) > 1 and set(given) <= set(val.groupby("patient").size())  # whole validation patients
 
     # scripts/single_slice.py: each patient whole once, then each of its slices alone (standardized by itself)
-    script = _single_slice_script()
+    script = load_script("single_slice")
     sizes, real = [], script.segment
     monkeypatch.setattr(script, "segment", lambda predictor, images, *a, **k: (sizes.append(len(images)), real(predictor, images, *a, **k))[1])
     assert script.main([str(tmp_path / "run" / "best.ckpt"), str(prepared / "data_val.csv"), "--out", str(tmp_path / "single.csv")]) == 0
@@ -241,7 +242,7 @@ def test_calibration_and_check_slices_are_standardized_like_segment(prepared: Pa
 def test_single_slice_script_scores_each_patient_whole_and_one_slice_at_a_time(trained_run: Path, prepared: Path, tmp_path: Path):
     """scripts/single_slice.py: one row a validation patient; a model that sees slices as read (no per-patient
     step) gives the same masks either way, so only batch-size rounding can move its Dice."""
-    module = _single_slice_script()
+    module = load_script("single_slice")
     assert module.main([str(trained_run / "best.ckpt"), str(prepared / "data_val.csv"), "--out", str(tmp_path / "s.csv")]) == 0
     table = pd.read_csv(tmp_path / "s.csv")
     val = pd.read_csv(prepared / "data_val.csv")
@@ -253,16 +254,6 @@ def test_single_slice_script_scores_each_patient_whole_and_one_slice_at_a_time(t
     evaluate(trained_run / "best.ckpt", prepared / "data_val.csv", tmp_path / "eval", compare=False, tta="none")
     evaluated = pd.read_csv(tmp_path / "eval" / "patients.csv").set_index("patient")["dice_3d"]
     assert table.set_index("patient")["dice_3d_whole_patient"].to_dict() == pytest.approx(evaluated.to_dict(), abs=1e-9)  # as `evaluate` scores
-
-
-def _single_slice_script():
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "single_slice.py"
-    spec = importlib.util.spec_from_file_location("single_slice", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_standardize_equals_the_z_score_formula_pixel_by_pixel():

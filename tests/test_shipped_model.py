@@ -13,6 +13,7 @@ import pytest
 from gliomaseg.assets import SHIPPED_MODEL_CARD, shipped_model_path
 from gliomaseg.cli import main
 from gliomaseg.inference.runtime import OnnxPredictor
+from script_helpers import load_script
 
 
 def test_shipped_model_metadata_and_card():
@@ -52,15 +53,11 @@ def test_predict_without_a_model_uses_the_shipped_one(tmp_path: Path, capsys):
 
 def test_ship_model_script_writes_model_and_card_without_machine_paths(trained_run: Path, prepared: Path, tmp_path: Path, monkeypatch):
     """scripts/ship_model.py on a run trained from CSVs (no --data, as an experiment's runs are)."""
-    import importlib.util
     import shutil
 
     from gliomaseg.evaluation import evaluate
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"
-    spec = importlib.util.spec_from_file_location("ship_model", script)
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = load_script("ship_model")
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(trained_run / "best.ckpt", run / "best.ckpt")
