@@ -30,7 +30,7 @@ from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES, check_intensity
 from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.data.files import read_slices_csv, write_text
-from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
+from gliomaseg.data.transforms import CASE_STUDY_SCALE, IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from gliomaseg.errors import ConfigError, DataError, TrainingDivergedError
 from gliomaseg.losses import build_loss
 from gliomaseg.metrics import confusion, patient_table, slice_table
@@ -84,6 +84,13 @@ class TrainConfig:
     cache: bool = field(default=True, metadata={"help": "keep decoded slices in memory (--no-cache: decode them every epoch)"})
     channels_last: bool = True
     augment: bool = True
+    missing_sequence_p: float = field(default=0.0, metadata={"help": (
+        "probability that a training slice gets pre- and/or post-contrast replaced by FLAIR, as kaggle_3m stores a "
+        "missing sequence (0: never)")})
+    intensity_augment_p: float = field(default=0.0, metadata={"help": (
+        "probability of a per-channel contrast/brightness/gamma change on a training slice's brain pixels (0: never)")})
+    scale_min: float = field(default=CASE_STUDY_SCALE[0], metadata={"help": "smallest zoom of the training Affine"})
+    scale_max: float = field(default=CASE_STUDY_SCALE[1], metadata={"help": "largest zoom of the training Affine"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from last.ckpt"})
     progress: bool = True
     limit_train_batches: float | int | None = field(default=None, metadata={"hidden": True})
@@ -124,6 +131,11 @@ class TrainConfig:
         if not self.oversample >= 1:
             raise ConfigError(f"oversample must be 1 (no oversampling) or more, got {self.oversample}")
         check_intensity(self.intensity)
+        for name in ("missing_sequence_p", "intensity_augment_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be a probability from 0 to 1, got {getattr(self, name)}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"scale-min and scale-max must be positive with min <= max, got {self.scale_min}, {self.scale_max}")
         build_loss(self.loss)
 
     @classmethod
@@ -380,7 +392,9 @@ def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader, Path, Pa
     if shared:
         raise DataError(f"{val_csv}: {len(shared)} slice(s) are also in {train_csv}, e.g. {sorted(shared)[0]}")
     mean, std = encoder_normalization(config.encoder, config.encoder_weights)
-    train_set = SliceDataset(train_frame, train_transforms(mean, std) if config.augment else eval_transforms(mean, std),
+    augmentation = train_transforms(mean, std, config.missing_sequence_p, config.intensity_augment_p,
+                                    (config.scale_min, config.scale_max))
+    train_set = SliceDataset(train_frame, augmentation if config.augment else eval_transforms(mean, std),
                              config.cache, config.image_size, intensity=config.intensity)
     val_set = SliceDataset(val_frame, eval_transforms(mean, std), config.cache, config.image_size, native_masks=True,
                            intensity=config.intensity)
