@@ -1,7 +1,7 @@
 """Turn a kaggle_3m-style folder tree (read through :mod:`gliomaseg.data.sources`) into CSVs and split it by patient (or, on purpose, by slice).
 
 Outputs (all written atomically, and only after every slice was validated):
-``data_info.csv`` (patient, slice, image_path, mask_path, diagnosis), ``data_train.csv`` and
+``data_info.csv`` (patient, slice, image_path, mask_path, diagnosis, missing_sequences), ``data_train.csv`` and
 ``data_val.csv`` for the patient split, ``data_train_split_by_img.csv`` / ``data_val_split_by_img.csv``
 for the slice split, ``data_folds.csv`` (with a ``fold`` column) and ``data_fold<k>_train.csv`` /
 ``data_fold<k>_val.csv`` for cross-validation, and
@@ -19,10 +19,12 @@ import pandas as pd
 from sklearn.model_selection import KFold, train_test_split
 
 from gliomaseg.data.files import SLICE_SIZE, read_slice_pair, write_csv
+from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import open_source
-from gliomaseg.errors import DataError
+from gliomaseg.errors import DataError, InputWarning
 
-INFO_COLUMNS = ["patient", "slice", "image_path", "mask_path", "diagnosis"]
+# The case study's columns, then the patient's sequences that are a copy of FLAIR (gliomaseg.data.sequences).
+INFO_COLUMNS = ["patient", "slice", "image_path", "mask_path", "diagnosis", "missing_sequences"]
 
 
 @dataclass
@@ -54,6 +56,7 @@ def scan_folder(data_path: str | Path, *, skip_bad: bool = False, expected_size:
         patients, problems = [], []
     rows: list[dict] = []
     for patient in patients:
+        check, first = SequenceCheck(), len(rows)
         if patient.geometry is not None:
             raise DataError(f"{patient.slices[0].image_path}: prepare reads kaggle_3m slice files; NIfTI cases can be predicted "
                             "and scored, but not prepared for training")
@@ -65,7 +68,7 @@ def scan_folder(data_path: str | Path, *, skip_bad: bool = False, expected_size:
                 problems.append((str(item.image_path), "image has no mask (expected a file ending in _mask.tif)"))
                 continue
             try:
-                _, mask = read_slice_pair(item.image_path, item.mask_path, expected_size)
+                image, mask = read_slice_pair(item.image_path, item.mask_path, expected_size)
             except DataError as exc:
                 problems.append(_split_problem(exc, item.image_path))
                 continue
@@ -78,6 +81,12 @@ def scan_folder(data_path: str | Path, *, skip_bad: bool = False, expected_size:
                     "diagnosis": int(mask.any()),
                 }
             )
+            check.add(image)
+        missing = check.missing()
+        if missing and len(rows) > first:
+            warnings.warn(warning_text(patient.name, missing), InputWarning, stacklevel=2)
+        for row in rows[first:]:
+            row["missing_sequences"] = describe(missing)
     if problems and not skip_bad:
         path, problem = problems[0]
         more = f" ({len(problems) - 1} more problem(s); --skip-bad skips them and lists them in skipped.csv)"
@@ -134,7 +143,7 @@ def assign_folds(info: pd.DataFrame, folds: int, seed: int = 42) -> pd.DataFrame
 
 
 def summarize(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Patients, slices and tumour / no-tumour slices per split."""
+    """Patients, slices and tumour / no-tumour slices per split, and the patients with a missing sequence."""
     rows = []
     for name, frame in splits.items():
         tumour = int(frame["diagnosis"].sum())
@@ -145,6 +154,8 @@ def summarize(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
                 "slices": len(frame),
                 "tumour_slices": tumour,
                 "no_tumour_slices": len(frame) - tumour,
+                "missing_sequence_patients": int(frame.loc[frame["missing_sequences"] != "", "patient"].nunique())
+                if "missing_sequences" in frame else 0,
             }
         )
     return pd.DataFrame(rows)

@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import warnings
+
 import cv2
 import numpy as np
 import pandas as pd
 
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume, write_bytes, write_csv
 from gliomaseg.data.nifti import write_mask_volume
+from gliomaseg.data.sequences import describe, missing_sequences, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
-from gliomaseg.errors import DataError
+from gliomaseg.errors import DataError, InputWarning
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
 from gliomaseg.metrics import confusion_numpy, dice, iou
@@ -63,6 +66,8 @@ def predict(
     Writes per slice ``<slice>_pred.png`` (0/255 at the input's size; for a NIfTI case one
     ``<case>_mask.nii.gz`` instead, with the input's shape, affine and header), ``<slice>_overlay.png``,
     per patient ``<patient>.gif``, and ``predictions.csv``, ``patients.csv`` (``skipped.csv`` for bad files).
+    Both tables have a ``missing_sequences`` column (:mod:`gliomaseg.data.sequences`: the slice's or the patient's
+    channels that are a copy of FLAIR, empty when none); a patient with one gets an :class:`InputWarning`.
     Grayscale and 16-bit slices are skipped (listed in ``skipped.csv`` with the reason) unless
     ``allow_grayscale`` / ``allow_16bit``; allowed 16-bit slices are scaled per patient
     (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem.
@@ -85,6 +90,9 @@ def predict(
             continue
         scaled = scale_volume([image for _, image, _ in loaded])
         loaded = [(item, image, truth) for (item, _, truth), image in zip(loaded, scaled)]
+        missing = missing_sequences(image for _, image, _ in loaded)
+        if missing:
+            warnings.warn(warning_text(patient.name, missing), InputWarning, stacklevel=2)
         probs, masks = segment(predictor, [image for _, image, _ in loaded], threshold, tta, postprocess, batch_size)
         folder = out / patient.name
         volume_out = None
@@ -96,6 +104,7 @@ def predict(
             row = {
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
                 "tumour_pixels": int(mask.sum()), "max_probability": float(prob.max()),
+                "missing_sequences": describe(missing_sequences([image])),
                 "mask_out": volume_out or str(_write_png(folder / f"{item.name}_pred.png", mask * 255)),
             }
             if overlays or gifs:
@@ -112,6 +121,7 @@ def predict(
             "slices": len(loaded),
             "slices_with_tumour": int(sum(m.any() for m in masks)),
             "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
+            "missing_sequences": describe(missing),
         }
         patient_slices = rows[first:]
         if all("tp" in r for r in patient_slices):

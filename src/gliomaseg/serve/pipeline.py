@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+import warnings
+
 from gliomaseg.choices import DEFAULT_BATCH_SIZE
+from gliomaseg.data.sequences import describe, missing_sequences, warning_text
+from gliomaseg.errors import InputWarning
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import segment as segment_slices
 from gliomaseg.metrics import confusion_numpy, dice
@@ -56,6 +60,9 @@ def analyse(predictor, case: Case, options: SegmentOptions) -> CaseResult:
 
     ``dice_3d`` treats the patient's slices as one volume and is given only when every slice has a truth mask.
     """
+    missing = missing_sequences(case.images)
+    if missing:
+        warnings.warn(warning_text(case.name, missing), InputWarning, stacklevel=2)
     probabilities, masks = segment(predictor, case.images, options)
     slices = []
     totals = [0, 0, 0]
@@ -75,6 +82,7 @@ def analyse(predictor, case: Case, options: SegmentOptions) -> CaseResult:
         "slices_with_tumour": int(sum(bool(m.any()) for m in masks)),
         "tumour_slice_numbers": [k + 1 for k, m in enumerate(masks) if m.any()],
         "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
+        "missing_sequences": describe(missing),
     }
     if case.geometry is not None:
         voxel_mm = case.geometry.voxel_mm
