@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gliomaseg.errors import GliomasegError
+from gliomaseg.inference.variants import VARIANT_CHOICES
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
@@ -79,7 +80,9 @@ def _predict(args: argparse.Namespace) -> None:
     from gliomaseg.inference.predictor import open_predictor
 
     predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision,
-                               threads=args.threads)
+                               variant=args.variant, threads=args.threads)
+    if getattr(predictor, "choice", None) is not None:  # which variant of an ONNX model runs (fp32 / int8) and why
+        print(predictor.choice.message())
     if hasattr(predictor, "settings"):  # ONNX Runtime: say which threads and micro-batch it chose
         print(predictor.settings.message())
     result = predict(predictor, args.input, args.out, threshold=args.threshold, batch_size=args.batch_size,
@@ -190,7 +193,9 @@ def _serve(args: argparse.Namespace) -> None:
     from gliomaseg.serve.limits import ServeLimits
     from gliomaseg.serve.pipeline import SegmentOptions
 
-    predictor = open_predictor(args.checkpoint, args.model, device=args.device)
+    predictor = open_predictor(args.checkpoint, args.model, device=args.device, variant=args.variant)
+    if getattr(predictor, "choice", None) is not None:
+        print(predictor.choice.message())
     limits = ServeLimits()
     if args.max_upload_mb is not None:
         limits = replace(limits, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
@@ -297,6 +302,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="masks, contour overlays and GIFs for a slice, a folder or a CSV")
     p.add_argument("--checkpoint", type=Path, help="a training checkpoint (PyTorch)")
     p.add_argument("--model", type=Path, help="an exported model.onnx (ONNX Runtime, no torch); with neither, the model that ships with gliomaseg")
+    p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
+                   help="for an ONNX model with a checked NAME.int8.onnx beside it (the shipped model has one): auto (default) "
+                        "runs whichever is faster on this machine, by a short cached probe; fp32 or int8 force one")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
                    help="kept for older scripts: the backend follows from --checkpoint (torch) or --model / the shipped model (onnx)")
     p.add_argument("--input", required=True, type=Path, nargs="+",
@@ -375,6 +383,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model", type=Path, help="an exported model.onnx (default: the model shipped with gliomaseg)")
     model.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of an ONNX model")
+    p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
+                   help="fp32 / int8 variant of an ONNX model: auto (default: the faster here), fp32 or int8")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this computer only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")

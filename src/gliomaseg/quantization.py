@@ -277,7 +277,10 @@ def write_variant(
     meta = _metadata(fp32_model)
     size = int(meta["image_size"])
     intensity = meta.get("intensity", DEFAULT_INTENSITY)
-    report: dict[str, Any] = {"weights": variant, "max_dice_drop_allowed": max_dice_drop,
+    from gliomaseg.inference.runtime import file_digest
+
+    # fp32_digest pairs the variant with the file it was made from (gliomaseg.inference.variants)
+    report: dict[str, Any] = {"weights": variant, "fp32_digest": file_digest(fp32_model), "max_dice_drop_allowed": max_dice_drop,
                               "max_single_patient_dice_drop_allowed": MAX_PATIENT_DICE_DROP}
     calibration = None
     if variant == "int8":
@@ -314,6 +317,7 @@ def write_variant(
                 f"{report['mask_agreement']:.5f} on {report['check_slices']} slices of {report['check_csv']}"
             )
         _set_metadata(tmp, {**meta, "variant": report})
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is read by whoever runs it
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

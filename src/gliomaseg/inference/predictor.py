@@ -185,12 +185,14 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
 
 
 def open_predictor(checkpoint: str | Path | None = None, model: str | Path | None = None, *, backend: str | None = None,
-                   device: str = "cpu", precision: str = "32", **onnx_options) -> Predictor:
+                   device: str = "cpu", precision: str = "32", variant: str = "auto", **onnx_options) -> Predictor:
     """The predictor a user asked for: a training checkpoint (PyTorch), an exported ONNX model, or,
     with neither, the model that ships with gliomaseg (ONNX, torch-free).
 
     ``backend`` (``torch`` / ``onnx``), when given, must agree with what was passed.
     ``onnx_options`` go to :class:`~gliomaseg.inference.runtime.OnnxPredictor` (e.g. ``threads``).
+    An ONNX model with a checked ``NAME.int8.onnx`` beside it (the shipped one has) runs as whichever of the two
+    is faster here, unless ``variant`` says ``fp32`` or ``int8`` (:mod:`gliomaseg.inference.variants`).
     """
     if checkpoint is not None and model is not None:
         raise CheckpointError(f"give a checkpoint ({checkpoint}) or an ONNX model ({model}), not both")
@@ -200,10 +202,10 @@ def open_predictor(checkpoint: str | Path | None = None, model: str | Path | Non
         raise CheckpointError(f"{checkpoint}: the onnx backend runs an exported model (--model MODEL.onnx), not a checkpoint")
     if checkpoint is not None:
         return load_checkpoint(checkpoint, device=device, precision=precision)
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.inference.variants import open_fastest
 
     if model is None:
         from gliomaseg.assets import shipped_model_path
 
         model = shipped_model_path()
-    return OnnxPredictor(model, **onnx_options)
+    return open_fastest(model, variant, **onnx_options)

@@ -91,6 +91,7 @@ class OnnxPredictor:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model does not exist")
+        self.path = path
         if threads is not None and threads < 1:
             raise CheckpointError(f"{path}: --threads must be at least 1, got {threads}")
         cpus = machine.available_cpus()

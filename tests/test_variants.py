@@ -1,0 +1,91 @@
+"""The fast path by default: an ONNX model's checked int8 variant beside it runs when it is faster here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from gliomaseg.assets import shipped_model_path
+from gliomaseg.errors import CheckpointError
+from gliomaseg.inference import variants
+from gliomaseg.inference.predictor import open_predictor
+from gliomaseg.inference.variants import check_problem, open_fastest, variant_path
+
+
+@pytest.fixture(scope="module")
+def pair(onnx_model: Path, prepared: Path, tmp_path_factory) -> Path:
+    """An fp32 export and its checked int8 variant beside it, named by the rule."""
+    from gliomaseg.export import quantize_model
+
+    folder = tmp_path_factory.mktemp("pair")
+    fp32 = folder / "model.onnx"
+    shutil.copy(onnx_model, fp32)
+    quantize_model(fp32, variant_path(fp32), "int8", check_csv=prepared / "data_val.csv",
+                   calibration_csv=prepared / "data_train.csv", calibration_slices=8)
+    return fp32
+
+
+def _rewrite_variant(path: Path, **changes) -> None:
+    proto = onnx.load(str(path))
+    for prop in proto.metadata_props:
+        if prop.key == "gliomaseg":
+            meta = json.loads(prop.value)
+            meta["variant"].update(changes)
+            prop.value = json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def test_naming_rule():
+    assert variant_path(Path("a/model.onnx")) == Path("a/model.int8.onnx")
+
+
+def test_auto_runs_the_faster_checked_variant(pair: Path, monkeypatch):
+    assert check_problem(pair, variant_path(pair)) is None
+    for faster in ("int8", "fp32"):
+        monkeypatch.setattr(variants, "_best_rate", lambda p, f=faster: 100.0 if p.path.name.count(".int8") == (f == "int8") else 10.0)
+        predictor = open_fastest(pair)
+        assert predictor.choice.variant == faster and predictor.path == (variant_path(pair) if faster == "int8" else pair)
+        assert set(predictor.choice.rates) == {"fp32", "int8"} and "faster than" in predictor.choice.message()
+        assert "slices/s" in predictor.choice.message(verbose=True) and "slices/s" not in predictor.choice.message()
+
+
+def test_forced_variants(pair: Path):
+    assert open_fastest(pair, "fp32").path == pair
+    int8 = open_fastest(pair, "int8")
+    assert int8.path == variant_path(pair) and int8.choice.check["check_patients"] >= 1
+    with pytest.raises(CheckpointError, match="unknown variant"):
+        open_fastest(pair, "fp16")
+
+
+def test_a_variant_that_failed_or_is_another_model_is_never_used(pair: Path, tmp_path: Path):
+    fp32 = tmp_path / "m.onnx"
+    shutil.copy(pair, fp32)
+    sibling = variant_path(fp32)
+    shutil.copy(variant_path(pair), sibling)
+    assert check_problem(fp32, sibling) is None
+    _rewrite_variant(sibling, patient_dice_drop=0.5)
+    assert "failed its check" in check_problem(fp32, sibling)
+    predictor = open_fastest(fp32)
+    assert predictor.path == fp32 and "failed its check" in predictor.choice.reason
+    with pytest.raises(CheckpointError, match="no usable int8 variant"):
+        open_fastest(fp32, "int8")
+    _rewrite_variant(sibling, patient_dice_drop=0.0, fp32_digest="0" * 20)
+    assert "another file" in check_problem(fp32, sibling)
+    sibling.unlink()
+    lone = open_fastest(fp32)
+    assert lone.path == fp32 and lone.choice.variant == "fp32"
+
+
+def test_the_shipped_model_has_a_checked_int8_variant():
+    shipped = shipped_model_path()
+    int8 = variant_path(shipped)
+    assert int8.is_file() and check_problem(shipped, int8) is None
+    assert int8.stat().st_size < shipped.stat().st_size / 3
+    check = variants._metadata(int8)["variant"]
+    assert check["check_patients"] == 13 and check["patient_dice_drop"] <= check["max_dice_drop_allowed"]
+    predictor = open_predictor()
+    assert predictor.choice.variant in ("fp32", "int8") and set(predictor.choice.rates) == {"fp32", "int8"}
