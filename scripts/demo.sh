@@ -9,9 +9,9 @@ echo "== 1/7 synthetic data in the kaggle_3m layout"
 $G synth --out "$OUT/kaggle_synth" --patients 16 --slices 16 --seed 0
 echo "== 2/7 prepare: CSVs, patient split, plots"
 $G prepare --data-path "$OUT/kaggle_synth" --out "$OUT/data"
-echo "== 3/7 train Unet-resnet18 from scratch (128 px, bf16-mixed, cached slices)"
+echo "== 3/7 train Unet-resnet18 from scratch (128 px, fp32 or bf16-mixed as measured here, cached slices)"
 $G train --data "$OUT/data" --out "$OUT/run" --model unet --encoder resnet18 --image-size 128 \
-  --epochs 8 --batch-size 8 --optimizer adam --lr 0.002 --scheduler cosine --precision bf16-mixed --workers 0 --no-progress
+  --epochs 8 --batch-size 8 --optimizer adam --lr 0.002 --scheduler cosine --precision auto --workers 0 --no-progress
 echo "== 4/7 evaluate on the validation patients"
 $G evaluate --checkpoint "$OUT/run/best.ckpt" --csv "$OUT/data/data_val.csv" --out "$OUT/eval"
 echo "== 5/7 predict: masks, contour overlays, one GIF per patient"

@@ -449,3 +449,26 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(small64: Pat
     assert summary["slices"] == len(val)
     for key in ("iou_imagewise", "dice_imagewise", "iou_micro", "dice_micro"):
         assert logged[f"val_{key}"] == pytest.approx(summary[key], abs=1e-4), key
+
+
+def test_decoder_width_travels_with_the_model(prepared: Path, tmp_path: Path):
+    """A lighter Unet decoder (issue 23): trained, stored in the checkpoint, rebuilt by predict, exported to ONNX."""
+    from gliomaseg.errors import CheckpointError, ConfigError
+    from gliomaseg.export import export_onnx
+    from gliomaseg.inference.predictor import ModelInfo, load_checkpoint
+    from gliomaseg.inference.runtime import OnnxPredictor
+
+    result = train(_config(prepared, tmp_path / "run", epochs=1, limit_train_batches=1, decoder_channels="32,16,8,8,4"))
+    predictor = load_checkpoint(result.best_checkpoint)
+    assert predictor.info.decoder_channels == [32, 16, 8, 8, 4]
+    assert predictor.model.segmentation_head[0].in_channels == 4  # the last width feeds the head
+    exported = export_onnx(result.best_checkpoint, tmp_path / "light.onnx")
+    onnx_predictor = OnnxPredictor(exported["path"])
+    assert onnx_predictor.info.decoder_channels == [32, 16, 8, 8, 4]
+    assert exported["card"]["decoder_channels"] == [32, 16, 8, 8, 4]
+    with pytest.raises(ConfigError, match="3 to 5"):
+        _config(prepared, tmp_path / "bad", decoder_channels="8,8").validate()
+    with pytest.raises(ConfigError, match="not FPN"):
+        _config(prepared, tmp_path / "bad", model="fpn", decoder_channels="64,32,16").validate()
+    with pytest.raises(CheckpointError, match="decoder_channels"):
+        ModelInfo.from_dict({**predictor.info.portable(), "decoder_channels": [0, 1]}, "m.onnx")

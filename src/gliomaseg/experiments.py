@@ -186,7 +186,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
     ``score_variants`` adds evaluate's TTA and post-processing table (``variant_*`` columns: per-patient Dice mean).
     """
     from gliomaseg.evaluation import evaluate
-    from gliomaseg.models import build_model, gflops
+    from gliomaseg.models import build_model, gflops, parse_decoder_channels
     from gliomaseg.model_card import write_run_card
     from gliomaseg.precision import probe_device
     from gliomaseg.training import best_epoch, train
@@ -213,7 +213,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
     if score_last:
         last_report = evaluate(run_dir / "last.ckpt", val_csv, run_dir / "eval_last", compare=False, device=device)
         last = {f"{key}_last": last_report[key] for key in ("patient_dice_mean", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise")}
-    model = build_model(config.model, config.encoder)
+    model = build_model(config.model, config.encoder, decoder_channels=parse_decoder_channels(config.decoder_channels))
     return {
         "run": spec.name, "model": summary["model"], "encoder": summary["encoder"], "loss": summary["loss"],
         "split": spec.split, "lowlr": bool(options.get("lowlr", False)), "image_size": config.image_size,

@@ -108,6 +108,7 @@ def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation:
         "architecture": h.get("arch"),
         "encoder": h.get("encoder"),
         "encoder_weights": _weights_origin(h.get("encoder_weights"), h.get("encoder")),
+        "decoder_channels": h.get("decoder_channels") or "smp's default (256, 128, 64, 32, 16)",
         "input": "uint8 RGB axial slice (H, W, 3), channels pre-contrast, FLAIR, post-contrast",
         "output": "per-pixel tumour probability; tumour where probability > threshold",
         "preprocessing": {

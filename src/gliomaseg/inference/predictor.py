@@ -44,6 +44,7 @@ class ModelInfo:
     train_csv: str | None = None
     val_csv: str | None = None
     intensity: str = DEFAULT_INTENSITY  # models from before the option was added saw slices as read
+    decoder_channels: list[int] | None = None  # None: smp's default decoder (256, 128, 64, 32, 16)
 
     @classmethod
     def from_dict(cls, values: object, source: str | Path) -> "ModelInfo":
@@ -95,8 +96,13 @@ class ModelInfo:
         intensity = values.get("intensity", DEFAULT_INTENSITY)
         if intensity not in INTENSITY_MODES:
             raise bad("intensity", f"one of {', '.join(INTENSITY_MODES)}")
+        widths = values.get("decoder_channels")
+        if widths is not None and (not isinstance(widths, (list, tuple)) or not 3 <= len(widths) <= 5 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in widths)):
+            raise bad("decoder_channels", "3 to 5 positive whole numbers, or nothing")
         return cls(arch=values["arch"], encoder=values["encoder"], image_size=size, mean=stats["mean"], std=stats["std"],
-                   threshold=threshold, train_csv=values.get("train_csv"), val_csv=values.get("val_csv"), intensity=intensity)
+                   threshold=threshold, train_csv=values.get("train_csv"), val_csv=values.get("val_csv"), intensity=intensity,
+                   decoder_channels=None if widths is None else [int(v) for v in widths])
 
     def portable(self) -> dict:
         """The description without the training machine's paths (CSV file names only), for exported models."""
@@ -174,7 +180,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
 
     state, info = read_checkpoint(path)
     try:
-        model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None)
+        model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None,
+                            decoder_channels=info.decoder_channels)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     try:

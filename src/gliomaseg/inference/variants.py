@@ -21,7 +21,7 @@ from gliomaseg.errors import CheckpointError
 
 VARIANT_CHOICES = ("auto", "fp32", "int8")
 # The fields a variant must share with its fp32 model to count as the same model.
-SAME_MODEL_FIELDS = ("arch", "encoder", "image_size", "intensity", "threshold", "mean", "std")
+SAME_MODEL_FIELDS = ("arch", "encoder", "decoder_channels", "image_size", "intensity", "threshold", "mean", "std")
 
 
 def variant_path(model: str | Path, variant: str = "int8") -> Path:
