@@ -79,3 +79,21 @@ def test_training_records_the_chosen_precision(trained_run):
     assert summary["precision"] in (FP32, BF16) and choice["precision"] == summary["precision"]
     assert choice["source"] in ("probe", "cache") and set(choice["images_per_second"]) == {FP32, BF16}
     assert json.loads((trained_run / "config.json").read_text())["precision"] == "auto"
+
+
+def test_a_cpu_without_bf16_instructions_probes_fp32_only(monkeypatch):
+    """On an AVX2-only x86 CPU bf16 is emulated (9x slower measured): the probe does not spend its time on it."""
+    import platform
+
+    from gliomaseg import precision
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(machine, "cpu_has", lambda flag: flag not in precision.BF16_CPU_FLAGS)
+    assert not precision.cpu_runs_bf16()
+    readings = iter(float(i) for i in range(100))
+    rates = probe_rates("unet", "resnet18", 32, batch=2, steps=2, clock=lambda: next(readings))
+    assert rates[BF16] == 0.0 and rates[FP32] == 2.0  # only fp32 steps were timed: 1 s each on the fake clock
+    choice = decide(rates)
+    assert choice.precision == FP32 and "no bf16 instructions" in choice.reason
+    monkeypatch.setattr(machine, "cpu_has", lambda flag: flag == "amx_bf16")
+    assert precision.cpu_runs_bf16()
