@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
 import warnings
 from pathlib import Path
@@ -21,47 +22,75 @@ from gliomaseg.errors import DataError, GliomasegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 SLICE_SIZE = (256, 256)
+# The one owner of the size limits of decoded input (README "Data"); the viewer uses the same values.
 # The largest slice side read: kaggle_3m slices are 256 px; a 44 KB PNG can claim 6000x6000 (108 MB decoded).
 MAX_IMAGE_SIDE = 4096
+# The memory budget of one decoded input (a slice, a mask, a whole NIfTI volume as it is held after scaling),
+# checked from the header before any pixel is decoded: 512 MiB, a 4096x4096 RGBA 16-bit slice is 128 MiB.
+MAX_DECODED_BYTES = 512 * 1024 * 1024
 # 16-bit slices, when allowed, are scaled per volume from these percentiles to 0..255.
 DEEP_PERCENTILES = (0.5, 99.5)
+# Bytes a decoded pixel may take: OpenCV returns up to 4 channels of 16 bits (IMREAD_UNCHANGED).
+_PIXEL_BYTES = 8
 
 
-def _check_dimensions(path: Path, raw: np.ndarray) -> None:
-    """Refuse an image whose header claims a side over :data:`MAX_IMAGE_SIDE`, before decoding its pixels.
+def _check_dimensions(path: Path, raw: np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> None:
+    """Refuse an image whose header claims a side over ``max_side`` (:data:`MAX_IMAGE_SIDE`) or more decoded
+    bytes than :data:`MAX_DECODED_BYTES`, before decoding its pixels.
 
-    Pillow reads only the header here; a file Pillow cannot identify is left to OpenCV, whose own
-    limit (2^30 pixels) still applies.
+    Pillow reads only the header here. A file whose header Pillow cannot read is refused as not an image:
+    every slice format gliomaseg accepts (:data:`IMAGE_SUFFIXES`) has a header Pillow reads, and letting
+    OpenCV decode an unchecked file would give up the guard (its own limit is 2^30 pixels).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(raw.tobytes())) as header:
-            width, height = header.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return
-    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
-        raise DataError(f"{path}: image of {width}x{height} pixels is larger than the limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
+            with Image.open(io.BytesIO(raw.tobytes())) as header:
+                width, height = header.size
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own pixel limit: the side check refuses it
+        found = re.search(r"(\d+) pixels", str(exc))
+        raise DataError(f"{path}: image of {found.group(1) if found else 'too many'} pixels is larger than the limit of "
+                        f"{max_side}x{max_side}") from None
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...) for a bad header
+        raise DataError(f"{path}: file does not decode as an image (corrupt, truncated or unsupported format: "
+                        f"{type(exc).__name__})") from None
+    if width > max_side or height > max_side:
+        raise DataError(f"{path}: image of {width}x{height} pixels is larger than the limit of {max_side}x{max_side}")
+    decoded = width * height * _PIXEL_BYTES
+    if decoded > MAX_DECODED_BYTES:
+        raise DataError(f"{path}: image of {width}x{height} pixels may decode to {decoded / 2**20:.0f} MiB, more than "
+                        f"the memory budget of {MAX_DECODED_BYTES / 2**20:.0f} MiB")
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     # np.fromfile + imdecode instead of cv2.imread: works for any Unicode path on every platform.
-    raw = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        raw = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     if raw.size == 0:
         raise DataError(f"{path}: file is empty")
-    _check_dimensions(path, raw)
-    array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    _check_dimensions(path, raw, max_side)
+    try:
+        array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
     if array is None:
         raise DataError(f"{path}: file does not decode as an image (corrupt, truncated or unsupported format)")
+    if max(array.shape[:2]) > max_side:  # a header that lied about its size
+        raise DataError(f"{path}: image of {array.shape[1]}x{array.shape[0]} pixels is larger than the limit of {max_side}x{max_side}")
     return array
 
 
-def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool = False, allow_16bit: bool = False) -> np.ndarray:
+def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool = False, allow_16bit: bool = False,
+               max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Read an MRI slice as RGB, shape (H, W, 3): uint8, or uint16 when ``allow_16bit`` and the file is 16-bit.
 
     The model was trained on 8-bit RGB slices whose channels are pre-contrast, FLAIR and post-contrast.
@@ -69,10 +98,11 @@ def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool
     refused by default with an error that says why. ``allow_grayscale`` copies a grayscale slice into the
     three channels; ``allow_16bit`` returns the 16-bit values for :func:`scale_volume` to map a whole
     patient to 0..255 (each with a warning naming the file). ``lenient`` (inference) drops an alpha
-    channel with a warning; strict reading (datasets) refuses it.
+    channel with a warning; strict reading (datasets) refuses it. ``max_side`` (at most :data:`MAX_IMAGE_SIDE`)
+    refuses a larger image from its header.
     """
     path = Path(path)
-    array = _decode(path)
+    array = _decode(path, max_side)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[:, :, :3]
         if lenient:
@@ -117,10 +147,13 @@ def scale_volume(images: list[np.ndarray]) -> list[np.ndarray]:
             for im in images]
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as uint8 of 0/1, shape (H, W). The file must hold only 0 and 255 (or 0 and 1)."""
+def read_mask(path: str | Path, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
+    """Read a mask as uint8 of 0/1, shape (H, W). The file must hold only 0 and 255 (or 0 and 1).
+
+    Its header is checked against ``max_side`` and :data:`MAX_DECODED_BYTES` before decoding, as for images.
+    """
     path = Path(path)
-    array = _decode(path)
+    array = _decode(path, max_side)
     if array.ndim == 3:
         if array.shape[2] >= 3 and np.array_equal(array[:, :, 0], array[:, :, 1]) and np.array_equal(
             array[:, :, 0], array[:, :, 2]

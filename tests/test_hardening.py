@@ -1,0 +1,197 @@
+"""Issue 22, the second audit: files that bypassed the size guard, silently wrong numbers, outputs that mix or go stale.
+
+Every test builds its own small synthetic input; none needs the real data.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gliomaseg.data import files, nifti
+from gliomaseg.errors import DataError
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG of a signature, an IHDR claiming ``width`` x ``height`` (8-bit RGB) and one tiny IDAT: 100-odd bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# --- item 4: every decoder error is a DataError; the size guard holds for every format ------------------------------
+
+@pytest.mark.parametrize("side", [60000, 19000])
+def test_png_claiming_a_huge_size_is_refused_by_its_header(tmp_path: Path, monkeypatch, side: int):
+    path = tmp_path / f"claims_{side}.png"
+    path.write_bytes(_png_header(side, side))
+    assert path.stat().st_size < 200
+    monkeypatch.setattr(files.cv2, "imdecode", lambda *a: pytest.fail("the pixels were decoded"))
+    for read in (lambda: files.read_image(path, lenient=True), lambda: files.read_mask(path)):
+        with pytest.raises(DataError, match=rf"claims_{side}\.png: image of .*larger than the limit of {files.MAX_IMAGE_SIDE}"):
+            read()
+
+
+def test_opencv_errors_become_data_errors(tmp_path: Path, monkeypatch):
+    ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "a.png").write_bytes(png.tobytes())
+
+    def broken(*args):
+        raise cv2.error("OpenCV(4.x) imdecode: (-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS")
+
+    monkeypatch.setattr(files.cv2, "imdecode", broken)
+    with pytest.raises(DataError, match=r"a\.png: file does not decode as an image"):
+        files.read_image(tmp_path / "a.png")
+
+
+def test_file_without_an_image_header_is_refused_before_opencv(tmp_path: Path, monkeypatch):
+    (tmp_path / "x.tif").write_bytes(b"not an image at all" * 10)
+    monkeypatch.setattr(files.cv2, "imdecode", lambda *a: pytest.fail("an unchecked file reached OpenCV"))
+    with pytest.raises(DataError, match=r"x\.tif: file does not decode as an image"):
+        files.read_image(tmp_path / "x.tif")
+
+
+def test_prepare_skip_bad_and_predict_skip_a_decompression_bomb(tmp_path: Path):
+    from gliomaseg.data.prepare import prepare
+    from gliomaseg.data.synth import generate
+
+    root = tmp_path / "data"
+    generate(root, patients=2, slices=4, seed=1)
+    patient = sorted(p for p in root.iterdir())[0]
+    bomb = patient / f"{patient.name}_2.tif"
+    bomb.write_bytes(_png_header(60000, 60000))
+    result = prepare(root, tmp_path / "prepared", skip_bad=True, plots=False)
+    assert str(bomb) in set(result.skipped["path"].astype(str))
+    with pytest.raises(DataError, match="larger than the limit"):
+        prepare(root, tmp_path / "strict", plots=False)
+
+
+def _mutations(seed: int, base: bytes, count: int, header: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, min(header, len(data))))
+            data[at] = int(rng.integers(0, 256)) if rng.random() < 0.7 else (0xFF if rng.random() < 0.5 else 0x7F)
+        out.append(bytes(data))
+    return out
+
+
+def test_fuzzed_headers_give_data_errors_and_never_decode_past_the_limit(tmp_path: Path, monkeypatch):
+    """Seeded mutations of PNG, TIFF and NIfTI headers: each file reads or gets a DataError, no other exception, and no
+    decoded array exceeds the side or byte limits."""
+    import nibabel as nib
+    import tifffile
+
+    decoded: list[tuple[int, ...]] = []
+    real_imdecode = cv2.imdecode
+
+    def recording(raw, flags):
+        array = real_imdecode(raw, flags)
+        if array is not None:
+            decoded.append(array.nbytes)
+        return array
+
+    monkeypatch.setattr(files.cv2, "imdecode", recording)
+    budget = 1 << 20  # a small budget: headers mutated to claim large sizes are refused fast, and the check is exercised
+    monkeypatch.setattr(files, "MAX_DECODED_BYTES", budget)
+    monkeypatch.setattr(nifti, "MAX_DECODED_BYTES", budget)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (16, 16, 3), np.uint8)
+    png = cv2.imencode(".png", image)[1].tobytes()
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image)
+    tif = buffer.getvalue()
+    volume = nib.Nifti1Image(rng.integers(0, 255, (8, 8, 2, 3), np.uint8), np.eye(4))
+    nii = volume.to_bytes()
+    started = time.monotonic()
+    outcomes = {"read": 0, "refused": 0}
+    cases = [(".png", m) for m in _mutations(1, png, 150, 40)] + [(".tif", m) for m in _mutations(2, tif, 150, 200)]
+    for k, (suffix, data) in enumerate(cases):
+        path = tmp_path / f"f{k}{suffix}"
+        path.write_bytes(data)
+        for read in (lambda: files.read_image(path, lenient=True, allow_grayscale=True, allow_16bit=True), lambda: files.read_mask(path)):
+            try:
+                read()
+                outcomes["read"] += 1
+            except DataError:
+                outcomes["refused"] += 1
+    for k, data in enumerate(_mutations(3, nii, 150, 348)):
+        path = tmp_path / f"v{k}.nii"
+        path.write_bytes(data)
+        try:
+            slices, _ = nifti.read_volume([path])
+            assert sum(s.nbytes for s in slices) <= budget
+            outcomes["read"] += 1
+        except DataError:
+            outcomes["refused"] += 1
+    assert decoded and max(decoded) <= budget
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0  # the mutations did break some files and spare others
+    assert time.monotonic() - started < 30
+
+
+# --- item 1 (volumes) and item 5: the NIfTI budget from the header, robust scaling ---------------------------------
+
+def _header_only_nifti(path: Path, shape: tuple[int, ...], dtype, slope: float = 1.0) -> Path:
+    """A .nii whose header claims ``shape`` x ``dtype`` (with ``scl_slope``) over a few bytes of data: a tiny file."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(slope, 0.0)
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1024)
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype, slope", [
+    ((1024, 1024, 64, 3), np.uint8, 2.0),     # 201 M voxels read as float32: 805 MB
+    ((64, 64, 8, 8000), np.float64, 1.0),     # every dimension counts, not the first three: 1000 MiB
+])
+def test_nifti_over_the_memory_budget_is_refused_from_its_header(tmp_path: Path, monkeypatch, shape, dtype, slope):
+    path = _header_only_nifti(tmp_path / "big.nii", shape, dtype, slope)
+    monkeypatch.setattr(nifti, "_voxels", lambda *a, **k: pytest.fail("voxels were read"))
+    with pytest.raises(DataError, match=r"big\.nii: volume of shape .* decodes to \d+ MiB, more than the memory budget of 512 MiB"):
+        nifti.read_volume([path])
+
+
+def test_truth_volume_of_another_shape_is_refused_before_its_voxels_are_read(tmp_path: Path, monkeypatch):
+    import nibabel as nib
+
+    image = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 3), np.uint8), np.eye(4)), str(image))
+    _, geometry = nifti.read_volume([image])
+    mask = _header_only_nifti(tmp_path / "case_mask.nii", (1024, 1024, 100), np.uint8)
+    monkeypatch.setattr(nifti, "_voxels", lambda *a, **k: pytest.fail("voxels were read"))
+    with pytest.raises(DataError, match=r"case_mask\.nii: mask volume of shape \(1024, 1024, 100\) does not match"):
+        nifti.read_mask_volume(mask, geometry)
+
+
+def test_one_infinite_voxel_does_not_whiten_a_channel(tmp_path: Path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(100, 1000, (16, 16, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "clean.nii.gz"))
+    data[0, 0, 0, 1] = -np.inf
+    data[1, 1, 1, 2] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "dirty.nii.gz"))
+    with pytest.warns(UserWarning, match="scaled per channel"):
+        clean, _ = nifti.read_volume([tmp_path / "clean.nii.gz"])
+    with pytest.warns(UserWarning, match=r"dirty\.nii\.gz: 1 non-finite voxel\(s\)"):
+        dirty, _ = nifti.read_volume([tmp_path / "dirty.nii.gz"])
+    clean, dirty = np.stack(clean).astype(int), np.stack(dirty).astype(int)
+    assert 100 < dirty[..., 1].mean() < 160  # with the minimum (-inf) every voxel of the channel became 255
+    assert (np.abs(clean - dirty) > 1).sum() <= 2  # only the two non-finite voxels (now 0) differ
