@@ -195,3 +195,171 @@ def test_one_infinite_voxel_does_not_whiten_a_channel(tmp_path: Path):
     clean, dirty = np.stack(clean).astype(int), np.stack(dirty).astype(int)
     assert 100 < dirty[..., 1].mean() < 160  # with the minimum (-inf) every voxel of the channel became 255
     assert (np.abs(clean - dirty) > 1).sum() <= 2  # only the two non-finite voxels (now 0) differ
+
+
+# --- item 8: every numeric option is checked where it is parsed ------------------------------------------------------
+
+@pytest.mark.parametrize("argv, option", [
+    (["predict", "--input", "x.tif", "--out", "o", "--threshold", "2"], "--threshold"),
+    (["predict", "--input", "x.tif", "--out", "o", "--threshold", "-1"], "--threshold"),
+    (["predict", "--input", "x.tif", "--out", "o", "--threshold", "nan"], "--threshold"),
+    (["predict", "--input", "x.tif", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["predict", "--input", "x.tif", "--out", "o", "--fps", "0"], "--fps"),
+    (["predict", "--input", "x.tif", "--out", "o", "--fps", "-1"], "--fps"),
+    (["gif", "--input", "x", "--out", "o.gif", "--fps", "inf"], "--fps"),
+    (["evaluate", "--checkpoint", "c", "--csv", "c.csv", "--out", "o", "--batch-size", "-3"], "--batch-size"),
+    (["serve", "--threshold", "2"], "--threshold"),
+    (["serve", "--threshold", "-1"], "--threshold"),
+    (["serve", "--max-upload-mb", "-5"], "--max-upload-mb"),
+    (["serve", "--port", "70000"], "--port"),
+    (["serve", "--max-image-side", "100000"], "--max-image-side"),
+    (["prepare", "--data-path", "d", "--out", "o", "--train-size", "1.5"], "--train-size"),
+    (["prepare", "--data-path", "d", "--out", "o", "--folds", "1"], "--folds"),
+    (["synth", "--out", "o", "--patients", "0"], "--patients"),
+])
+def test_bad_numbers_are_refused_at_the_cli_with_one_message(argv, option, capsys):
+    from gliomaseg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "Traceback" not in err
+
+
+# --- item 14: one line for every failure a user can cause --------------------------------------------------------
+
+def test_csv_with_empty_cells_and_a_patient_named_na(tmp_path: Path):
+    from gliomaseg.data.sources import open_source
+
+    image = tmp_path / "s_1.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "a.csv").write_text(f"patient,image_path,mask_path,slice\nNA,{image},,1\nNA,{image},,\n")
+    patients, _ = open_source(tmp_path / "a.csv")
+    assert [p.name for p in patients] == ["NA"] and [s.mask_path for s in patients[0].slices] == [None, None]
+    assert files.read_slices_csv(tmp_path / "a.csv", require_mask=False)["slice"].tolist()[0] == 1
+    with pytest.raises(DataError, match=r"a\.csv: row 2 has an empty mask_path"):
+        files.read_slices_csv(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text(f"patient,image_path\n,{image}\n")
+    with pytest.raises(DataError, match=r"b\.csv: row 2 has an empty patient"):
+        open_source(tmp_path / "b.csv")
+
+
+def test_empty_checkpoint_and_model_files_get_one_line(tmp_path: Path, capsys):
+    from gliomaseg.cli import main
+
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for option, name in (("--checkpoint", "empty.ckpt"), ("--model", "empty.onnx")):
+        assert main(["predict", option, str(tmp_path / name), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{name}: not a loadable" in err
+
+
+def test_first_line_of_an_exception_without_a_message():
+    from gliomaseg.errors import first_line
+
+    assert first_line(IndexError()) == "IndexError"
+    assert first_line(ValueError("bad\nsecond line")) == "ValueError: bad"
+
+
+def test_os_errors_end_with_one_line_naming_the_file(tmp_path: Path, capsys, monkeypatch):
+    from gliomaseg import cli
+
+    def read_only(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "predictions.csv"))
+
+    monkeypatch.setitem(cli.COMMANDS, "gif", read_only)
+    assert cli.main(["gif", "--input", str(tmp_path), "--out", str(tmp_path / "a.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gliomaseg gif: error: {tmp_path / 'out' / 'predictions.csv'}: Permission denied\n"
+
+
+# --- items 6 and 7: broken weights, non-finite outputs and graphs of the wrong shape are refused ----------------------
+
+INFO = {"arch": "unet", "encoder": "resnet18", "image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "threshold": 0.5}
+
+
+def _onnx_model(path: Path, input_shape: list, nodes: list, output_shape: list, extra=()) -> Path:
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape)], initializer=list(extra))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "gliomaseg", json.dumps(INFO)
+    onnx.save(model, str(path))
+    return path
+
+
+def _mean_over_channels(out: str = "logits"):
+    from onnx import helper
+
+    return helper.make_node("ReduceMean", ["images"], [out], axes=[1], keepdims=1)
+
+
+def test_onnx_graphs_that_do_not_fit_are_refused_when_opened(tmp_path: Path):
+    from onnx import helper
+
+    from gliomaseg.errors import CheckpointError
+    from gliomaseg.inference.runtime import OnnxPredictor
+
+    identity = helper.make_node("Identity", ["images"], ["logits"])
+    pool = [_mean_over_channels("m"), helper.make_node("MaxPool", ["m"], ["logits"], kernel_shape=[4, 4], strides=[4, 4])]
+    flat = [helper.make_node("Flatten", ["images"], ["f"]), helper.make_node("ReduceMean", ["f"], ["logits"], axes=[1], keepdims=0)]
+    bad = {
+        "three_channels_out": (["batch", 3, 32, 32], [identity], ["batch", 3, 32, 32], r"output has shape \(batch, 3, 32, 32\)"),
+        "eight_by_eight_out": (["batch", 3, 32, 32], pool, ["batch", 1, 8, 8], r"output has shape \(batch, 1, 8, 8\)"),
+        "one_channel_in": (["batch", 1, 32, 32], [identity], ["batch", 1, 32, 32], r"input has shape \(batch, 1, 32, 32\)"),
+        "fixed_size_in": (["batch", 3, 64, 64], [_mean_over_channels()], ["batch", 1, 64, 64], r"input has shape \(batch, 3, 64, 64\)"),
+        "fixed_batch_in": ([1, 3, 32, 32], [_mean_over_channels()], [1, 1, 32, 32], r"free batch dimension"),
+        "rank_one_out": (["batch", 3, 32, 32], flat, ["batch"], r"output has shape \(batch\)"),
+    }
+    for name, (shape_in, nodes, shape_out, words) in bad.items():
+        path = _onnx_model(tmp_path / f"{name}.onnx", shape_in, nodes, shape_out)
+        with pytest.raises(CheckpointError, match=rf"{name}\.onnx: .*{words}"):
+            OnnxPredictor(path, micro_batch=1)
+    good = OnnxPredictor(_onnx_model(tmp_path / "good.onnx", ["batch", 3, 32, 32], [_mean_over_channels()], ["batch", 1, 32, 32]),
+                         micro_batch=2)
+    assert good.probabilities(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, 32, 32)
+
+
+def test_onnx_model_with_nan_output_is_refused(tmp_path: Path):
+    from onnx import helper, numpy_helper
+
+    from gliomaseg.errors import CheckpointError
+    from gliomaseg.inference.runtime import OnnxPredictor
+
+    nan = numpy_helper.from_array(np.array([np.nan], np.float32), "nan")
+    nodes = [_mean_over_channels("m"), helper.make_node("Mul", ["m", "nan"], ["logits"])]
+    path = _onnx_model(tmp_path / "nan.onnx", ["batch", 3, 32, 32], nodes, ["batch", 1, 32, 32], [nan])
+    with pytest.raises(CheckpointError, match=r"nan\.onnx: the model gives non-finite logits"):
+        OnnxPredictor(path, micro_batch=1).probabilities(np.zeros((1, 32, 32, 3), np.uint8))
+    with pytest.raises(CheckpointError, match=r"nan\.onnx: the model gives non-finite logits"):
+        OnnxPredictor(path, use_cache=False)  # the probe runs it too
+
+
+def test_checkpoint_with_nan_weights_is_refused_and_not_exported(tmp_path: Path):
+    import torch
+
+    from gliomaseg.errors import CheckpointError
+    from gliomaseg.export import export_onnx
+    from gliomaseg.inference.predictor import ModelInfo, TorchPredictor, read_checkpoint
+
+    path = tmp_path / "nan.ckpt"
+    torch.save({"state_dict": {"model.conv.weight": torch.tensor([1.0, float("nan")])}, "hyper_parameters": INFO}, path)
+    with pytest.raises(CheckpointError, match=r"nan\.ckpt: weight conv\.weight holds NaN or infinite values"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        export_onnx(path, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.ckpt"]
+    conv = torch.nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(float("nan"))
+    predictor = TorchPredictor(conv, ModelInfo.from_dict(INFO, "x"), channels_last=False)
+    with pytest.raises(CheckpointError, match="non-finite logits"):
+        predictor.probabilities(np.zeros((1, 32, 32, 3), np.uint8))

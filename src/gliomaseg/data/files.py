@@ -18,16 +18,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.choices import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 from gliomaseg.errors import DataError, GliomasegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 SLICE_SIZE = (256, 256)
-# The one owner of the size limits of decoded input (README "Data"); the viewer uses the same values.
-# The largest slice side read: kaggle_3m slices are 256 px; a 44 KB PNG can claim 6000x6000 (108 MB decoded).
-MAX_IMAGE_SIDE = 4096
-# The memory budget of one decoded input (a slice, a mask, a whole NIfTI volume as it is held after scaling),
-# checked from the header before any pixel is decoded: 512 MiB, a 4096x4096 RGBA 16-bit slice is 128 MiB.
-MAX_DECODED_BYTES = 512 * 1024 * 1024
 # 16-bit slices, when allowed, are scaled per volume from these percentiles to 0..255.
 DEEP_PERCENTILES = (0.5, 99.5)
 # Bytes a decoded pixel may take: OpenCV returns up to 4 channels of 16 bits (IMREAD_UNCHANGED).
@@ -246,6 +241,7 @@ def safe_name(name: str, what: str, source: str | Path, error: type[GliomasegErr
 
 
 REQUIRED_COLUMNS = ("patient", "image_path", "mask_path")
+NUMERIC_COLUMNS = ("slice", "diagnosis", "fold")  # read back as numbers (empty cells: NaN); every other column stays text
 
 
 def read_slices_csv(csv_path: str | Path, *, require_mask: bool = True, check_paths: bool = True) -> pd.DataFrame:
@@ -258,24 +254,38 @@ def read_slices_csv(csv_path: str | Path, *, require_mask: bool = True, check_pa
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file does not exist")
     try:
-        frame = pd.read_csv(csv_path)
+        # Every cell as the text it holds: no NaN for an empty cell, and a patient named NA stays "NA".
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: not a readable CSV ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{csv_path}: cannot be read ({exc.strerror or type(exc).__name__})") from exc
     required = REQUIRED_COLUMNS if require_mask else ("patient", "image_path")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
     if frame.empty:
         raise DataError(f"{csv_path}: CSV has no rows")
+    for column in required:
+        empty = [i for i, v in enumerate(frame[column]) if not v.strip()]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise DataError(f"{csv_path}: row {empty[0] + 2} has an empty {column}{more}")
+    for column in NUMERIC_COLUMNS:
+        if column in frame.columns:
+            numbers = pd.to_numeric(frame[column].where(frame[column].str.strip() != ""), errors="coerce")
+            bad = [i for i, (text, n) in enumerate(zip(frame[column], numbers)) if text.strip() and n != n]
+            if bad:
+                raise DataError(f"{csv_path}: row {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
+            frame[column] = numbers
     base = csv_path.resolve().parent
     path_columns = [c for c in ("image_path", "mask_path") if c in frame.columns]
     for column in path_columns:
-        frame[column] = [str(p if Path(p).is_absolute() else base / p) for p in frame[column].astype(str)]
+        frame[column] = [p if not p or Path(p).is_absolute() else str(base / p) for p in frame[column]]
     if check_paths:
         for column in path_columns if require_mask else ["image_path"]:
             absent = [p for p in frame[column] if not Path(p).is_file()]
             if absent:
                 more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
                 raise DataError(f"{csv_path}: {column} points to a file that does not exist: {absent[0]}{more}")
-    frame["patient"] = frame["patient"].astype(str)
     return frame

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from gliomaseg.data.files import DEEP_PERCENTILES, MAX_DECODED_BYTES
-from gliomaseg.errors import DataError
+from gliomaseg.errors import DataError, first_line
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 LPS = ("L", "P", "S")
@@ -104,7 +104,7 @@ def _header(path: Path):
     try:
         image = nib.load(str(path))
     except Exception as exc:
-        raise DataError(f"{path}: not a readable NIfTI file ({_first_line(exc)})") from exc
+        raise DataError(f"{path}: not a readable NIfTI file ({first_line(exc, 160)})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{path}: not a NIfTI image (found {type(image).__name__})")
     held = held_bytes(image)
@@ -112,12 +112,6 @@ def _header(path: Path):
         raise DataError(f"{path}: volume of shape {tuple(image.shape)} ({image.get_data_dtype()}) decodes to {held / 2**20:.0f} MiB, "
                         f"more than the memory budget of {MAX_DECODED_BYTES / 2**20:.0f} MiB")
     return image
-
-
-def _first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (160 characters at most), also for an empty message."""
-    lines = str(exc).splitlines()
-    return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
 
 
 def _plain(image) -> bool:
@@ -156,7 +150,7 @@ def _voxels(path: Path, proxy, slicer=(), dtype=None) -> np.ndarray:
         data = np.asanyarray(proxy[slicer] if slicer != () else proxy)
         return data if dtype is None else data.astype(dtype, copy=False)
     except Exception as exc:  # truncated or corrupt compressed data shows up only when the voxels are read
-        raise DataError(f"{path}: NIfTI voxel data cannot be read, the file may be truncated ({_first_line(exc)})") from exc
+        raise DataError(f"{path}: NIfTI voxel data cannot be read, the file may be truncated ({first_line(exc, 160)})") from exc
 
 
 def _load_uint8(path: Path, image) -> np.ndarray:

@@ -128,7 +128,7 @@ def read_csv(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
         for row in frame.itertuples():
             safe_name(row.patient, "patient name", path)  # patient names become output folder and GIF names
             image = Path(row.image_path)
-            mask = Path(row.mask_path) if has_mask and isinstance(row.mask_path, str) and row.mask_path else None
+            mask = Path(row.mask_path) if has_mask and row.mask_path.strip() else None
             number = int(row.slice) if "slice" in frame and row.slice == row.slice else slice_number(image)
             patients.setdefault(row.patient, PatientInput(row.patient, [])).slices.append(
                 SliceInput(row.patient, image.stem, image, mask, number))
