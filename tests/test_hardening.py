@@ -363,3 +363,121 @@ def test_checkpoint_with_nan_weights_is_refused_and_not_exported(tmp_path: Path)
     predictor = TorchPredictor(conv, ModelInfo.from_dict(INFO, "x"), channels_last=False)
     with pytest.raises(CheckpointError, match="non-finite logits"):
         predictor.probabilities(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+# --- items 1, 2, 3: the viewer --------------------------------------------------------------------------------------
+
+def _png(height: int, width: int, value: int = 200) -> bytes:
+    return cv2.imencode(".png", np.full((height, width, 3), value, np.uint8))[1].tobytes()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory):
+    from conftest import BrightPredictor
+    from serve_helpers import live_server
+
+    from gliomaseg.serve.app import create_app
+    from gliomaseg.serve.limits import ServeLimits
+
+    temp_root = tmp_path_factory.mktemp("viewer-tmp")
+    limits = ServeLimits(max_upload_bytes=2 << 20, max_unpacked_bytes=4 << 20, max_files=60, max_image_side=512,
+                         max_decoded_bytes=8 << 20, max_results=8, max_result_bytes=4 << 20)
+    app = create_app(BrightPredictor(), limits=limits, temp_root=temp_root, model_label="bright")
+    with live_server(app) as base:
+        yield base, app
+
+
+def _post(base: str, files: list[tuple[str, bytes]], headers: dict | None = None) -> tuple[int, dict, dict]:
+    import json
+
+    from serve_helpers import multipart, request
+
+    body, content_type = multipart(files)
+    status, got, raw = request(f"{base}/api/segment", body, {"Content-Type": content_type, **(headers or {})})
+    return status, {k.lower(): v for k, v in got.items()}, json.loads(raw)
+
+
+def test_viewer_answers_only_its_own_host_and_origin(viewer):
+    base, _ = viewer
+    port = base.rsplit(":", 1)[1]
+    files_ = [("s_1.png", _png(32, 32))]
+    assert _post(base, files_)[0] == 200  # no Origin (curl, scripts)
+    assert _post(base, files_, {"Origin": f"http://127.0.0.1:{port}"})[0] == 200  # the page itself
+    assert _post(base, files_, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
+    for headers, status, words in (
+        ({"Origin": "http://evil.example"}, 403, "another site"),
+        ({"Origin": "null"}, 403, "another site"),
+        ({"Origin": f"http://127.0.0.1:{int(port) + 1}"}, 403, "another site"),
+        ({"Host": "evil.example"}, 421, "not served here"),
+        ({"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}, 421, "not served here"),  # DNS rebinding
+    ):
+        got, head, body = _post(base, files_, headers)
+        assert got == status and words in body["error"], (headers, body)
+        assert "default-src 'self'" in head["content-security-policy"]
+    from serve_helpers import request
+
+    assert request(f"{base}/api/health", headers={"Host": "evil.example"})[0] == 421  # reading replies after a rebind
+
+
+def test_chunked_upload_over_the_limit_is_a_413_with_the_security_headers(viewer):
+    import http.client
+    import json
+
+    from serve_helpers import multipart
+
+    base, _ = viewer
+    host, port = base.removeprefix("http://").split(":")
+    body, content_type = multipart([("big.png", b"\0" * (6 << 20))])
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/api/segment", body=iter([body[i:i + (1 << 16)] for i in range(0, len(body), 1 << 16)]),
+                       headers={"Content-Type": content_type}, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "larger than the limit" in json.loads(response.read())["error"]
+    assert "default-src 'self'" in response.getheader("content-security-policy")
+    connection.close()
+
+
+def test_zip_folders_that_clash_stay_apart_and_a_file_beside_its_folder_is_no_500(viewer):
+    base, _ = viewer
+    image = _png(32, 32)
+    status, _, body = _post(base, [("two.zip", _zip({"Patient_é/a_1.png": image, "Patient_ü/a_1.png": _png(32, 32, 50)}))])
+    assert status == 200 and len(body["cases"]) == 2, body
+    status, _, body = _post(base, [("sites.zip", _zip({"siteA/P1/P1_1.png": image, "siteB/P1/P1_1.png": image}))])
+    assert status == 200 and sorted(c["summary"]["patient"] for c in body["cases"]) == ["P1", "siteB_P1"], body
+    status, _, body = _post(base, [("clash.zip", _zip({"P": image, "P/P_1.png": image}))])
+    assert status == 200, body
+
+
+def test_viewer_masks_and_volumes_are_held_to_the_limits_before_decoding(viewer, tmp_path: Path):
+    base, _ = viewer
+    status, _, body = _post(base, [("s_1.png", _png(32, 32)), ("s_1_mask.png", _png_header(19000, 19000))])
+    assert status == 413 and "s_1_mask.png" in body["error"], body
+    status, _, body = _post(base, [("s_1.png", _png(32, 32)), ("s_1_mask.png", _png(600, 600))])
+    assert status == 413 and "s_1_mask.png" in body["error"] and "512" in body["error"], body
+    import gzip
+
+    import nibabel as nib
+
+    volume = gzip.compress(nib.Nifti1Image(np.zeros((16, 16, 4, 3), np.uint8), np.eye(4)).to_bytes())
+    mask = _header_only_nifti(tmp_path / "vol_mask.nii", (512, 512, 64), np.uint8).read_bytes()  # 16 MiB over 1 KB
+    status, _, body = _post(base, [("vol.nii.gz", volume), ("vol_mask.nii", mask)])
+    assert status == 413 and "vol_mask.nii" in body["error"] and "memory limit" in body["error"], body
+
+
+def test_results_in_memory_are_bounded_by_bytes(viewer):
+    base, app = viewer
+    for _ in range(6):  # each result holds 6 slices of 512x512 RGB and their masks: about 6 MiB against a 4 MiB budget
+        status, _, body = _post(base, [(f"p_{k}.png", _png(512, 512)) for k in range(1, 7)])
+        assert status == 200, body
+        assert app.state.store.bytes_kept <= max(4 << 20, app.state.store.nbytes(app.state.store.get(body["id"]).cases))
+    assert len(app.state.store) == 1  # the newest is kept even when alone over the budget, the others went

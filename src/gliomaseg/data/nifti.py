@@ -129,6 +129,11 @@ def held_bytes(image) -> int:
     return voxels * (1 if _plain(image) else 4)
 
 
+def volume_bytes(path: Path) -> int:
+    """The bytes a NIfTI file is held in once read (see :func:`held_bytes`), from its header alone."""
+    return held_bytes(_header(Path(path)))
+
+
 def axial_shape(path: Path) -> tuple[int, int, int]:
     """(rows, cols, slices) of a NIfTI case's axial slices as :func:`read_volume` gives them, from the header alone.
 
