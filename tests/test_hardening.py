@@ -481,3 +481,131 @@ def test_results_in_memory_are_bounded_by_bytes(viewer):
         assert status == 200, body
         assert app.state.store.bytes_kept <= max(4 << 20, app.state.store.nbytes(app.state.store.get(body["id"]).cases))
     assert len(app.state.store) == 1  # the newest is kept even when alone over the budget, the others went
+
+
+# --- items 9, 10, 11, 13, 15: outputs that mix, go stale or name the machine's folders -------------------------------
+
+@pytest.fixture
+def two_sites(tmp_path: Path) -> list[Path]:
+    slices = []
+    for site in ("siteA", "siteB"):
+        folder = tmp_path / "in" / site / "P1"
+        folder.mkdir(parents=True)
+        cv2.imwrite(str(folder / "P1_1.png"), np.full((32, 32, 3), 200 if site == "siteA" else 20, np.uint8))
+        slices.append(folder / "P1_1.png")
+    return slices
+
+
+def test_two_patients_of_one_name_from_two_folders_are_refused(two_sites: list[Path], tmp_path: Path, bright_predictor):
+    from gliomaseg.inference.predict import predict
+
+    with pytest.raises(DataError, match=r"patient 'P1' also comes from .*siteA/P1/P1_1\.png"):
+        predict(bright_predictor, two_sites, tmp_path / "out", gifs=False)
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    one = predict(bright_predictor, two_sites[:1], tmp_path / "out", gifs=False)
+    assert len(one.predictions) == 1
+
+
+def test_output_folder_inside_the_input_is_refused(tmp_path: Path, bright_predictor):
+    from gliomaseg.inference.predict import predict
+
+    patient = tmp_path / "P2"
+    patient.mkdir()
+    for k in (1, 2):
+        cv2.imwrite(str(patient / f"P2_{k}.png"), np.full((32, 32, 3), 100, np.uint8))
+    for out in (patient, patient / "pred"):
+        with pytest.raises(DataError, match="inside the input folder"):
+            predict(bright_predictor, patient, out, gifs=False)
+    assert sorted(p.name for p in patient.iterdir()) == ["P2_1.png", "P2_2.png"]
+
+
+def test_a_rerun_replaces_the_previous_run_and_a_failed_one_leaves_it(tmp_path: Path, bright_predictor, monkeypatch):
+    from gliomaseg.inference import predict as predict_module
+
+    source = tmp_path / "in"
+    for patient, count in (("A", 3), ("B", 2)):
+        (source / patient).mkdir(parents=True)
+        for k in range(1, count + 1):
+            cv2.imwrite(str(source / patient / f"{patient}_{k}.png"), np.full((32, 32, 3), 90 * k % 255, np.uint8))
+    (source / "A" / "A_9.png").write_bytes(b"broken")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # not written by gliomaseg: never touched
+    first = predict_module.predict(bright_predictor, source, out, gifs=False)
+    assert len(first.predictions) == 5 and (out / "skipped.csv").is_file()
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (source / "A" / "A_9.png").unlink()
+    shutil_rmtree(source / "B")
+
+    def killed(*args, **kwargs):  # a run that dies half way (an error, or kill -9 at this point)
+        (args[0] / "A").mkdir()
+        (args[0] / "A" / "A_1_pred.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "_predict_into", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_module.predict(bright_predictor, source, out, gifs=False)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the previous run, whole
+    monkeypatch.undo()
+    (out / ".gliomaseg-run-stale").mkdir()  # what a kill -9 leaves: removed by the next run
+    second = predict_module.predict(bright_predictor, source, out, gifs=False)
+    assert len(second.predictions) == 3
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == [".gliomaseg-predict.json", "A/A_1_overlay.png", "A/A_1_pred.png", "A/A_2_overlay.png", "A/A_2_pred.png",
+                     "A/A_3_overlay.png", "A/A_3_pred.png", "notes.txt", "patients.csv", "predictions.csv"]  # no B, no skipped.csv
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def test_prepare_rerun_with_fewer_folds_leaves_no_old_fold(tmp_path: Path):
+    from gliomaseg.data.prepare import prepare
+    from gliomaseg.data.synth import generate
+
+    generate(tmp_path / "data", patients=4, slices=3, seed=2)
+    prepare(tmp_path / "data", tmp_path / "prep", folds=4, plots=False)
+    assert (tmp_path / "prep" / "data_fold3_val.csv").is_file()
+    result = prepare(tmp_path / "data", tmp_path / "prep", folds=2, plots=False)
+    assert not any((tmp_path / "prep").glob("data_fold[23]_*.csv")) and (tmp_path / "prep" / "data_fold1_val.csv").is_file()
+    assert all(p.is_file() and p.parent == tmp_path / "prep" for p in result.written)
+
+
+def test_convert_leaves_no_temporary_file_when_killed(tmp_path: Path, monkeypatch):
+    from gliomaseg.data import convert, nifti
+    from gliomaseg.data.synth import generate
+
+    generate(tmp_path / "data", patients=2, slices=3, seed=2, size=32)
+    real = nifti.write_mask_volume
+
+    def die_on_the_mask(*args):
+        raise KeyboardInterrupt  # the image is written, its mask is not
+
+    monkeypatch.setattr(nifti, "write_mask_volume", die_on_the_mask)
+    with pytest.raises(KeyboardInterrupt):
+        convert.convert_to_nifti(tmp_path / "data", tmp_path / "nifti")
+    assert list((tmp_path / "nifti").iterdir()) == []  # no hidden temp, no image without its mask
+    monkeypatch.setattr(nifti, "write_mask_volume", real)
+    table = convert.convert_to_nifti(tmp_path / "data", tmp_path / "nifti")
+    assert all(Path(p).is_file() for p in table["mask"])
+    assert "/" not in (tmp_path / "nifti" / "converted.csv").read_text().split("\n", 2)[1].split(",")[3]
+
+
+def test_predict_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: Path, bright_predictor, monkeypatch):
+    from gliomaseg.cli import main
+
+    patient = tmp_path / "work" / "P3"
+    patient.mkdir(parents=True)
+    for k in (1, 2):
+        cv2.imwrite(str(patient / f"P3_{k}.png"), np.full((32, 32, 3), 150, np.uint8))
+    monkeypatch.chdir(tmp_path / "work")
+    from gliomaseg.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "open_predictor", lambda *a, **k: bright_predictor)
+    assert main(["predict", "--input", "P3", "--out", "pred"]) == 0
+    for path in (tmp_path / "work" / "pred").rglob("*"):
+        if path.is_file() and path.suffix in (".csv", ".json", ".md", ".html"):
+            assert str(tmp_path) not in path.read_text(), path
+    assert (tmp_path / "work" / "pred" / "P3" / "P3.gif").is_file()

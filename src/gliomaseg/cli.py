@@ -379,7 +379,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--calibration-slices", type=POSITIVE_INT, default=CALIBRATION_SLICES,
                    help=f"int8: slices drawn at random (seed 0) from the calibration CSV (default {CALIBRATION_SLICES})")
     p.add_argument("--check-csv", type=Path, default=None, help="slices to check the variant on (default: the checkpoint's validation CSV)")
-    p.add_argument("--max-dice-drop", type=_ranged(float, 0, 1), default=MAX_DICE_DROP,
+    p.add_argument("--max-dice-drop", type=_ranged(float), default=MAX_DICE_DROP,
                    help=f"refuse the variant when the mean per-patient Dice drops more than this (default {MAX_DICE_DROP})")
     p.add_argument("--sample", type=Path, default=None,
                    help="a CSV of prepare whose slices (8 at random) check the fp32 export; default: the checkpoint's "

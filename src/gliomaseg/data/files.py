@@ -6,13 +6,17 @@ never surfaces as an OpenCV or numpy traceback.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -205,6 +209,57 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+RUN_PREFIX = ".gliomaseg-run-"  # a run in progress writes here, inside its output folder
+
+
+@contextlib.contextmanager
+def run_folder(out: str | Path, command: str) -> Iterator[Path]:
+    """The rule for every command that writes a folder of outputs (README "Reruns"): yields a fresh hidden folder
+    inside ``out`` to write the run into; when the block ends without error, the files of this command's
+    previous run in ``out`` (listed in ``out/.gliomaseg-<command>.json``) are removed, the new files moved into
+    place and listed there.
+
+    So a folder holds one run's files, never a mix: a rerun with fewer folds, patients or skipped files leaves no
+    old file behind, a run that fails or is killed (even ``kill -9``) leaves the previous run as it was (its hidden
+    folder is removed by the next run), and files in ``out`` that no gliomaseg run wrote are never touched.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{RUN_PREFIX}*"):  # a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=out))
+    try:
+        yield work
+        manifest = out / f".gliomaseg-{command}.json"
+        new = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        old: list[str] = []
+        if manifest.is_file():
+            try:
+                old = [str(f) for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", [])]
+            except (ValueError, AttributeError):
+                old = []
+        root = out.resolve()
+        for rel in old:
+            target = (out / rel)
+            if rel not in new and target.resolve().is_relative_to(root) and target.is_file() and not target.is_symlink():
+                target.unlink()
+                for folder in target.parents:  # folders the old run made and that are empty now
+                    if folder.resolve() == root or any(folder.iterdir()):
+                        break
+                    folder.rmdir()
+        for rel in new:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work / rel, out / rel)
+        write_text(json.dumps({"command": command, "files": new}, indent=1), manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def moved(path: Path, work: Path, out: Path) -> Path:
+    """Where ``path``, written under a :func:`run_folder` ``work`` folder, lies once the run is in ``out``."""
+    return Path(out) / Path(path).relative_to(work)
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
