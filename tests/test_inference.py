@@ -131,7 +131,7 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     # The same card, with the training machine's paths reduced to file names.
     assert card["training_data"] == without_paths(from_checkpoint["training_data"]) and card["threshold"] == meta["threshold"]
     assert card["training_data"]["train"]["csv"] == "data_train.csv"
-    assert "research" in (tmp_path / "MODEL_CARD.md").read_text().lower()
+    assert "research" in (tmp_path / "m.MODEL_CARD.md").read_text().lower()
 
 
 def test_postprocess_removes_speck_and_keeps_tumour():

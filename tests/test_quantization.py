@@ -33,7 +33,7 @@ def test_int8_export_is_quantized_calibrated_on_training_slices_and_checked(int8
     out, result = int8_export
     report = result["variant"]
     # no temp files left; the model card goes beside every export
-    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, "MODEL_CARD.md"])
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, f"{out.stem}.MODEL_CARD.md"])
     graph = onnx.load(str(out)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -111,7 +111,7 @@ def test_cli_export_fp16_prints_the_check(trained_run: Path, tmp_path: Path, cap
     assert main(["export", "--checkpoint", str(trained_run / "best.ckpt"), "--out", str(tmp_path / "x.onnx"), "--quantize", "fp16",
                  "--max-dice-drop", "-1"]) == 2  # an impossible bound: refused, one error line, no file
     assert "not written" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL_CARD.md", "m16.onnx"]  # the card comes with a written model only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m16.MODEL_CARD.md", "m16.onnx"]  # the card comes with a written model only
 
 
 def test_cli_quantizes_an_onnx_model_without_its_checkpoint(onnx_model: Path, prepared: Path, tmp_path: Path, capsys):

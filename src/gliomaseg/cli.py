@@ -8,10 +8,42 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gliomaseg.errors import GliomasegError
+from gliomaseg.errors import GliomasegError, first_line
 from gliomaseg.inference.variants import VARIANT_CHOICES
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def _ranged(kind: type, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: ``kind(text)`` within [low, high] (open ends where asked); NaN, inf and anything else
+    get argparse's one-line error naming the option, so no bad number reaches the package."""
+    import math
+
+    lo = "(" if open_low else "["
+    hi = ")" if open_high else "]"
+    expected = (f"a number in {lo}{low:g}, {high:g}{hi}" if low is not None and high is not None
+                else f"a number {'>' if open_low else '>='} {low:g}" if low is not None else "a number")
+    if kind is int:
+        expected = expected.replace("a number", "an integer")
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+        bad = (not math.isfinite(value) or (low is not None and (value <= low if open_low else value < low))
+               or (high is not None and (value >= high if open_high else value > high)))
+        if bad:
+            raise argparse.ArgumentTypeError(f"{text} is not {expected}")
+        return value
+
+    return convert
+
+
+PROBABILITY = _ranged(float, 0, 1, open_low=True, open_high=True)
+POSITIVE_INT = _ranged(int, 1)
+POSITIVE = _ranged(float, 0, open_low=True)
 
 
 def command(name: str):
@@ -267,19 +299,19 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic MRI-like dataset in the kaggle_3m layout")
     p.add_argument("--out", required=True, type=Path, help="folder to write <patient>/<patient>_<k>.tif into")
-    p.add_argument("--patients", type=int, default=12)
-    p.add_argument("--slices", type=int, default=20, help="about this many slices per patient")
+    p.add_argument("--patients", type=POSITIVE_INT, default=12)
+    p.add_argument("--slices", type=POSITIVE_INT, default=20, help="about this many slices per patient")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="slice size in pixels (kaggle_3m: 256)")
+    p.add_argument("--size", type=_ranged(int, 8, 4096), default=256, help="slice size in pixels (kaggle_3m: 256)")
 
     p = sub.add_parser("prepare", help="scan a kaggle_3m folder into CSVs and split it by patient")
     p.add_argument("--data-path", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--split", choices=["patient", "image"], default="patient",
                    help="patient (default) or image: slices at random, the leakage experiment")
-    p.add_argument("--train-size", type=float, default=0.8)
+    p.add_argument("--train-size", type=PROBABILITY, default=0.8)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--folds", type=int, default=None, help="also write K patient-grouped folds (data_folds.csv)")
+    p.add_argument("--folds", type=_ranged(int, 2), default=None, help="also write K patient-grouped folds (data_folds.csv)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad slices with a warning; list them in skipped.csv")
     p.add_argument("--no-plots", action="store_true")
 
@@ -291,11 +323,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--csv", required=True, type=Path, help="a CSV of prepare (or any input with masks: kaggle_3m folder, NIfTI cases)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
     p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
     p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
                    help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
     p.add_argument("--device", default="cpu")
 
@@ -311,15 +343,15 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                    help="a slice, a patient folder, a kaggle_3m root, a CSV, a NIfTI case (X, Y, Z, 3), "
                         "three NIfTI channel files (pre-contrast, FLAIR, post-contrast) or a folder of NIfTI cases")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's own")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--threshold", type=PROBABILITY, default=None, help="default: the model's own")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
     p.add_argument("--postprocess", default="none",
                    help="none, all, or steps: min_size=64,fill_holes,largest_3d,opening=3,closing=3")
-    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["32", "bf16"], default="32")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=POSITIVE_INT, default=None,
                    help="onnx backend: intra-op threads (default: chosen for this machine, and said)")
     p.add_argument("--allow-grayscale", action="store_true",
                    help="copy a grayscale slice into the 3 channels (default: refused, the model expects 3 MRI sequences)")
@@ -331,7 +363,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                    help="folder of predicted masks: <patient>_mask.nii.gz, or <slice>_pred.png / <slice>.png (in <patient>/ or not)")
     p.add_argument("--truth", required=True, type=Path, help="a CSV of prepare, a kaggle_3m folder or a folder of NIfTI cases with masks")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
                    help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
 
     p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI: <patient>.nii.gz and <patient>_mask.nii.gz")
@@ -345,17 +377,17 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                         "needs --quantize, --check-csv and, for int8, --calibration-csv")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=_ranged(int, 7, 30), default=17)
     p.add_argument("--quantize", choices=EXPORT_VARIANTS, default=None,
                    help="int8: static QDQ quantization (per-channel weights) calibrated on training slices, ~2x faster on "
                         "CPUs with VNNI; fp16: weights stored in float16 (half the file, fp32 arithmetic). Either is "
                         f"checked against fp32 on the validation slices and refused when the mean per-patient Dice drops by more than "
                         f"{MAX_DICE_DROP} (or one patient's by more than {MAX_PATIENT_DICE_DROP})")
     p.add_argument("--calibration-csv", type=Path, default=None, help="int8: training CSV to calibrate on (default: the checkpoint's)")
-    p.add_argument("--calibration-slices", type=int, default=CALIBRATION_SLICES,
+    p.add_argument("--calibration-slices", type=POSITIVE_INT, default=CALIBRATION_SLICES,
                    help=f"int8: slices drawn at random (seed 0) from the calibration CSV (default {CALIBRATION_SLICES})")
     p.add_argument("--check-csv", type=Path, default=None, help="slices to check the variant on (default: the checkpoint's validation CSV)")
-    p.add_argument("--max-dice-drop", type=float, default=MAX_DICE_DROP,
+    p.add_argument("--max-dice-drop", type=_ranged(float), default=MAX_DICE_DROP,
                    help=f"refuse the variant when the mean per-patient Dice drops more than this (default {MAX_DICE_DROP})")
     p.add_argument("--sample", type=Path, default=None,
                    help="a CSV of prepare whose slices (8 at random) check the fp32 export; default: the checkpoint's "
@@ -367,8 +399,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="a prepare output folder")
     p.add_argument("--out", type=Path, help="experiments folder; runs go to OUT/NAME/RUN")
     p.add_argument("--preset", default="cpu", help="cpu (2 CPU cores) or gpu (the case study's setting)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None)
+    p.add_argument("--image-size", type=POSITIVE_INT, default=None)
     p.add_argument("--max-time", default=None, help="per run, HH:MM:SS")
     p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these runs")
     p.add_argument("--all", action="store_true", help="architectures: also UPerNet, Segformer, DPT")
@@ -377,6 +409,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
 
+    from gliomaseg.choices import MAX_IMAGE_SIDE
     from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
     p = sub.add_parser("serve", help="a local web viewer: upload slices, a patient zip or a NIfTI volume, see and download masks")
@@ -386,18 +419,18 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
                    help="fp32 / int8 variant of an ONNX model: auto (default: the faster here), fp32 or int8")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this computer only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")
+    p.add_argument("--port", type=_ranged(int, 1, 65535), default=DEFAULT_PORT)
+    p.add_argument("--threshold", type=PROBABILITY, default=None, help="default: the model's (0.5)")
     p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
     p.add_argument("--postprocess", default="none", help="as for predict: none, all, or steps")
-    p.add_argument("--max-upload-mb", type=float, default=None, help=f"largest upload in MiB (default {ServeLimits.max_upload_bytes / 2**20:g})")
-    p.add_argument("--max-image-side", type=int, default=None, help=f"largest slice height or width in pixels (default {ServeLimits.max_image_side})")
+    p.add_argument("--max-upload-mb", type=POSITIVE, default=None, help=f"largest upload in MiB (default {ServeLimits.max_upload_bytes / 2**20:g})")
+    p.add_argument("--max-image-side", type=_ranged(int, 32, MAX_IMAGE_SIDE), default=None, help=f"largest slice height or width in pixels (default {ServeLimits.max_image_side})")
     p.add_argument("--device", default="cpu", help="for --checkpoint")
 
     p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
     p.add_argument("--input", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0)
     return parser
 
 
@@ -409,6 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = COMMANDS[args.command](args)
     except GliomasegError as exc:
         print(f"gliomaseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full output folder, a file removed mid-run: the file and the problem
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"gliomaseg {args.command}: error: {where}{exc.strerror or first_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"gliomaseg {args.command}: error: out of memory; give fewer or smaller inputs", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gliomaseg {args.command}: interrupted", file=sys.stderr)

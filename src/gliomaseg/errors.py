@@ -25,3 +25,12 @@ class TrainingDivergedError(GliomasegError):
 
 class InputWarning(UserWarning):
     """Input that can be used but may give a worse mask (e.g. too few slices for per-patient statistics)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters), also for an exception with no message.
+
+    For wrapping a library's exception into a one-line :class:`GliomasegError` message.
+    """
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if lines else type(exc).__name__

@@ -167,6 +167,15 @@ def split_csvs(data: Path, split: str) -> tuple[Path, Path]:
     return train, val
 
 
+def _portable_path(path: Path | str | None) -> str | None:
+    """A shipped experiment file as ``gliomaseg/configs/experiments/NAME.yaml``; any other as the user gave it."""
+    if path is None:
+        return None
+    package = Path(__file__).resolve().parent
+    resolved = Path(path).resolve()
+    return resolved.relative_to(package.parent).as_posix() if resolved.is_relative_to(package) else str(path)
+
+
 def _status(run_dir: Path) -> dict:
     path = run_dir / "status.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -263,8 +272,8 @@ def run_experiment(
             split_csvs(data, spec.split)
     root = Path(out) / experiment.name
     root.mkdir(parents=True, exist_ok=True)
-    write_text(json.dumps({"experiment": experiment.name, "file": str(experiment.path), "preset": preset, "preset_options": preset_options, "overrides": overrides,
-                           "data": str(data.resolve())}, indent=2), root / "experiment.json")
+    write_text(json.dumps({"experiment": experiment.name, "file": _portable_path(experiment.path), "preset": preset, "preset_options": preset_options, "overrides": overrides,
+                           "data": str(data)}, indent=2), root / "experiment.json")  # no absolute path of this machine
     rows: dict[str, dict] = {}
     for spec in runs:
         run_dir = root / spec.name

@@ -83,7 +83,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
     is at most ``rtol`` and the masks agree on at least ``min_agreement`` of the pixels is it renamed to
     ``out``. Otherwise the temporary file is removed and a :class:`GliomasegError` says both numbers.
     The metadata carries no path of the training machine. With ``write_card`` the model card also goes
-    beside the file as ``MODEL_CARD.md``. Returns ``{"path", "inputs", "max_abs_diff", "max_rel_diff", "rtol",
+    beside the file, named after it (``model.onnx`` -> ``model.MODEL_CARD.md``). Returns ``{"path", "inputs", "max_abs_diff", "max_rel_diff", "rtol",
     "mask_agreement", "min_agreement", "positive_pixels", "card"}`` (and ``"model_card"``, the card's path).
     """
     import onnx
@@ -91,13 +91,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
 
     from gliomaseg.inference.predictor import load_checkpoint
     from gliomaseg.inference.runtime import OnnxPredictor
-    from gliomaseg.model_card import CARD_FILE, CARD_KEY, checkpoint_card, render_markdown
+    from gliomaseg.model_card import CARD_KEY, checkpoint_card, export_card_path, render_markdown
 
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
     size = predictor.image_size
     images, inputs = sample_images(size, sample, predictor.info.val_csv, predictor.info.intensity)
     expected = predictor.logits(images).cpu().numpy()
+    if not np.isfinite(expected).all():
+        raise GliomasegError(f"{checkpoint}: not exported: the model gives non-finite logits (NaN or infinite) on {inputs}")
     card = without_paths(checkpoint_card(checkpoint)[1])
     out = Path(out)
     result: dict = {"path": str(out), "inputs": inputs, "rtol": rtol, "min_agreement": min_agreement, "card": card}
@@ -115,7 +117,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
             entry.key, entry.value = key, json.dumps(value)
         onnx.save(proto, str(tmp))
         result.update(compare_logits(expected, OnnxPredictor(tmp, micro_batch=4).logits(images), predictor.threshold))
-        if result["max_rel_diff"] > rtol or result["mask_agreement"] < min_agreement:
+        # Written so that NaN fails: `nan > rtol` is False, `not nan <= rtol` is True.
+        if not (result["max_rel_diff"] <= rtol and result["mask_agreement"] >= min_agreement):
             raise GliomasegError(
                 f"{out}: not written: on {inputs}, ONNX logits differ from PyTorch by {result['max_abs_diff']:.2e} "
                 f"({result['max_rel_diff']:.2e} relative, limit {rtol:.0e}) and the masks agree on "
@@ -124,7 +127,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
 
     atomic_write(out, write_and_check)
     if write_card:
-        result["model_card"] = str(write_text(render_markdown(card), out.parent / CARD_FILE))
+        result["model_card"] = str(write_text(render_markdown(card), export_card_path(out)))
     return result
 
 
@@ -162,10 +165,10 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
         )
     finally:
         fp32.unlink(missing_ok=True)
-    from gliomaseg.model_card import CARD_FILE, render_markdown
+    from gliomaseg.model_card import export_card_path, render_markdown
 
     result["path"] = str(out)
-    result["model_card"] = str(write_text(render_markdown(result["card"]), out.parent / CARD_FILE))
+    result["model_card"] = str(write_text(render_markdown(result["card"]), export_card_path(out)))
     return result
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from gliomaseg.data.files import write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 
-CARD_FILE = "MODEL_CARD.md"
+CARD_FILE = "MODEL_CARD.md"  # beside a run's checkpoints; an export's card is named after its model (export_card_path)
 CARD_KEY = "model_card"
 INTENDED_USE = (
     "Research and teaching only: segmenting lower-grade gliomas in 2D axial brain MRI slices laid out like the "
@@ -144,6 +144,13 @@ def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation:
             "scores": {k: {"value": _clean(evaluation.get(k)), "reduction": meaning.get(k, "")} for k in EVALUATION_KEYS if k in evaluation},
         }
     return card
+
+
+def export_card_path(model: str | Path) -> Path:
+    """Where an exported model's card goes: ``model.onnx`` -> ``model.MODEL_CARD.md`` beside it, so two exports
+    into one folder keep a card each."""
+    model = Path(model)
+    return model.with_name(f"{model.stem}.{CARD_FILE}")
 
 
 def render_markdown(card: dict) -> str:

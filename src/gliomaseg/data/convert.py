@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gliomaseg.data.files import write_csv
+from gliomaseg.data.files import run_folder, write_csv
 from gliomaseg.data.nifti import write_slices_volume
 from gliomaseg.data.sources import open_source
 from gliomaseg.errors import DataError
@@ -18,11 +18,25 @@ def convert_to_nifti(inputs: str | Path, out: str | Path) -> pd.DataFrame:
     The layout is the one :mod:`gliomaseg.data.nifti` reads back (LPS, 1 mm voxels, slices in slice-number
     order along the third axis), so predicting a converted case gives the masks of its slices.
     A patient whose slices differ in size, or that lacks a mask, stops the conversion with an error naming the file.
-    Returns one row per patient (``patient, slices, tumour_slices, image, mask``), also written to ``converted.csv``.
+    Returns one row per patient (``patient, slices, tumour_slices, image, mask``), also written to ``converted.csv``
+    (its paths relative to ``out``; the returned table's as paths under ``out``).
+
+    The run goes through :func:`~gliomaseg.data.files.run_folder`: every case (image and mask) is written into a
+    hidden folder and moved into ``out`` at the end, so a killed run leaves no temporary file or image without its
+    mask in ``out``, and a rerun removes the previous run's cases.
     """
     patients, _ = open_source(inputs, strict=True)
-    rows = []
     out = Path(out)
+    with run_folder(out, "convert") as work:
+        table = _convert(patients, work)
+        write_csv(table, work / "converted.csv")
+    for column in ("image", "mask"):
+        table[column] = [str(out / v) for v in table[column]]
+    return table
+
+
+def _convert(patients, work: Path) -> pd.DataFrame:
+    rows = []
     for patient in patients:
         if patient.geometry is not None:
             raise DataError(f"{patient.slices[0].image_path}: already a NIfTI case")
@@ -38,9 +52,7 @@ def convert_to_nifti(inputs: str | Path, out: str | Path) -> pd.DataFrame:
                 raise DataError(f"{item.mask_path}: mask shape {mask.shape} does not match its image {item.image_path} of shape {image.shape[:2]}")
             images.append(image)
             masks.append(mask)
-        image_out, mask_out = write_slices_volume(images, masks, out / f"{patient.name}.nii.gz", out / f"{patient.name}_mask.nii.gz")
+        image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}.nii.gz", work / f"{patient.name}_mask.nii.gz")
         rows.append({"patient": patient.name, "slices": len(images), "tumour_slices": sum(int(m.any()) for m in masks),
-                     "image": str(image_out), "mask": str(mask_out)})
-    table = pd.DataFrame(rows)
-    write_csv(table, out / "converted.csv")
-    return table
+                     "image": image_out.relative_to(work).as_posix(), "mask": mask_out.relative_to(work).as_posix()})
+    return pd.DataFrame(rows)

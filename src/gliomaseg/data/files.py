@@ -6,62 +6,90 @@ never surfaces as an OpenCV or numpy traceback.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import re
 import secrets
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.choices import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 from gliomaseg.errors import DataError, GliomasegError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 SLICE_SIZE = (256, 256)
-# The largest slice side read: kaggle_3m slices are 256 px; a 44 KB PNG can claim 6000x6000 (108 MB decoded).
-MAX_IMAGE_SIDE = 4096
 # 16-bit slices, when allowed, are scaled per volume from these percentiles to 0..255.
 DEEP_PERCENTILES = (0.5, 99.5)
+# Bytes a decoded pixel may take: OpenCV returns up to 4 channels of 16 bits (IMREAD_UNCHANGED).
+_PIXEL_BYTES = 8
 
 
-def _check_dimensions(path: Path, raw: np.ndarray) -> None:
-    """Refuse an image whose header claims a side over :data:`MAX_IMAGE_SIDE`, before decoding its pixels.
+def _check_dimensions(path: Path, raw: np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> None:
+    """Refuse an image whose header claims a side over ``max_side`` (:data:`MAX_IMAGE_SIDE`) or more decoded
+    bytes than :data:`MAX_DECODED_BYTES`, before decoding its pixels.
 
-    Pillow reads only the header here; a file Pillow cannot identify is left to OpenCV, whose own
-    limit (2^30 pixels) still applies.
+    Pillow reads only the header here. A file whose header Pillow cannot read is refused as not an image:
+    every slice format gliomaseg accepts (:data:`IMAGE_SUFFIXES`) has a header Pillow reads, and letting
+    OpenCV decode an unchecked file would give up the guard (its own limit is 2^30 pixels).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(raw.tobytes())) as header:
-            width, height = header.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return
-    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
-        raise DataError(f"{path}: image of {width}x{height} pixels is larger than the limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
+            with Image.open(io.BytesIO(raw.tobytes())) as header:
+                width, height = header.size
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own pixel limit: the side check refuses it
+        found = re.search(r"(\d+) pixels", str(exc))
+        raise DataError(f"{path}: image of {found.group(1) if found else 'too many'} pixels is larger than the limit of "
+                        f"{max_side}x{max_side}") from None
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...) for a bad header
+        raise DataError(f"{path}: file does not decode as an image (corrupt, truncated or unsupported format: "
+                        f"{type(exc).__name__})") from None
+    if width > max_side or height > max_side:
+        raise DataError(f"{path}: image of {width}x{height} pixels is larger than the limit of {max_side}x{max_side}")
+    decoded = width * height * _PIXEL_BYTES
+    if decoded > MAX_DECODED_BYTES:
+        raise DataError(f"{path}: image of {width}x{height} pixels may decode to {decoded / 2**20:.0f} MiB, more than "
+                        f"the memory budget of {MAX_DECODED_BYTES / 2**20:.0f} MiB")
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     # np.fromfile + imdecode instead of cv2.imread: works for any Unicode path on every platform.
-    raw = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        raw = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     if raw.size == 0:
         raise DataError(f"{path}: file is empty")
-    _check_dimensions(path, raw)
-    array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    _check_dimensions(path, raw, max_side)
+    try:
+        array = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
     if array is None:
         raise DataError(f"{path}: file does not decode as an image (corrupt, truncated or unsupported format)")
+    if max(array.shape[:2]) > max_side:  # a header that lied about its size
+        raise DataError(f"{path}: image of {array.shape[1]}x{array.shape[0]} pixels is larger than the limit of {max_side}x{max_side}")
     return array
 
 
-def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool = False, allow_16bit: bool = False) -> np.ndarray:
+def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool = False, allow_16bit: bool = False,
+               max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Read an MRI slice as RGB, shape (H, W, 3): uint8, or uint16 when ``allow_16bit`` and the file is 16-bit.
 
     The model was trained on 8-bit RGB slices whose channels are pre-contrast, FLAIR and post-contrast.
@@ -69,10 +97,11 @@ def read_image(path: str | Path, *, lenient: bool = False, allow_grayscale: bool
     refused by default with an error that says why. ``allow_grayscale`` copies a grayscale slice into the
     three channels; ``allow_16bit`` returns the 16-bit values for :func:`scale_volume` to map a whole
     patient to 0..255 (each with a warning naming the file). ``lenient`` (inference) drops an alpha
-    channel with a warning; strict reading (datasets) refuses it.
+    channel with a warning; strict reading (datasets) refuses it. ``max_side`` (at most :data:`MAX_IMAGE_SIDE`)
+    refuses a larger image from its header.
     """
     path = Path(path)
-    array = _decode(path)
+    array = _decode(path, max_side)
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[:, :, :3]
         if lenient:
@@ -117,10 +146,13 @@ def scale_volume(images: list[np.ndarray]) -> list[np.ndarray]:
             for im in images]
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as uint8 of 0/1, shape (H, W). The file must hold only 0 and 255 (or 0 and 1)."""
+def read_mask(path: str | Path, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
+    """Read a mask as uint8 of 0/1, shape (H, W). The file must hold only 0 and 255 (or 0 and 1).
+
+    Its header is checked against ``max_side`` and :data:`MAX_DECODED_BYTES` before decoding, as for images.
+    """
     path = Path(path)
-    array = _decode(path)
+    array = _decode(path, max_side)
     if array.ndim == 3:
         if array.shape[2] >= 3 and np.array_equal(array[:, :, 0], array[:, :, 1]) and np.array_equal(
             array[:, :, 0], array[:, :, 2]
@@ -179,6 +211,57 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+RUN_PREFIX = ".gliomaseg-run-"  # a run in progress writes here, inside its output folder
+
+
+@contextlib.contextmanager
+def run_folder(out: str | Path, command: str) -> Iterator[Path]:
+    """The rule for every command that writes a folder of outputs (README "Reruns"): yields a fresh hidden folder
+    inside ``out`` to write the run into; when the block ends without error, the files of this command's
+    previous run in ``out`` (listed in ``out/.gliomaseg-<command>.json``) are removed, the new files moved into
+    place and listed there.
+
+    So a folder holds one run's files, never a mix: a rerun with fewer folds, patients or skipped files leaves no
+    old file behind, a run that fails or is killed (even ``kill -9``) leaves the previous run as it was (its hidden
+    folder is removed by the next run), and files in ``out`` that no gliomaseg run wrote are never touched.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{RUN_PREFIX}*"):  # a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=out))
+    try:
+        yield work
+        manifest = out / f".gliomaseg-{command}.json"
+        new = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+        old: list[str] = []
+        if manifest.is_file():
+            try:
+                old = [str(f) for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", [])]
+            except (ValueError, AttributeError):
+                old = []
+        root = out.resolve()
+        for rel in old:
+            target = (out / rel)
+            if rel not in new and target.resolve().is_relative_to(root) and target.is_file() and not target.is_symlink():
+                target.unlink()
+                for folder in target.parents:  # folders the old run made and that are empty now
+                    if folder.resolve() == root or any(folder.iterdir()):
+                        break
+                    folder.rmdir()
+        for rel in new:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work / rel, out / rel)
+        write_text(json.dumps({"command": command, "files": new}, indent=1), manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def moved(path: Path, work: Path, out: Path) -> Path:
+    """Where ``path``, written under a :func:`run_folder` ``work`` folder, lies once the run is in ``out``."""
+    return Path(out) / Path(path).relative_to(work)
+
+
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a CSV atomically (temp file, then rename)."""
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
@@ -213,6 +296,7 @@ def safe_name(name: str, what: str, source: str | Path, error: type[GliomasegErr
 
 
 REQUIRED_COLUMNS = ("patient", "image_path", "mask_path")
+NUMERIC_COLUMNS = ("slice", "diagnosis", "fold")  # read back as numbers (empty cells: NaN); every other column stays text
 
 
 def read_slices_csv(csv_path: str | Path, *, require_mask: bool = True, check_paths: bool = True) -> pd.DataFrame:
@@ -225,24 +309,38 @@ def read_slices_csv(csv_path: str | Path, *, require_mask: bool = True, check_pa
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file does not exist")
     try:
-        frame = pd.read_csv(csv_path)
+        # Every cell as the text it holds: no NaN for an empty cell, and a patient named NA stays "NA".
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: not a readable CSV ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{csv_path}: cannot be read ({exc.strerror or type(exc).__name__})") from exc
     required = REQUIRED_COLUMNS if require_mask else ("patient", "image_path")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
     if frame.empty:
         raise DataError(f"{csv_path}: CSV has no rows")
+    for column in required:
+        empty = [i for i, v in enumerate(frame[column]) if not v.strip()]
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            raise DataError(f"{csv_path}: row {empty[0] + 2} has an empty {column}{more}")
+    for column in NUMERIC_COLUMNS:
+        if column in frame.columns:
+            numbers = pd.to_numeric(frame[column].where(frame[column].str.strip() != ""), errors="coerce")
+            bad = [i for i, (text, n) in enumerate(zip(frame[column], numbers)) if text.strip() and n != n]
+            if bad:
+                raise DataError(f"{csv_path}: row {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
+            frame[column] = numbers
     base = csv_path.resolve().parent
     path_columns = [c for c in ("image_path", "mask_path") if c in frame.columns]
     for column in path_columns:
-        frame[column] = [str(p if Path(p).is_absolute() else base / p) for p in frame[column].astype(str)]
+        frame[column] = [p if not p or Path(p).is_absolute() else str(base / p) for p in frame[column]]
     if check_paths:
         for column in path_columns if require_mask else ["image_path"]:
             absent = [p for p in frame[column] if not Path(p).is_file()]
             if absent:
                 more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
                 raise DataError(f"{csv_path}: {column} points to a file that does not exist: {absent[0]}{more}")
-    frame["patient"] = frame["patient"].astype(str)
     return frame

@@ -10,9 +10,14 @@ Masks are written back through the inverse reordering, so they have the input's 
 header. ``convert`` writes kaggle_3m patients in exactly this layout (affine ``diag(-1, -1, 1)``:
 1 mm voxels, since kaggle_3m does not record the spacing).
 
-Images: uint8 volumes are taken as they are; any other type is scaled per channel from its
-minimum to its 99.5th percentile onto 0..255, with a warning (the model saw kaggle_3m's 8-bit
-slices, so intensities from another pipeline may not match what it learnt).
+Images: uint8 volumes are taken as they are; any other type (or scaled uint8) is read channel by
+channel as float32 and scaled from its 0.5th to its 99.5th percentile onto 0..255, with a warning
+(the model saw kaggle_3m's 8-bit slices, so intensities from another pipeline may not match what it
+learnt). Non-finite voxels (NaN, +-inf) take no part in the percentiles and become 0, with a warning.
+
+Memory: before any voxel is read, the bytes the volume will be held in (every dimension x 1 byte for
+plain uint8, x 4 for anything read as float32) are checked against
+:data:`gliomaseg.data.files.MAX_DECODED_BYTES`, so a small compressed file cannot claim gigabytes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-from gliomaseg.errors import DataError
+from gliomaseg.data.files import DEEP_PERCENTILES, MAX_DECODED_BYTES
+from gliomaseg.errors import DataError, first_line
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 LPS = ("L", "P", "S")
@@ -90,7 +96,7 @@ def slices_geometry(path: Path, height: int, width: int, count: int) -> Geometry
 
 
 def _header(path: Path):
-    """The nibabel image with its header read and its voxels not yet read."""
+    """The nibabel image with its header read, its voxels not yet read, and its decoded size within the budget."""
     import nibabel as nib
 
     if not path.is_file():
@@ -98,10 +104,34 @@ def _header(path: Path):
     try:
         image = nib.load(str(path))
     except Exception as exc:
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+        raise DataError(f"{path}: not a readable NIfTI file ({first_line(exc, 160)})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{path}: not a NIfTI image (found {type(image).__name__})")
+    held = held_bytes(image)
+    if held > MAX_DECODED_BYTES:
+        raise DataError(f"{path}: volume of shape {tuple(image.shape)} ({image.get_data_dtype()}) decodes to {held / 2**20:.0f} MiB, "
+                        f"more than the memory budget of {MAX_DECODED_BYTES / 2**20:.0f} MiB")
     return image
+
+
+def _plain(image) -> bool:
+    """True when the voxels are uint8 with no scaling: they are held as they are stored."""
+    proxy = image.dataobj
+    slope, inter = (float(getattr(proxy, name, default)) for name, default in (("slope", 1.0), ("inter", 0.0)))
+    return image.get_data_dtype() == np.uint8 and slope == 1.0 and inter == 0.0
+
+
+def held_bytes(image) -> int:
+    """Bytes a volume is held in once read (every dimension, 1 byte a voxel for plain uint8, else 4: float32)."""
+    voxels = 1
+    for n in image.shape:
+        voxels *= max(int(n), 0)
+    return voxels * (1 if _plain(image) else 4)
+
+
+def volume_bytes(path: Path) -> int:
+    """The bytes a NIfTI file is held in once read (see :func:`held_bytes`), from its header alone."""
+    return held_bytes(_header(Path(path)))
 
 
 def axial_shape(path: Path) -> tuple[int, int, int]:
@@ -119,13 +149,26 @@ def axial_shape(path: Path) -> tuple[int, int, int]:
     return lps[1], lps[0], lps[2]
 
 
-def _load(path: Path):
-    image = _header(path)
+def _voxels(path: Path, proxy, slicer=(), dtype=None) -> np.ndarray:
+    """Voxels of ``proxy[slicer]`` (as ``dtype`` when given), with one error for truncated or corrupt data."""
     try:
-        data = np.asanyarray(image.dataobj)
+        data = np.asanyarray(proxy[slicer] if slicer != () else proxy)
+        return data if dtype is None else data.astype(dtype, copy=False)
     except Exception as exc:  # truncated or corrupt compressed data shows up only when the voxels are read
-        raise DataError(f"{path}: NIfTI voxel data cannot be read, the file may be truncated ({type(exc).__name__}: {str(exc)[:160]})") from exc
-    return image, data
+        raise DataError(f"{path}: NIfTI voxel data cannot be read, the file may be truncated ({first_line(exc, 160)})") from exc
+
+
+def _load_uint8(path: Path, image) -> np.ndarray:
+    """A 4D (X, Y, Z, C) image's voxels as uint8: as stored when plain uint8, else one float32 channel at a time
+    scaled to 0..255 (see :func:`_scale_channel`), so the float copy is one channel, never the volume."""
+    if _plain(image):
+        return _voxels(path, image.dataobj, dtype=np.uint8)
+    warnings.warn(f"{path}: {image.get_data_dtype()} intensities scaled per channel to 8 bits "
+                  f"({DEEP_PERCENTILES[0]}th..{DEEP_PERCENTILES[1]}th percentile)", stacklevel=3)
+    out = np.empty(image.shape, np.uint8)
+    for c in range(image.shape[-1]):
+        out[..., c] = _scale_channel(path, _voxels(path, image.dataobj, (..., c), np.float32))
+    return out
 
 
 def _orientation(path: Path, affine: np.ndarray) -> np.ndarray:
@@ -138,17 +181,25 @@ def _orientation(path: Path, affine: np.ndarray) -> np.ndarray:
         raise DataError(f"{path}: NIfTI affine has no usable orientation ({exc})") from exc
 
 
-def _to_uint8(path: Path, data: np.ndarray) -> np.ndarray:
-    if data.dtype == np.uint8:
-        return data
-    warnings.warn(f"{path}: {data.dtype} intensities scaled per channel to 8 bits (minimum..99.5th percentile)", stacklevel=3)
-    out = np.empty(data.shape, np.uint8)
-    for c in range(data.shape[-1]):
-        channel = np.nan_to_num(data[..., c].astype(np.float32))
-        lo, hi = float(channel.min()), float(np.percentile(channel, 99.5))
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        out[..., c] = np.clip((channel - lo) * scale, 0, 255).round().astype(np.uint8)
-    return out
+def _scale_channel(path: Path, channel: np.ndarray) -> np.ndarray:
+    """One float32 channel -> uint8: the :data:`DEEP_PERCENTILES` of its finite voxels become 0 and 255.
+
+    A low percentile, not the minimum: one ``-inf`` or outlier voxel would otherwise squeeze every other
+    value into a few grey levels. Non-finite voxels become 0, with a warning that counts them.
+    """
+    finite = np.isfinite(channel)
+    bad = int(channel.size - np.count_nonzero(finite))
+    if bad:
+        warnings.warn(f"{path}: {bad} non-finite voxel(s) (NaN or infinite) ignored for the scaling and set to 0", stacklevel=4)
+        values = channel[finite]
+    else:
+        values = channel.reshape(-1)
+    if values.size == 0:
+        return np.zeros(channel.shape, np.uint8)
+    lo, hi = (float(v) for v in np.percentile(values, DEEP_PERCENTILES))
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    scaled = np.clip((np.where(finite, channel, lo) - lo) * scale, 0, 255) if bad else np.clip((channel - lo) * scale, 0, 255)
+    return scaled.round().astype(np.uint8)
 
 
 def read_volume(paths: Sequence[Path]) -> tuple[list[np.ndarray], Geometry]:
@@ -158,44 +209,58 @@ def read_volume(paths: Sequence[Path]) -> tuple[list[np.ndarray], Geometry]:
     that :meth:`Geometry.to_native` needs to write masks back.
     """
     paths = [Path(p) for p in paths]
-    first, data = _load(paths[0])
+    first = _header(paths[0])
+    shape = tuple(int(n) for n in first.shape)
     if len(paths) == 1:
-        if data.ndim == 5 and data.shape[3] == 1:  # NIfTI's vector convention: (X, Y, Z, 1, C)
-            data = data[:, :, :, 0, :]
-        if data.ndim < 3:
-            raise DataError(f"{paths[0]}: a {data.ndim}D NIfTI of shape {data.shape}; expected a volume (X, Y, Z, 3)")
-        if data.ndim != 4 or data.shape[3] != 3:
-            channels = 1 if data.ndim == 3 else int(np.prod(data.shape[3:]))
-            raise DataError(f"{paths[0]}: volume of shape {data.shape} has {channels} channel(s); expected 3 channels "
+        if len(shape) < 3:
+            raise DataError(f"{paths[0]}: a {len(shape)}D NIfTI of shape {shape}; expected a volume (X, Y, Z, 3)")
+        vector = len(shape) == 5 and shape[3] == 1  # NIfTI's vector convention: (X, Y, Z, 1, C)
+        if (shape[3:] if not vector else shape[4:]) != (3,):
+            channels = 1 if len(shape) == 3 else int(np.prod(shape[3:]))
+            raise DataError(f"{paths[0]}: volume of shape {shape} has {channels} channel(s); expected 3 channels "
                             "(pre-contrast, FLAIR, post-contrast) as (X, Y, Z, 3), or give three 3D files")
+        data = _load_uint8(paths[0], first)
+        if vector:
+            data = data[:, :, :, 0, :]
     elif len(paths) == 3:
-        channels = [data]
-        for path in paths[1:]:
-            channels.append(_load(path)[1])
-        for path, channel in zip(paths, channels):
-            if channel.ndim != 3 or channel.shape != channels[0].shape:
-                raise DataError(f"{path}: shape {channel.shape}; the three channel files must be 3D volumes of one shape ({channels[0].shape})")
-        data = np.stack(channels, axis=-1)
+        images = [first, *(_header(path) for path in paths[1:])]
+        for path, image in zip(paths, images):
+            if len(image.shape) != 3 or tuple(image.shape) != shape:
+                raise DataError(f"{path}: shape {tuple(image.shape)}; the three channel files must be 3D volumes of one shape ({shape})")
+        data = np.empty((*shape, 3), np.uint8)
+        for c, (path, image) in enumerate(zip(paths, images)):
+            if _plain(image):
+                data[..., c] = _voxels(path, image.dataobj, dtype=np.uint8)
+            else:
+                if c == next(k for k, im in enumerate(images) if not _plain(im)):
+                    warnings.warn(f"{path}: {image.get_data_dtype()} intensities scaled per channel to 8 bits "
+                                  f"({DEEP_PERCENTILES[0]}th..{DEEP_PERCENTILES[1]}th percentile)", stacklevel=2)
+                data[..., c] = _scale_channel(path, _voxels(path, image.dataobj, dtype=np.float32))
     else:
         raise DataError(f"{paths[0]}: give one 4D NIfTI or three 3D NIfTI files (pre-contrast, FLAIR, post-contrast), got {len(paths)} files")
     from nibabel import orientations
 
     transform = _orientation(paths[0], first.affine)
-    lps = _to_uint8(paths[0], orientations.apply_orientation(data, transform))
+    lps = orientations.apply_orientation(data, transform)
     slices = [np.ascontiguousarray(lps[:, :, k].transpose(1, 0, 2)) for k in range(lps.shape[2])]
     geometry = Geometry(paths[0], tuple(data.shape[:3]), first.affine, first.header, transform)
     return slices, geometry
 
 
 def read_mask_volume(path: Path, geometry: Geometry) -> list[np.ndarray]:
-    """A mask volume (0/1 or 0/255) of the image's spatial shape -> uint8 0/1 (rows, cols) per axial slice."""
+    """A mask volume (0/1 or 0/255) of the image's spatial shape -> uint8 0/1 (rows, cols) per axial slice.
+
+    The shape is compared from the header, before any voxel is read.
+    """
     from nibabel import orientations
 
-    _, data = _load(path)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.shape != geometry.shape:
-        raise DataError(f"{path}: mask volume of shape {data.shape} does not match its image {geometry.path} of shape {geometry.shape}")
+    image = _header(path)
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if shape != tuple(geometry.shape):
+        raise DataError(f"{path}: mask volume of shape {shape} does not match its image {geometry.path} of shape {geometry.shape}")
+    data = _voxels(path, image.dataobj, dtype=None if _plain(image) else np.float32).reshape(shape)
     values = set(np.unique(data).tolist())
     if not (values <= {0, 1} or values <= {0, 255}):
         raise DataError(f"{path}: mask is not binary: expected only 0 and 1 (or 255), found {sorted(values)[:8]}")
@@ -205,12 +270,13 @@ def read_mask_volume(path: Path, geometry: Geometry) -> list[np.ndarray]:
 
 def read_mask_case(path: Path) -> list[np.ndarray]:
     """A mask volume read on its own (its own affine gives the axial axis) -> uint8 0/1 (rows, cols) per axial slice."""
-    image, data = _load(path)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: mask volume of shape {data.shape}; expected (X, Y, Z)")
-    geometry = Geometry(path, tuple(data.shape), image.affine, image.header, _orientation(path, image.affine))
+    image = _header(path)
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"{path}: mask volume of shape {shape}; expected (X, Y, Z)")
+    geometry = Geometry(path, shape, image.affine, image.header, _orientation(path, image.affine))
     return read_mask_volume(path, geometry)
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 import pandas as pd
 from sklearn.model_selection import KFold, train_test_split
 
-from gliomaseg.data.files import SLICE_SIZE, read_slice_pair, write_csv
+from gliomaseg.data.files import SLICE_SIZE, moved, read_slice_pair, run_folder, write_csv
 from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import open_source
 from gliomaseg.errors import DataError, InputWarning
@@ -186,20 +186,22 @@ def prepare(
         raise DataError(f"--split must be 'patient' or 'image', got {split!r}")
     folded = assign_folds(info, folds, seed) if folds else None
     out = Path(out)
-    written = [write_csv(info, out / "data_info.csv"), write_csv(train, out / names[0]), write_csv(val, out / names[1])]
-    if folded is not None:
-        written.append(write_csv(folded, out / "data_folds.csv"))
-        for fold in range(folds):
-            held = folded["fold"] == fold
-            written.append(write_csv(folded[~held].drop(columns="fold"), out / FOLD_CSV.format(fold=fold, part="train")))
-            written.append(write_csv(folded[held].drop(columns="fold"), out / FOLD_CSV.format(fold=fold, part="val")))
-    if len(skipped):
-        written.append(write_csv(skipped, out / "skipped.csv"))
-    summary = summarize({"train": train, "val": val, "all": info})
-    written.append(write_csv(summary, out / "summary.csv"))
-    if plots:
-        from gliomaseg.visualization import plot_patient_slices, plot_sample_slices
+    with run_folder(out, "prepare") as work:  # a rerun with fewer folds, or no bad slices, leaves none of the old files
+        written = [write_csv(info, work / "data_info.csv"), write_csv(train, work / names[0]), write_csv(val, work / names[1])]
+        if folded is not None:
+            written.append(write_csv(folded, work / "data_folds.csv"))
+            for fold in range(folds):
+                held = folded["fold"] == fold
+                written.append(write_csv(folded[~held].drop(columns="fold"), work / FOLD_CSV.format(fold=fold, part="train")))
+                written.append(write_csv(folded[held].drop(columns="fold"), work / FOLD_CSV.format(fold=fold, part="val")))
+        if len(skipped):
+            written.append(write_csv(skipped, work / "skipped.csv"))
+        summary = summarize({"train": train, "val": val, "all": info})
+        written.append(write_csv(summary, work / "summary.csv"))
+        if plots:
+            from gliomaseg.visualization import plot_patient_slices, plot_sample_slices
 
-        written.append(plot_patient_slices(info, out / "slices_per_patient.png"))
-        written.append(plot_sample_slices(info, out / "sample_slices.png"))
+            written.append(plot_patient_slices(info, work / "slices_per_patient.png"))
+            written.append(plot_sample_slices(info, work / "sample_slices.png"))
+        written = [moved(p, work, out) for p in written]
     return PrepareResult(info=info, train=train, val=val, summary=summary, skipped=skipped, written=written, folds=folded)

@@ -110,11 +110,12 @@ def _slice_file(patient: str, path: Path) -> SliceInput:
 
 @register(*IMAGE_SUFFIXES)
 def read_slice_files(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
-    """Single slice files: one patient per parent folder."""
-    patients: dict[str, PatientInput] = {}
+    """Single slice files: one patient per parent folder (keyed by the folder, not its name: see :func:`open_source`)."""
+    patients: dict[Path, PatientInput] = {}
     for path in paths:
         patient = path.parent.name or "input"
-        patients.setdefault(patient, PatientInput(patient, [])).slices.append(_slice_file(patient, path))
+        key = path.parent.resolve()
+        patients.setdefault(key, PatientInput(patient, [])).slices.append(_slice_file(patient, path))
     return list(patients.values())
 
 
@@ -128,7 +129,7 @@ def read_csv(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
         for row in frame.itertuples():
             safe_name(row.patient, "patient name", path)  # patient names become output folder and GIF names
             image = Path(row.image_path)
-            mask = Path(row.mask_path) if has_mask and isinstance(row.mask_path, str) and row.mask_path else None
+            mask = Path(row.mask_path) if has_mask and row.mask_path.strip() else None
             number = int(row.slice) if "slice" in frame and row.slice == row.slice else slice_number(image)
             patients.setdefault(row.patient, PatientInput(row.patient, [])).slices.append(
                 SliceInput(row.patient, image.stem, image, mask, number))
@@ -223,6 +224,13 @@ def open_source(paths: str | Path | Sequence[str | Path], *, strict: bool = Fals
     if strict and problems:
         raise DataError(f"{problems[0][0]}: {problems[0][1]}")
     patients = [p for p in patients if p.slices]
+    seen: dict[str, PatientInput] = {}
+    for patient in patients:  # a patient's name becomes its output folder: two of one name would overwrite each other
+        other = seen.setdefault(patient.name, patient)
+        if other is not patient:
+            raise DataError(f"{patient.slices[0].image_path}: patient {patient.name!r} also comes from "
+                            f"{other.slices[0].image_path}; two patients of one name would write into one output folder, "
+                            "so give them separately (or rename one folder)")
     if not patients:
         raise DataError(f"{paths[0]}: no slices found (expected {', '.join(supported_endings())} files)")
     for patient in patients:

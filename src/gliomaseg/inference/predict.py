@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume, write_bytes, write_csv
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, run_folder, scale_volume, write_bytes, write_csv
 from gliomaseg.data.nifti import write_mask_volume
 from gliomaseg.data.sequences import describe, missing_sequences, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
@@ -28,6 +28,8 @@ from gliomaseg.visualization import encode_png, natural_key, overlay_contours, w
 
 @dataclass
 class PredictResult:
+    """The tables of a run; their output paths are ``out / <path in the CSV>`` (the CSVs hold paths relative to ``out``)."""
+
     predictions: pd.DataFrame
     patients: pd.DataFrame
     skipped: pd.DataFrame
@@ -71,13 +73,54 @@ def predict(
     Grayscale and 16-bit slices are skipped (listed in ``skipped.csv`` with the reason) unless
     ``allow_grayscale`` / ``allow_16bit``; allowed 16-bit slices are scaled per patient
     (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem.
+    The tables name the files written relative to ``out``; the run goes through
+    :func:`~gliomaseg.data.files.run_folder` (a rerun replaces the previous run's files, a killed run leaves them), and
+    ``out`` may not be inside an input folder.
     """
     patients, skipped = open_source(inputs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_out_inside(out, inputs)
     rows: list[dict] = []
     patient_rows: list[dict] = []
     written: list[Path] = []
+    with run_folder(out, "predict") as work:
+        _predict_into(work, predictor, patients, skipped, rows, patient_rows, threshold, batch_size, tta, postprocess, fps,
+                      gifs, overlays, allow_grayscale, allow_16bit)
+        predictions = pd.DataFrame(rows)
+        patient_table = pd.DataFrame(patient_rows)
+        skipped_frame = pd.DataFrame(skipped, columns=["path", "problem"])
+        tables = [(predictions, "predictions.csv"), (patient_table, "patients.csv")]
+        tables += [(skipped_frame, "skipped.csv")] if len(skipped_frame) else []
+        for frame, name in tables:
+            write_csv(frame, work / name)
+            written.append(out / name)
+    if not rows:
+        more = f" (and {len(skipped_frame) - 1} more, listed in {out / 'skipped.csv'})" if len(skipped_frame) > 1 else ""
+        raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
+    # The files on disk name outputs relative to `out` (portable); the result names them as paths to open from here.
+    for frame, columns in ((predictions, ("mask_out", "overlay_out")), (patient_table, ("gif", "mask_volume"))):
+        for column in (c for c in columns if c in frame):
+            frame[column] = [str(out / v) if isinstance(v, str) else v for v in frame[column]]
+    return PredictResult(predictions, patient_table, skipped_frame, out, written)
+
+
+def refuse_out_inside(out: Path, inputs: str | Path | Sequence[str | Path]) -> None:
+    """Refuse an output folder that is an input folder or inside one: the next run would read its own overlays as slices."""
+    paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    target = Path(out).resolve()
+    for path in paths:
+        if path.is_dir() and target.is_relative_to(path.resolve()):
+            raise DataError(f"{out}: the output folder is inside the input folder {path}; its masks and overlays would be "
+                            "read back as slices next time, so choose an output folder outside it")
+
+
+def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], patient_rows: list[dict], threshold, batch_size,
+                  tta, postprocess, fps, gifs, overlays, allow_grayscale, allow_16bit) -> None:
+    """The body of :func:`predict`: every file into ``work``, the paths in the rows relative to it (the output folder)."""
+
+    def rel(path: Path) -> str:
+        return Path(path).relative_to(work).as_posix()
+
     for patient in patients:
         loaded: list[tuple[SliceInput, np.ndarray, np.ndarray | None]] = []
         for item in patient.slices:
@@ -94,10 +137,10 @@ def predict(
         if missing:
             warnings.warn(warning_text(patient.name, missing), InputWarning, stacklevel=2)
         probs, masks = segment(predictor, [image for _, image, _ in loaded], threshold, tta, postprocess, batch_size)
-        folder = out / patient.name
+        folder = work / patient.name
         volume_out = None
         if patient.geometry is not None:
-            volume_out = str(write_mask_volume(masks, patient.geometry, out / f"{patient.name}_mask.nii.gz"))
+            volume_out = rel(write_mask_volume(masks, patient.geometry, work / f"{patient.name}_mask.nii.gz"))
         frames = []
         first = len(rows)
         for (item, image, truth), prob, mask in zip(loaded, probs, masks):
@@ -105,13 +148,13 @@ def predict(
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
                 "tumour_pixels": int(mask.sum()), "max_probability": float(prob.max()),
                 "missing_sequences": describe(missing_sequences([image])),
-                "mask_out": volume_out or str(_write_png(folder / f"{item.name}_pred.png", mask * 255)),
+                "mask_out": volume_out or rel(_write_png(folder / f"{item.name}_pred.png", mask * 255)),
             }
             if overlays or gifs:
                 overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
                 frames.append(overlay)
             if overlays:
-                row["overlay_out"] = str(_write_png(folder / f"{item.name}_overlay.png", overlay))
+                row["overlay_out"] = rel(_write_png(folder / f"{item.name}_overlay.png", overlay))
             if truth is not None:
                 tp, fp, fn, _ = confusion_numpy(mask, truth)
                 row.update(true_pixels=int(truth.sum()), tp=tp, fp=fp, fn=fn, dice=dice(tp, fp, fn), iou=iou(tp, fp, fn))
@@ -130,19 +173,8 @@ def predict(
         if volume_out:
             patient_row["mask_volume"] = volume_out
         if gifs and len({f.shape for f in frames}) == 1:
-            patient_row["gif"] = str(write_gif(frames, folder / f"{patient.name}.gif", fps=fps))
+            patient_row["gif"] = rel(write_gif(frames, folder / f"{patient.name}.gif", fps=fps))
         patient_rows.append(patient_row)
-    predictions = pd.DataFrame(rows)
-    patients = pd.DataFrame(patient_rows)
-    skipped_frame = pd.DataFrame(skipped, columns=["path", "problem"])
-    written.append(write_csv(predictions, out / "predictions.csv"))
-    written.append(write_csv(patients, out / "patients.csv"))
-    if len(skipped_frame):
-        written.append(write_csv(skipped_frame, out / "skipped.csv"))
-        if not rows:
-            more = f" (and {len(skipped_frame) - 1} more, listed in {out / 'skipped.csv'})" if len(skipped_frame) > 1 else ""
-            raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
-    return PredictResult(predictions, patients, skipped_frame, out, written)
 
 
 def gif_from_folder(folder: str | Path, out: str | Path, fps: float = 2.0, pattern: Iterable[str] = IMAGE_SUFFIXES) -> Path:

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES
-from gliomaseg.errors import CheckpointError
+from gliomaseg.errors import CheckpointError, first_line
 
 
 class Predictor(Protocol):
@@ -122,7 +122,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line(exc)})") from exc
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(
             checkpoint.get("hyper_parameters"), dict):
         raise CheckpointError(f"{path}: not a gliomaseg checkpoint (no state_dict with model hyperparameters)")
@@ -130,6 +130,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if isinstance(k, str) and k.startswith("model.")}
     if not state:
         raise CheckpointError(f"{path}: checkpoint holds no model weights (no 'model.*' entries in its state_dict)")
+    broken = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise CheckpointError(f"{path}: weight {broken[0]}{more} holds NaN or infinite values; a model with broken weights "
+                              "predicts meaningless masks")
     return state, info
 
 
@@ -169,7 +174,11 @@ class TorchPredictor:
             return self.model(x).float()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self.logits(images)[:, 0].sigmoid().cpu().numpy()
+        logits = self.logits(images)
+        if not bool(self.torch.isfinite(logits).all()):
+            raise CheckpointError(f"{self.info.arch}-{self.info.encoder}: the model gives non-finite logits (NaN or infinite); "
+                                  "a mask from it would be meaningless")
+        return logits[:, 0].sigmoid().cpu().numpy()
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32", channels_last: bool = True) -> TorchPredictor:
@@ -187,7 +196,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {info.arch}-{info.encoder} ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(f"{path}: weights do not fit {info.arch}-{info.encoder} ({first_line(exc)})") from exc
     return TorchPredictor(model, info, device=device, precision=precision, channels_last=channels_last)
 
 

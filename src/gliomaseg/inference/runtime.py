@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gliomaseg import machine
-from gliomaseg.errors import CheckpointError
+from gliomaseg.errors import CheckpointError, first_line
 from gliomaseg.inference.predictor import ModelInfo
 
 MICRO_BATCHES = (1, 2, 4, 8)
@@ -62,15 +62,64 @@ def _session(path: Path, threads: int):
     try:
         return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from exc
 
 
-def _probe(session, input_name: str, size: int) -> dict[int, float]:
+def _run(session, path: Path, input_name: str, x: np.ndarray, size: int) -> np.ndarray:
+    """The model's logits for ``x`` (N, 3, S, S), checked: (N, 1, S, S) and finite; an ONNX Runtime error or any
+    other output becomes one :class:`CheckpointError` naming the model."""
+    try:
+        out = session.run(None, {input_name: x})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidArgument, RuntimeException)
+        raise CheckpointError(f"{path}: ONNX Runtime could not run the model on {x.shape[0]} slice(s) ({first_line(exc)})") from exc
+    out = np.asarray(out)
+    if out.shape != (x.shape[0], 1, size, size):
+        raise CheckpointError(f"{path}: model output of shape {out.shape}; gliomaseg needs logits of shape "
+                              f"({x.shape[0]}, 1, {size}, {size}) for this input")
+    if not np.isfinite(out).all():
+        raise CheckpointError(f"{path}: the model gives non-finite logits (NaN or infinite); its weights are broken, "
+                              "a mask from it would be meaningless")
+    return out
+
+
+def check_graph(session, path: Path, size: int) -> str:
+    """The name of the model's image input, once its graph fits gliomaseg: one float input (batch, 3, S, S)
+    with a free batch dimension, and a first output (batch, 1, S, S); S may be free or the model's ``size``.
+
+    A model that does not fit gets one :class:`CheckpointError` when it is opened, not a traceback when it runs.
+    """
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+
+    def fixed(dim) -> bool:
+        return isinstance(dim, int)
+
+    def describe(shape) -> str:
+        return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")" if shape is not None else "unknown"
+
+    if len(inputs) != 1:
+        raise CheckpointError(f"{path}: the model has {len(inputs)} inputs; gliomaseg feeds one, images (batch, 3, {size}, {size})")
+    shape = inputs[0].shape
+    if inputs[0].type != "tensor(float)":
+        raise CheckpointError(f"{path}: the model's input is {inputs[0].type}; gliomaseg feeds float32 images")
+    if (shape is None or len(shape) != 4 or shape[1] != 3 or fixed(shape[0])
+            or any(fixed(d) and d != size for d in shape[2:])):
+        raise CheckpointError(f"{path}: the model's input has shape {describe(shape)}; gliomaseg feeds (batch, 3, {size}, {size}) "
+                              "with a free batch dimension (export it with `gliomaseg export`)")
+    if not outputs:
+        raise CheckpointError(f"{path}: the model has no output")
+    shape = outputs[0].shape
+    if shape is None or len(shape) != 4 or (fixed(shape[1]) and shape[1] != 1) or any(fixed(d) and d != size for d in shape[2:]):
+        raise CheckpointError(f"{path}: the model's output has shape {describe(shape)}; gliomaseg needs one logit map per slice, "
+                              f"(batch, 1, {size}, {size})")
+    return inputs[0].name
+
+
+def _probe(session, path: Path, input_name: str, size: int) -> dict[int, float]:
     """Slices/s of ``session`` for each micro-batch of :data:`MICRO_BATCHES`, on random input."""
     x = np.random.default_rng(0).standard_normal((max(MICRO_BATCHES), 3, size, size)).astype(np.float32)
     rates = {}
     for batch in MICRO_BATCHES:
-        session.run(None, {input_name: x[:batch]})  # warm-up
+        _run(session, path, input_name, x[:batch], size)  # warm-up, and the output checked once
         runs = -(-PROBE_SLICES // batch)
         started = time.perf_counter()
         for _ in range(runs):
@@ -109,7 +158,8 @@ class OnnxPredictor:
         self.threshold = self.info.threshold
         self.mean = np.asarray(self.info.mean, np.float32).reshape(1, 3, 1, 1) * 255.0
         self.std = np.asarray(self.info.std, np.float32).reshape(1, 3, 1, 1) * 255.0
-        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+        self.input_name = check_graph(self.session, path, self.image_size)
         if micro_batch is not None:
             if micro_batch < 1:
                 raise CheckpointError(f"{path}: micro-batch must be at least 1, got {micro_batch}")
@@ -130,7 +180,7 @@ class OnnxPredictor:
         rates: dict[tuple[int, int], float] = {}
         for threads in thread_options:
             session = self.session if threads == thread_options[0] else _session(path, threads)
-            rates.update({(threads, batch): rate for batch, rate in _probe(session, self.input_name, self.image_size).items()})
+            rates.update({(threads, batch): rate for batch, rate in _probe(session, path, self.input_name, self.image_size).items()})
         threads, batch = max(rates, key=rates.get)
         settings = RuntimeSettings(threads, batch, "measured now",
                                    {f"{t}x{b}": round(r, 2) for (t, b), r in rates.items()})
@@ -143,7 +193,8 @@ class OnnxPredictor:
         x = images.transpose(0, 3, 1, 2).astype(np.float32)
         x = np.ascontiguousarray((x - self.mean) / self.std)
         step = self.micro_batch
-        return np.concatenate([self.session.run(None, {self.input_name: x[i : i + step]})[0] for i in range(0, len(x), step)])
+        return np.concatenate([_run(self.session, self.path, self.input_name, x[i : i + step], self.image_size)
+                               for i in range(0, len(x), step)])
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         logits = self.logits(images)[:, 0]

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -39,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gliomaseg.data.nifti import mask_volume_bytes, slices_geometry
 from gliomaseg.errors import ConfigError, GliomasegError, InputWarning
-from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, ServeLimits, UploadError, UploadTooLarge
+from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, WILDCARD_HOSTS, ServeLimits, UploadError, UploadTooLarge
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
 from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
 from gliomaseg.visualization import encode_png
@@ -66,26 +67,44 @@ class StoredResult:
 
 
 class ResultStore:
-    """The last ``size`` results, oldest evicted first; safe to use from several threads."""
+    """The last ``size`` results within ``max_bytes`` (their slices and masks), oldest evicted first; thread-safe.
 
-    def __init__(self, size: int):
+    The newest result is always kept, even alone over ``max_bytes`` (the request's own budget bounds it).
+    """
+
+    def __init__(self, size: int, max_bytes: int | None = None):
         self.size = size
+        self.max_bytes = max_bytes
         self._items: OrderedDict[str, StoredResult] = OrderedDict()
+        self._bytes: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def nbytes(cases: list[CaseResult]) -> int:
+        return sum(a.nbytes for case in cases for a in (*case.case.images, *case.masks, *(t for t in case.case.truths if t is not None)))
 
     def add(self, cases: list[CaseResult], notes: list[str]) -> StoredResult:
         result = StoredResult(secrets.token_urlsafe(16), cases, notes)
         with self._lock:
             self._items[result.id] = result
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            self._bytes[result.id] = self.nbytes(cases)
+            while len(self._items) > 1 and (len(self._items) > self.size
+                                            or (self.max_bytes is not None and sum(self._bytes.values()) > self.max_bytes)):
+                old, _ = self._items.popitem(last=False)
+                del self._bytes[old]
         return result
+
+    @property
+    def bytes_kept(self) -> int:
+        with self._lock:
+            return sum(self._bytes.values())
 
     def get(self, result_id: str) -> StoredResult:
         with self._lock:
             result = self._items.get(result_id)
         if result is None:
-            raise _NotFound(f"result {result_id[:40]} not found: it expired (only the last {self.size} results are kept) "
+            raise _NotFound(f"result {result_id[:40]} not found: it expired (only the last {self.size} results, and "
+                            f"{self.max_bytes / 2**20 if self.max_bytes else 0:g} MiB of them, are kept) "
                             "or the server restarted; upload the files again")
         return result
 
@@ -95,6 +114,80 @@ class ResultStore:
 
 class _NotFound(GliomasegError):
     pass
+
+
+class Guard:
+    """ASGI middleware, outermost: the security headers on every answer (413s and 500s too), the Host check and the
+    cross-origin check, and a readable 500 instead of an exception that escaped.
+
+    Host: only the names the server was started for (loopback names, and ``--host``) are served, so a page that
+    rebinds its own DNS name to 127.0.0.1 gets nothing back. Origin: a state-changing request (not GET, HEAD or
+    OPTIONS) is refused unless it carries no ``Origin`` or one equal to the server's own (``http://`` + Host): a
+    multipart POST from another site needs no CORS preflight, so without this any page the user visits could
+    upload to the viewer. ``Origin: null`` (sandboxed frames, files) is refused too.
+    """
+
+    def __init__(self, app, allowed_hosts: Sequence[str] | None):
+        self.app = app
+        self.allowed = None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts}
+
+    @staticmethod
+    def _hostname(host: str) -> str:
+        host = host.strip().lower()
+        if host.startswith("["):  # [::1]:8000
+            return host[1:].split("]", 1)[0]
+        return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+    async def _refuse(self, scope, receive, send, status: int, message: str) -> None:
+        response = JSONResponse({"error": message}, status_code=status, headers=_SECURITY_HEADERS)
+        await response(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get("host", "")
+        if self.allowed is not None and self._hostname(host) not in self.allowed:
+            log.warning("refused a request for host %r", host[:100])
+            return await self._refuse(scope, receive, send, 421, f"host {host[:100]!r} is not served here; open the viewer "
+                                      "at the address it printed when it started")
+        origin = headers.get("origin")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin is not None and origin.lower() != f"http://{host}".lower():
+            log.warning("refused a %s from origin %r", scope["method"], origin[:100])
+            return await self._refuse(scope, receive, send, 403, f"requests from another site ({origin[:100]}) are refused; "
+                                      "use the viewer's own page")
+        started = False
+
+        async def with_headers(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []), *((k.lower().encode(), v.encode())
+                                                   for k, v in _SECURITY_HEADERS.items() if k.lower().encode() not in present)]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception as exc:  # ExceptionGroup from a task group included: answer, never a bare 500 or a reset
+            too_large = _find(exc, UploadTooLarge)
+            if too_large is None:
+                log.exception("unexpected error on %s", scope.get("path"))
+            if not started:
+                status, message = ((413, str(too_large)) if too_large is not None else
+                                   (500, f"internal error ({type(exc).__name__}); the server log has the details"))
+                await self._refuse(scope, receive, send, status, message)
+
+
+def _find(exc: BaseException, kind: type) -> BaseException | None:
+    """``exc`` or the first exception of type ``kind`` inside it (exception groups, causes)."""
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _find(inner, kind)
+        if found is not None:
+            return found
+    return _find(exc.__cause__, kind) if exc.__cause__ is not None else None
 
 
 class BodyLimit:
@@ -124,7 +217,7 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._drain(receive, 0)
-            response = JSONResponse({"error": self.message}, status_code=413, headers={"Connection": "close"})
+            response = JSONResponse({"error": self.message}, status_code=413, headers={"Connection": "close", **_SECURITY_HEADERS})
             return await response(scope, receive, send)
         received = 0
 
@@ -156,6 +249,7 @@ def create_app(
     limits: ServeLimits | None = None,
     temp_root: str | Path | None = None,
     model_label: str = "",
+    allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """The viewer app around one predictor (``OnnxPredictor`` or ``TorchPredictor``).
 
@@ -164,21 +258,15 @@ def create_app(
         limits: upload and image limits (:class:`ServeLimits` defaults when None).
         temp_root: where per-request temporary folders are made (the system's temporary folder when None).
         model_label: how the page names the model.
+        allowed_hosts: the Host names answered (see :class:`Guard`); None answers any (a server bound to every address).
     """
     options = options or SegmentOptions()
     limits = limits or ServeLimits()
-    store = ResultStore(limits.max_results)
+    store = ResultStore(limits.max_results, limits.max_result_bytes)
     busy = threading.BoundedSemaphore(limits.concurrent_inferences)
     app = FastAPI(title="gliomaseg viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
     app.state.limits = limits
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
 
     @app.exception_handler(GliomasegError)
     async def readable_error(request: Request, exc: GliomasegError):
@@ -281,6 +369,7 @@ def create_app(
                         headers={"Content-Disposition": f'attachment; filename="{name}_mask.nii.gz"'})
 
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts)  # added last: outermost
     return app
 
 
@@ -325,7 +414,9 @@ def run_server(
         log.warning("binding to %s: the viewer has no login; anyone who can reach this address can upload and see results", host)
     if not 0 < port < 65536:
         raise ConfigError(f"port {port}: must be between 1 and 65535")
-    app = create_app(predictor, options=options, limits=limits, model_label=model_label)
+    # Bound to every address, the names it is reached by are unknown: any Host is answered (with the warning above).
+    allowed = None if host in WILDCARD_HOSTS else (*LOOPBACK_HOSTS, host)
+    app = create_app(predictor, options=options, limits=limits, model_label=model_label, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
     print(f"gliomaseg viewer on http://{shown}:{port}/ (model: {model_label or 'given'}); Ctrl+C stops it", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

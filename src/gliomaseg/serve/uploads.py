@@ -18,8 +18,8 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask
-from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, axial_shape, read_mask_volume
+from gliomaseg.data.files import IMAGE_SUFFIXES, MAX_IMAGE_SIDE, read_image, read_mask
+from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, axial_shape, read_mask_volume, volume_bytes
 from gliomaseg.data.sources import open_source
 from gliomaseg.errors import DataError
 from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
@@ -137,6 +137,20 @@ class _Budget:
         return written
 
 
+class _Memory:
+    """Decoded bytes left for this request (:attr:`ServeLimits.max_decoded_bytes`), taken from headers before decoding."""
+
+    def __init__(self, limits: ServeLimits):
+        self.limit = limits.max_decoded_bytes
+        self.used = 0
+
+    def take(self, path: Path, nbytes: int, what: str) -> None:
+        if self.used + nbytes > self.limit:
+            raise UploadTooLarge(f"{path}: {what} decodes to {_megabytes(nbytes)}; with the rest of the upload that is more "
+                                 f"than the memory limit of {_megabytes(self.limit)}")
+        self.used += nbytes
+
+
 def _megabytes(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB"
 
@@ -158,9 +172,11 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], folder: Path, limits: Se
 
 
 def extract_zip(path: Path, name: str, dest: Path, limits: ServeLimits) -> Path:
-    """Unpack a zip into ``dest`` keeping at most the last folder of each member (the patient folder).
+    """Unpack a zip into ``dest``, each folder that holds files becoming one folder of ``dest`` (one patient).
 
     Member names are made safe one component at a time, so ``../x`` or ``/etc/x`` land inside ``dest``.
+    Folders whose safe names would clash (``Patient_é/`` and ``Patient_ü/``, ``siteA/P1`` and ``siteB/P1``, a
+    folder ``P/`` beside a file ``P``) are kept apart: the second is named after its whole path, or numbered.
     The number of members and the unpacked bytes are limited; members are counted as they are copied,
     not trusted from the zip's own directory.
     """
@@ -170,6 +186,7 @@ def extract_zip(path: Path, name: str, dest: Path, limits: ServeLimits) -> Path:
         raise UploadError(f"{name}: not a readable zip file ({exc})") from None
     budget = _Budget(limits)
     dest.mkdir(parents=True, exist_ok=True)
+    folders: dict[tuple[str, ...], Path] = {}  # a member's folder in the zip -> its folder here
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if len(members) > limits.max_files:
@@ -181,8 +198,10 @@ def extract_zip(path: Path, name: str, dest: Path, limits: ServeLimits) -> Path:
             parts = [p for p in re.split(r"[\\/]+", member.filename) if p not in ("", ".", "..")]
             if not parts or any(p.startswith((".", "__MACOSX")) for p in parts):
                 continue
-            parts = [safe_name(p) for p in parts[-2:]]
-            target = _unique(inside(dest, *parts))
+            parent = tuple(parts[:-1])
+            if parent not in folders:
+                folders[parent] = _zip_folder(dest, parent, set(folders.values()))
+            target = _unique(inside(folders[parent], safe_name(parts[-1])))
             target.parent.mkdir(parents=True, exist_ok=True)
             budget.add_file(f"{name}: {member.filename}")
             try:
@@ -194,6 +213,17 @@ def extract_zip(path: Path, name: str, dest: Path, limits: ServeLimits) -> Path:
     return dest
 
 
+def _zip_folder(dest: Path, parent: tuple[str, ...], used: set[Path]) -> Path:
+    """The folder of ``dest`` for a zip folder ``parent``: its last name made safe, else its whole path, else numbered."""
+    if not parent:
+        return dest
+    for candidate in (safe_name(parent[-1]), safe_name("_".join(parent))):
+        folder = inside(dest, candidate)
+        if folder not in used and not folder.exists():
+            return folder
+    return _unique(inside(dest, safe_name("_".join(parent))))
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the image header, without decoding the pixels."""
     from PIL import Image
@@ -203,6 +233,8 @@ def image_size(path: Path) -> tuple[int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise UploadTooLarge(f"{path}: the image claims more pixels than the limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}") from None
     except Exception as exc:  # PIL raises many types for files it cannot identify
         raise DataError(f"{path}: file does not decode as an image ({type(exc).__name__})") from None
     return height, width
@@ -219,7 +251,7 @@ def _patient_of(stems: list[str]) -> str:
     return names.pop() if len(names) == 1 else "upload"
 
 
-def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
+def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: int, memory: _Memory) -> int:
     patients, skipped = open_source(folder)
     items = [item for patient in patients if patient.geometry is None for item in patient.slices]
     out.notes.extend(f"skipped {path}: {problem}" for path, problem in skipped)
@@ -235,13 +267,21 @@ def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: 
             try:
                 shape = image_size(item.image_path)
                 _check_side(item.image_path, shape, limits)
+                memory.take(item.image_path, shape[0] * shape[1] * 3, "the slice")
+                truth = None
+                if item.mask_path is not None:  # the mask is held to the same limits as its image, before either decodes
+                    mask_shape = image_size(item.mask_path)
+                    _check_side(item.mask_path, mask_shape, limits)
+                    if mask_shape != shape:
+                        raise DataError(f"{item.mask_path}: mask of {mask_shape[0]}x{mask_shape[1]} pixels does not match its "
+                                        f"image of {shape[0]}x{shape[1]}")
+                    memory.take(item.mask_path, shape[0] * shape[1], "the mask")
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    image = read_image(item.image_path, lenient=True)
+                    image = read_image(item.image_path, lenient=True, max_side=limits.max_image_side)
                 out.notes.extend(str(w.message) for w in caught)
-                truth = None
                 if item.mask_path is not None:
-                    truth = read_mask(item.mask_path)
+                    truth = read_mask(item.mask_path, max_side=limits.max_image_side)
                     if truth.shape != image.shape[:2]:
                         raise DataError(f"{item.mask_path}: mask shape {truth.shape} does not match its image of shape {image.shape[:2]}")
             except UploadTooLarge:
@@ -258,12 +298,15 @@ def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: 
     return count
 
 
-def _volume_case(path: Path, truth_path: Path | None, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
+def _volume_case(path: Path, truth_path: Path | None, limits: ServeLimits, out: Gathered, slices_left: int, memory: _Memory) -> int:
     """One NIfTI volume read as ``gliomaseg predict`` reads it (:func:`gliomaseg.data.sources.open_source`).
 
-    Its size is checked from the header before any voxel is read.
+    Its size (and its truth's) is checked from the header before any voxel is read.
     """
     rows, cols, count = axial_shape(path)
+    memory.take(path, volume_bytes(path), "the volume")
+    if truth_path is not None:
+        memory.take(truth_path, volume_bytes(truth_path), "the truth volume")
     if max(rows, cols) > limits.max_image_side:
         raise UploadTooLarge(f"{path}: slices of {rows}x{cols} voxels, larger than the limit of {limits.max_image_side} a side")
     if count > min(limits.max_slices, slices_left):
@@ -320,9 +363,10 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
             shutil.move(path, target / path.name)
         slice_folders.insert(0, target)
     left = limits.max_slices
+    memory = _Memory(limits)
     for slices in slice_folders:
         try:
-            left -= _slice_cases(slices, limits, out, left)
+            left -= _slice_cases(slices, limits, out, left, memory)
         except UploadTooLarge:
             raise
         except DataError as exc:
@@ -333,7 +377,7 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
             continue  # the truth of another volume
         truth = next((stems[stem + marker] for marker in TRUTH_MARKERS if stem + marker in stems), None)
         try:
-            left -= _volume_case(path, truth, limits, out, left)
+            left -= _volume_case(path, truth, limits, out, left, memory)
         except UploadTooLarge:
             raise
         except DataError as exc:
