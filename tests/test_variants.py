@@ -89,3 +89,14 @@ def test_the_shipped_model_has_a_checked_int8_variant():
     assert check["check_patients"] == 13 and check["patient_dice_drop"] <= check["max_dice_drop_allowed"]
     predictor = open_predictor()
     assert predictor.choice.variant in ("fp32", "int8") and set(predictor.choice.rates) == {"fp32", "int8"}
+
+
+def test_evaluate_takes_an_onnx_model_and_its_variant(pair: Path, prepared: Path, tmp_path: Path, capsys):
+    from gliomaseg.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(pair), "--variant", "int8", "--csv", str(prepared / "data_val.csv"),
+                 "--out", str(out), "--no-compare"]) == 0
+    assert "model: model.int8.onnx (int8, as asked)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert Path(summary["checkpoint"]).name == "model.int8.onnx" and 0.0 <= summary["patient_dice_mean"] <= 1.0

@@ -97,9 +97,14 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from gliomaseg.evaluation import evaluate
     from gliomaseg.inference.postprocess import PostProcess
+    from gliomaseg.inference.predictor import open_predictor
 
+    predictor = open_predictor(args.checkpoint, args.model, device=args.device, variant=args.variant)
+    if getattr(predictor, "choice", None) is not None:
+        print(predictor.choice.message())
     summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
-                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=args.spacing)
+                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=args.spacing,
+                       predictor=predictor)
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
 
@@ -319,8 +324,12 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     if command_name == "train":
         _add_train_options(p)
 
-    p = sub.add_parser("evaluate", help="per-slice, per-patient and summary metrics of a checkpoint on a CSV")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p = sub.add_parser("evaluate", help="per-slice, per-patient and summary metrics of a model on a CSV")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", type=Path, help="a training checkpoint (PyTorch)")
+    model.add_argument("--model", type=Path, help="an exported model.onnx; with neither, the model that ships with gliomaseg")
+    p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
+                   help="fp32 / int8 variant of an ONNX model: auto (default: the faster here), fp32 or int8")
     p.add_argument("--csv", required=True, type=Path, help="a CSV of prepare (or any input with masks: kaggle_3m folder, NIfTI cases)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE)

@@ -137,7 +137,7 @@ def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     csv_path: str | Path,
     out: str | Path,
     *,
@@ -158,7 +158,11 @@ def evaluate(
     """
     from gliomaseg.inference.predictor import load_checkpoint
 
+    if predictor is None and checkpoint is None:
+        raise ValueError("evaluate needs a checkpoint or a predictor")
     predictor = predictor or load_checkpoint(checkpoint, device=device)
+    if checkpoint is None:  # an ONNX model: name the file that ran (the chosen variant)
+        checkpoint = getattr(predictor, "path", "model")
     patients, _ = open_source(csv_path, strict=True)
     threshold = predictor.threshold
     if not all(is_volume(p) for p in patients):
