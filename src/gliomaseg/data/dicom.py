@@ -350,7 +350,7 @@ def _build_case(name: str, folder: Path, roles: dict[str, Series], segs: list, *
     return DicomCase(name, images, geometry, truth, single, truth_path)
 
 
-def _slices_of(series: Series, masks: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+def _slices_of(masks: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
     from nibabel import orientations
 
     lps = orientations.apply_orientation(masks.transpose(2, 1, 0) > 0, geometry.transform)  # (N, rows, cols) -> native -> LPS
@@ -377,7 +377,7 @@ def read_segmentation_masks(path: Path, geometry: DicomGeometry) -> list[np.ndar
                                                           dtype=np.uint8)
             except Exception as exc:
                 raise DataError(f"{path}: its frames do not map onto {series.folder} ({type(exc).__name__}: {str(exc)[:160]})") from None
-            return _slices_of(series, array.max(axis=-1) if array.ndim == 4 else array, geometry)
+            return _slices_of(array.max(axis=-1) if array.ndim == 4 else array, geometry)
     raise DataError(f"{path}: the segmentation references none of the case's series ({', '.join(sorted(referenced))})")
 
 
