@@ -517,7 +517,6 @@ def write_segmentation(masks: Sequence[np.ndarray], geometry: DicomGeometry, out
     """
     hd = _highdicom(out)
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     from gliomaseg import __version__
 
