@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,pretrained]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,pretrained,dicom]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -116,13 +116,14 @@ def _predict(args: argparse.Namespace) -> None:
 
     from gliomaseg.inference.predictor import open_predictor
 
+    inputs = _predict_inputs(args)
     predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision,
                                variant=args.variant, threads=args.threads)
     if getattr(predictor, "choice", None) is not None:  # which variant of an ONNX model runs (fp32 / int8) and why
         print(predictor.choice.message())
     if hasattr(predictor, "settings"):  # ONNX Runtime: say which threads and micro-batch it chose
         print(predictor.settings.message())
-    result = predict(predictor, args.input, args.out, threshold=args.threshold, batch_size=args.batch_size,
+    result = predict(predictor, inputs, args.out, threshold=args.threshold, batch_size=args.batch_size,
                      tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps,
                      allow_grayscale=args.allow_grayscale, allow_16bit=args.allow_16bit)
     print(f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) into {result.out}")
@@ -130,6 +131,19 @@ def _predict(args: argparse.Namespace) -> None:
         print(result.patients.drop(columns=[c for c in ("gif",) if c in result.patients]).to_string(index=False))
     if len(result.skipped):
         print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
+
+
+def _predict_inputs(args: argparse.Namespace):
+    """``--input`` paths, or the DICOM series that ``--sequences`` names by role (``role=DIR`` entries or one mapping file)."""
+    if (args.input is None) == (args.sequences is None):
+        raise GliomasegError("predict needs --input PATH ... or --sequences pre=DIR flair=DIR post=DIR (or a mapping file), not both")
+    if args.sequences is None:
+        return args.input
+    from gliomaseg.data.dicom import parse_sequences, read_mapping_file
+
+    if len(args.sequences) == 1 and "=" not in args.sequences[0]:
+        return read_mapping_file(Path(args.sequences[0]))
+    return parse_sequences(args.sequences)
 
 
 @command("score")
@@ -143,8 +157,15 @@ def _score(args: argparse.Namespace) -> None:
 
 @command("convert")
 def _convert(args: argparse.Namespace) -> None:
-    from gliomaseg.data.convert import convert_to_nifti
+    from gliomaseg.data.convert import convert_to_dicom, convert_to_nifti
 
+    if args.to == "dicom":
+        table = convert_to_dicom(args.input, args.out, spacing=args.spacing)
+        print(f"wrote {len(table)} patient(s) as DICOM cases <patient>/pre|flair|post/ + sequences.txt (+ <patient>_seg.dcm, "
+              f"the truth) to {args.out}, voxels {', '.join(sorted(set(table['spacing_mm'])))} mm (listed in converted.csv)")
+        return
+    if args.spacing is not None:
+        raise GliomasegError("convert --spacing is for --to dicom (NIfTI output keeps 1 mm voxels)")
     table = convert_to_nifti(args.input, args.out)
     print(f"wrote {len(table)} patient(s) as <patient>.nii.gz + <patient>_mask.nii.gz to {args.out} (listed in converted.csv)")
 
@@ -348,9 +369,14 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                         "runs whichever is faster on this machine, by a short cached probe; fp32 or int8 force one")
     p.add_argument("--backend", choices=["torch", "onnx"], default=None,
                    help="kept for older scripts: the backend follows from --checkpoint (torch) or --model / the shipped model (onnx)")
-    p.add_argument("--input", required=True, type=Path, nargs="+",
+    p.add_argument("--input", type=Path, nargs="+", default=None,
                    help="a slice, a patient folder, a kaggle_3m root, a CSV, a NIfTI case (X, Y, Z, 3), "
-                        "three NIfTI channel files (pre-contrast, FLAIR, post-contrast) or a folder of NIfTI cases")
+                        "three NIfTI channel files (pre-contrast, FLAIR, post-contrast), a folder of NIfTI cases, a DICOM "
+                        "series folder, a DICOM case folder with a sequences.txt, or a folder of those")
+    p.add_argument("--sequences", nargs="+", default=None, metavar="ROLE=DIR",
+                   help="instead of --input: one DICOM case from three MR series of one geometry, pre=DIR flair=DIR post=DIR "
+                        "(DIR@SERIES picks a series of a folder by number, description or UID; flair alone copies FLAIR into "
+                        "the missing channels), or one mapping file of such lines (needs gliomaseg[dicom])")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threshold", type=PROBABILITY, default=None, help="default: the model's own")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE)
@@ -370,14 +396,21 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="the metrics of evaluate for mask files written by predict, another tool or a reader")
     p.add_argument("--pred", required=True, type=Path,
                    help="folder of predicted masks: <patient>_mask.nii.gz, or <slice>_pred.png / <slice>.png (in <patient>/ or not)")
-    p.add_argument("--truth", required=True, type=Path, help="a CSV of prepare, a kaggle_3m folder or a folder of NIfTI cases with masks")
+    p.add_argument("--truth", required=True, type=Path,
+                   help="a CSV of prepare, a kaggle_3m folder, a folder of NIfTI cases with masks, a DICOM case folder with a SEG, "
+                        "or a DICOM SEG file (its series beside it)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
                    help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
 
-    p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI: <patient>.nii.gz and <patient>_mask.nii.gz")
-    p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder")
+    p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI (<patient>.nii.gz and <patient>_mask.nii.gz) or to DICOM")
+    p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder (for --to dicom also NIfTI cases)")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--to", choices=["nifti", "dicom"], default="nifti",
+                   help="nifti (default) or dicom: <patient>/pre|flair|post/ MR series, sequences.txt and <patient>_seg.dcm "
+                        "(the truth as a DICOM SEG); synthetic UIDs (needs gliomaseg[dicom])")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
+                   help="--to dicom: voxel size in mm to state (default: a NIfTI case's own, else 1 1 1: kaggle_3m records none)")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch, or quantize an ONNX model")
     p.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint (best.ckpt)")

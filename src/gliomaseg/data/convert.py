@@ -1,15 +1,36 @@
-"""``gliomaseg convert``: kaggle_3m patients (or any slice source with masks) to NIfTI, for 3D Slicer, ITK-SNAP and friends."""
+"""``gliomaseg convert``: kaggle_3m patients (or any slice source with masks) to NIfTI, for 3D Slicer, ITK-SNAP and friends,
+or to DICOM (three MR series and a DICOM SEG of the truth), for PACS viewers and to try the DICOM path on."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import run_folder, write_csv
+from gliomaseg.data.files import run_folder, write_csv, write_text
 from gliomaseg.data.nifti import write_slices_volume
-from gliomaseg.data.sources import open_source
+from gliomaseg.data.sources import PatientInput, open_source
 from gliomaseg.errors import DataError
+
+
+def _arrays(patient: PatientInput, *, need_masks: bool) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """A patient's slices (uint8 RGB, one size) and masks (uint8 0/1), checked; masks ``None`` when it has none and they are optional."""
+    images, masks = [], []
+    for item in patient.slices:
+        image, mask = item.image(lenient=False), item.mask()
+        if images and image.shape != images[0].shape:
+            raise DataError(f"{item.image_path}: slice of shape {image.shape} differs from the patient's first slice {images[0].shape}; "
+                            "a volume needs slices of one size")
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DataError(f"{item.mask_path}: mask shape {mask.shape} does not match its image {item.image_path} of shape {image.shape[:2]}")
+        images.append(image)
+        masks.append(mask)
+    missing = [item for item, mask in zip(patient.slices, masks) if mask is None]
+    if missing and (need_masks or len(missing) < len(masks)):
+        raise DataError(f"{missing[0].image_path}: image has no mask (expected a file ending in _mask.tif)")
+    return images, (None if missing else masks)
 
 
 def convert_to_nifti(inputs: str | Path, out: str | Path) -> pd.DataFrame:
@@ -39,20 +60,69 @@ def _convert(patients, work: Path) -> pd.DataFrame:
     rows = []
     for patient in patients:
         if patient.geometry is not None:
-            raise DataError(f"{patient.slices[0].image_path}: already a NIfTI case")
-        images, masks = [], []
-        for item in patient.slices:
-            image, mask = item.image(lenient=False), item.mask()
-            if mask is None:
-                raise DataError(f"{item.image_path}: image has no mask (expected a file ending in _mask.tif)")
-            if images and image.shape != images[0].shape:
-                raise DataError(f"{item.image_path}: slice of shape {image.shape} differs from the patient's first slice {images[0].shape}; "
-                                "a volume needs slices of one size")
-            if mask.shape != image.shape[:2]:
-                raise DataError(f"{item.mask_path}: mask shape {mask.shape} does not match its image {item.image_path} of shape {image.shape[:2]}")
-            images.append(image)
-            masks.append(mask)
+            raise DataError(f"{patient.slices[0].image_path}: already a volume (NIfTI or DICOM case)")
+        images, masks = _arrays(patient, need_masks=True)
         image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}.nii.gz", work / f"{patient.name}_mask.nii.gz")
         rows.append({"patient": patient.name, "slices": len(images), "tumour_slices": sum(int(m.any()) for m in masks),
                      "image": image_out.relative_to(work).as_posix(), "mask": mask_out.relative_to(work).as_posix()})
+    return pd.DataFrame(rows)
+
+
+def convert_to_dicom(inputs: str | Path, out: str | Path, spacing: tuple[float, float, float] | None = None) -> pd.DataFrame:
+    """Write each patient as a DICOM case: ``<patient>/pre|flair|post/<k>.dcm``, ``<patient>/sequences.txt`` naming them,
+    and, when it has masks, its truth as ``<patient>/<patient>_seg.dcm`` (a DICOM SEG, MANUAL segment).
+
+    Three MR series, one per channel (pre-contrast, FLAIR, post-contrast), of one synthetic study with
+    synthetic but valid UIDs (stable for a patient), axial, 8 bits stored (:func:`~gliomaseg.data.dicom.write_mr_series`).
+    ``spacing`` (mm between slices, rows, columns; the order of ``--spacing``): for kaggle_3m slices, which
+    record none, 1 mm unless given; a NIfTI case keeps its header's voxel size unless given.
+    ``gliomaseg predict`` on ``<patient>/`` gives exactly the masks of the slices.
+    Returns one row per patient (``patient, slices, tumour_slices, folder, segmentation, spacing_mm``), also in ``converted.csv``.
+    """
+    patients, _ = open_source(inputs, strict=True)
+    out = Path(out)
+    with run_folder(out, "convert") as work:  # the rerun rule of every command (README "Reruns")
+        table = _convert_dicom(patients, work, spacing)
+        write_csv(table, work / "converted.csv")
+    for column in ("folder", "segmentation"):
+        table[column] = [None if v is None else str(out / v) for v in table[column]]
+    return table
+
+
+def _convert_dicom(patients, work: Path, spacing: tuple[float, float, float] | None) -> pd.DataFrame:
+    from pydicom.uid import generate_uid
+
+    from gliomaseg.data import dicom
+
+    rows = []
+    for patient in patients:
+        if isinstance(patient.geometry, dicom.DicomGeometry):
+            raise DataError(f"{patient.slices[0].image_path}: already a DICOM case")
+        images, masks = _arrays(patient, need_masks=False)
+        if spacing is not None:
+            between = (float(spacing[1]), float(spacing[2]), float(spacing[0]))
+        elif patient.geometry is not None:
+            left, posterior, superior = patient.geometry.voxel_mm
+            between = (posterior, left, superior)
+        else:
+            between = (1.0, 1.0, 1.0)
+        if min(between) <= 0:
+            raise DataError(f"{patient.name}: spacing {between} mm must be positive")
+        volume = np.stack(images)  # (N, rows, cols, 3), LPS slice order
+        date = re.search(r"(\d{8})$", patient.name)
+        study = generate_uid(entropy_srcs=["gliomaseg study", patient.name])
+        frame = generate_uid(entropy_srcs=["gliomaseg frame", patient.name])
+        folder = work / patient.name
+        for number, role in enumerate(dicom.ROLES):
+            dicom.write_mr_series(volume[..., number], folder / role, spacing=between, patient=patient.name, study_uid=study,
+                                  frame_of_reference=frame, series_number=number + 1, description=role,
+                                  study_date=date.group(1) if date else "")
+        write_text("".join(f"{role}={role}\n" for role in dicom.ROLES), folder / dicom.SEQUENCES_FILE)
+        seg = None
+        if masks is not None:
+            case = dicom.read_sequences({role: folder / role for role in dicom.ROLES}, name=patient.name)
+            seg = dicom.write_segmentation(masks, case.geometry, folder / f"{patient.name}_seg.dcm").relative_to(work).as_posix()
+        rows.append({"patient": patient.name, "slices": len(images),
+                     "tumour_slices": sum(int(m.any()) for m in masks) if masks else None, "folder": folder.relative_to(work).as_posix(),
+                     "segmentation": seg, "spacing_mm": " x ".join(f"{v:g}" for v in (between[2], between[0], between[1]))})
     return pd.DataFrame(rows)

@@ -2,7 +2,8 @@
 
 ``open_source(paths)`` takes what a user points at (a kaggle_3m root, a patient folder, a
 ``prepare`` CSV, one slice file, a NIfTI case or three NIfTI channel files, a folder of NIfTI
-cases) and returns :class:`PatientInput` objects, each holding its :class:`SliceInput` s in slice
+cases, a DICOM series folder, a DICOM case folder with a ``sequences.txt``, a folder of those, series
+named by role ``{"pre": DIR, "flair": DIR, "post": DIR}``) and returns :class:`PatientInput` objects, each holding its :class:`SliceInput` s in slice
 order. ``prepare``, ``predict``, ``evaluate``, ``score`` and ``convert`` read their inputs through it.
 A new format plugs in with :func:`register` (the design follows nnU-Net's ``imageio`` readers).
 
@@ -14,10 +15,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from gliomaseg.data import dicom
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv, safe_name
 from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, case_name, read_mask_volume, read_volume
 from gliomaseg.errors import DataError
@@ -38,11 +40,16 @@ class SliceInput:
     slice: int | None = None
     load_image: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     load_mask: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    grayscale: bool = False  # loaded image is one sequence copied into 3 channels: refused unless allow_grayscale
 
     def image(self, *, lenient: bool = True, allow_grayscale: bool = False, allow_16bit: bool = False) -> np.ndarray:
         """RGB (H, W, 3), uint8 (uint16 for an allowed 16-bit slice file: scale it with
         :func:`~gliomaseg.data.files.scale_volume`). Options as in :func:`~gliomaseg.data.files.read_image`."""
         if self.load_image:
+            if self.grayscale and not allow_grayscale:
+                raise DataError(f"{self.image_path}: one MR series of an unknown sequence; the model expects 3 channels "
+                                "(pre-contrast, FLAIR, post-contrast). Name the series with --sequences pre=DIR flair=DIR "
+                                "post=DIR (flair=DIR alone copies FLAIR into the others), or pass --allow-grayscale")
             return self.load_image()
         return read_image(self.image_path, lenient=lenient, allow_grayscale=allow_grayscale, allow_16bit=allow_16bit)
 
@@ -151,13 +158,47 @@ def read_nifti(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
     return [PatientInput(name, slices, geometry)]
 
 
+def _dicom_patient(case: dicom.DicomCase) -> PatientInput:
+    """A DICOM case's slices (``slice`` k + 1 along the axial axis), its truth SEG as masks."""
+    truth = case.truth
+    slices = [
+        SliceInput(case.name, f"{case.name}_{k + 1}", case.geometry.path, case.truth_path, k + 1, load_image=(lambda im=im: im),
+                   load_mask=None if truth is None else (lambda m=truth[k]: m), grayscale=case.single_sequence)
+        for k, im in enumerate(case.images)
+    ]
+    return PatientInput(case.name, slices, case.geometry)
+
+
+@register(*dicom.DICOM_ENDINGS)
+def read_dicom_files(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
+    """DICOM files given one by one: a SEG alone (truth: its series is looked for beside it), else the files of one MR series."""
+    if len(paths) == 1 and dicom.is_segmentation(paths[0]):
+        return [_dicom_patient(dicom.segmentation_file_case(paths[0]))]
+    folder = paths[0].parent
+    return [_dicom_patient(case) for case in dicom.read_folder(folder, list(paths))]
+
+
+def read_sequences(roles: Mapping[str, str | Path], *, name: str | None = None, truth_files: Sequence[Path] = ()) -> list[PatientInput]:
+    """Series named by role (``pre``, ``flair``, ``post``: a folder, or ``FOLDER@SERIES``) as one case.
+
+    ``name`` names the case (default: the folder holding the series folders); ``truth_files`` are DICOM SEG
+    files to look for its truth in (default: the DICOM files beside the series folders)."""
+    return [_dicom_patient(dicom.read_sequences(dict(roles), name=name, extra_files=truth_files))]
+
+
 def _read_folder(folder: Path, problems: Problems, *, top: bool) -> list[PatientInput]:
-    """Slice files of a folder make one patient; each NIfTI case in it is a patient; without either, its subfolders."""
+    """Slice files of a folder make one patient; each NIfTI case in it is a patient; its DICOM series (or the
+    series its ``sequences.txt`` names) one case; without any of these, its subfolders."""
     files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key)
-    slice_files, cases, unsupported = [], [], []
+    slice_files, cases, unsupported, dicom_files = [], [], [], []
+    mapping = folder / dicom.SEQUENCES_FILE if (folder / dicom.SEQUENCES_FILE).is_file() else None
     for file in files:
         kind = ending(file)
-        if kind in NIFTI_ENDINGS:
+        if kind in dicom.DICOM_ENDINGS or (kind is None and file != mapping and dicom.is_dicom(file)):
+            dicom_files.append(file)
+        elif file == mapping or file.name.upper() == "DICOMDIR":
+            continue
+        elif kind in NIFTI_ENDINGS:
             if not _is_mask(file):
                 cases.append(file)
         elif kind in IMAGE_SUFFIXES:
@@ -170,6 +211,14 @@ def _read_folder(folder: Path, problems: Problems, *, top: bool) -> list[Patient
     patients: list[PatientInput] = []
     if slice_files:
         patients.append(PatientInput(folder.name, [_slice_file(folder.name, f) for f in slice_files]))
+    if mapping is not None or dicom_files:
+        try:
+            patients.extend(_dicom_patient(case) for case in dicom.read_folder(folder, dicom_files, mapping))
+        except DataError as exc:
+            if top and not patients:
+                raise
+            text = str(exc)
+            problems.append((str(folder), text[len(f"{folder}: "):] if text.startswith(f"{folder}: ") else text))
     for case in cases:
         try:
             patients.extend(read_nifti([case], problems))
@@ -188,12 +237,14 @@ def supported_endings() -> list[str]:
     return sorted(READERS)
 
 
-def open_source(paths: str | Path | Sequence[str | Path], *, strict: bool = False) -> tuple[list[PatientInput], Problems]:
+def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Path], *, strict: bool = False
+                ) -> tuple[list[PatientInput], Problems]:
     """Patients and their slices (in slice order) from what the user gave; a bad file in a batch goes to ``problems``.
 
     Args:
         paths: one path (a slice, a CSV, a NIfTI case, a patient folder, a kaggle_3m root, a folder of
-            NIfTI cases) or several (three NIfTI channel files of one case, or several slice files).
+            NIfTI cases, a DICOM series or case folder, a DICOM SEG) or several (three NIfTI channel files of
+            one case, or several slice files), or DICOM series by role (``{"pre": DIR, "flair": DIR, "post": DIR}``).
         strict: raise on the first bad file instead of listing it in ``problems``.
 
     Returns:
@@ -202,6 +253,8 @@ def open_source(paths: str | Path | Sequence[str | Path], *, strict: bool = Fals
     Raises:
         DataError: naming the path, when it does not exist, has an unsupported format or holds no slices.
     """
+    if isinstance(paths, Mapping):
+        return read_sequences(paths), []
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
         raise DataError("no input given")

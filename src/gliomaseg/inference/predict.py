@@ -1,4 +1,4 @@
-"""``gliomaseg predict``: masks, contour overlays, per-patient GIFs and tables for slices, folders, CSVs or NIfTI cases.
+"""``gliomaseg predict``: masks, contour overlays, per-patient GIFs and tables for slices, folders, CSVs, NIfTI or DICOM cases.
 
 Torch-free: it runs any :class:`~gliomaseg.inference.predictor.Predictor`.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import warnings
 
@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.data.dicom import DicomGeometry, write_segmentation
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, run_folder, scale_volume, write_bytes, write_csv
 from gliomaseg.data.nifti import write_mask_volume
 from gliomaseg.data.sequences import describe, missing_sequences, warning_text
@@ -48,9 +49,15 @@ def _read_truth(item: SliceInput, shape: tuple[int, int]) -> np.ndarray | None:
     return truth
 
 
+def model_name(predictor) -> str:
+    """``architecture-encoder`` of a predictor (what a DICOM SEG names as the algorithm's model)."""
+    info = getattr(predictor, "info", None)
+    return f"{info.arch}-{info.encoder}" if info is not None else type(predictor).__name__
+
+
 def predict(
     predictor,
-    inputs: str | Path | Sequence[str | Path],
+    inputs: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
     out: str | Path,
     *,
     threshold: float | None = None,
@@ -66,7 +73,8 @@ def predict(
     """Predict every slice of ``inputs`` (anything :func:`~gliomaseg.data.sources.open_source` reads).
 
     Writes per slice ``<slice>_pred.png`` (0/255 at the input's size; for a NIfTI case one
-    ``<case>_mask.nii.gz`` instead, with the input's shape, affine and header), ``<slice>_overlay.png``,
+    ``<case>_mask.nii.gz`` instead, with the input's shape, affine and header; for a DICOM case also
+    ``<case>_seg.dcm``, a DICOM Segmentation referencing its series), ``<slice>_overlay.png``,
     per patient ``<patient>.gif``, and ``predictions.csv``, ``patients.csv`` (``skipped.csv`` for bad files).
     Both tables have a ``missing_sequences`` column (:mod:`gliomaseg.data.sequences`: the slice's or the patient's
     channels that are a copy of FLAIR, empty when none); a patient with one gets an :class:`InputWarning`.
@@ -141,6 +149,9 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         volume_out = None
         if patient.geometry is not None:
             volume_out = rel(write_mask_volume(masks, patient.geometry, work / f"{patient.name}_mask.nii.gz"))
+        seg_out = None
+        if isinstance(patient.geometry, DicomGeometry):
+            seg_out = rel(write_segmentation(masks, patient.geometry, work / f"{patient.name}_seg.dcm", model=model_name(predictor)))
         frames = []
         first = len(rows)
         for (item, image, truth), prob, mask in zip(loaded, probs, masks):
@@ -170,8 +181,14 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         if all("tp" in r for r in patient_slices):
             tp, fp, fn = (sum(r[k] for r in patient_slices) for k in ("tp", "fp", "fn"))
             patient_row.update(true_volume_voxels=sum(r["true_pixels"] for r in patient_slices), dice_3d=dice(tp, fp, fn))
+        if patient.geometry is not None:  # real voxel sizes (a NIfTI header, DICOM spacing)
+            voxel_mm = patient.geometry.voxel_mm
+            patient_row["tumour_volume_ml"] = patient_row["tumour_volume_voxels"] * float(np.prod(voxel_mm)) / 1000.0
+            patient_row["voxel_mm"] = " x ".join(f"{v:g}" for v in voxel_mm)
         if volume_out:
             patient_row["mask_volume"] = volume_out
+        if seg_out:
+            patient_row["segmentation"] = seg_out
         if gifs and len({f.shape for f in frames}) == 1:
             patient_row["gif"] = rel(write_gif(frames, folder / f"{patient.name}.gif", fps=fps))
         patient_rows.append(patient_row)

@@ -18,9 +18,10 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from gliomaseg.data.dicom import ROLES, SEQUENCES_FILE, DicomGeometry, is_dicom
 from gliomaseg.data.files import IMAGE_SUFFIXES, MAX_IMAGE_SIDE, read_image, read_mask
 from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, axial_shape, read_mask_volume, volume_bytes
-from gliomaseg.data.sources import open_source
+from gliomaseg.data.sources import open_source, read_sequences
 from gliomaseg.errors import DataError
 from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
 
@@ -325,6 +326,35 @@ def _volume_case(path: Path, truth_path: Path | None, limits: ServeLimits, out: 
     return len(images)
 
 
+def _dicom_cases(folder: Path, name: str, limits: ServeLimits, out: Gathered, slices_left: int) -> int:
+    """The DICOM case(s) of an extracted zip, read by the registry as ``gliomaseg predict`` reads them.
+
+    Folders named ``pre``, ``flair`` and ``post`` (the layout of ``convert --to dicom``; FLAIR alone will do) are one
+    case named after the zip, and a DICOM SEG elsewhere in the zip is its truth; otherwise each series folder is
+    read as ``predict --input`` reads it (one series of an unknown sequence is refused, as a grayscale slice is).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        roles = {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and p.name.lower() in ROLES}
+        if roles:
+            truth = [p for p in folder.rglob("*") if p.is_file() and p.parent not in roles.values() and is_dicom(p)]
+            patients, skipped = read_sequences(roles, name=safe_name(_split_suffix(name)[0]), truth_files=truth), []
+        else:
+            patients, skipped = open_source(folder)
+    out.notes.extend(str(w.message) for w in caught)
+    out.notes.extend(f"skipped {path}: {problem}" for path, problem in skipped)
+    count = 0
+    for patient in (p for p in patients if isinstance(p.geometry, DicomGeometry)):
+        if len(patient.slices) > slices_left - count:
+            raise UploadTooLarge(f"{patient.name}: {len(patient.slices)} slices, more than the limit of {limits.max_slices} in one upload")
+        images = [item.image() for item in patient.slices]
+        _check_side(patient.geometry.path, images[0].shape, limits)
+        out.cases.append(Case(patient.name, "volume", [f"slice {k + 1}" for k in range(len(images))], images,
+                              [item.mask() for item in patient.slices], patient.geometry))
+        count += len(images)
+    return count
+
+
 def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> Gathered:
     """Saved uploads into cases: loose slices form one patient, each zip its patient folders, each NIfTI one volume.
 
@@ -335,6 +365,7 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
     loose: list[Path] = []
     volumes: list[Path] = []
     slice_folders: list[Path] = []
+    dicom_roots: list[tuple[str, Path]] = []
     for name, path in saved:
         kind = kind_of(path.name)
         if kind == "image":
@@ -350,6 +381,8 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
             # A zip holds slices at its top, in patient folders below it, or both: each folder is one patient.
             slice_folders.extend(f for f in [dest, *sorted(p for p in dest.iterdir() if p.is_dir())]
                                  if any(kind_of(m.name) == "image" for m in f.iterdir()))
+            if any(m.is_file() and (m.name == SEQUENCES_FILE or is_dicom(m)) for m in dest.rglob("*")):
+                dicom_roots.append((name, dest))
         else:
             if len(saved) == 1:
                 raise UploadError(f"{name}: unsupported file type; upload slices ({', '.join(IMAGE_SUFFIXES)}), "
@@ -367,6 +400,13 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
     for slices in slice_folders:
         try:
             left -= _slice_cases(slices, limits, out, left, memory)
+        except UploadTooLarge:
+            raise
+        except DataError as exc:
+            out.notes.append(str(exc))
+    for root_name, root in dicom_roots:
+        try:
+            left -= _dicom_cases(root, root_name, limits, out, left)
         except UploadTooLarge:
             raise
         except DataError as exc:
