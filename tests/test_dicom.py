@@ -158,10 +158,11 @@ def test_predict_cli_sequences_and_mapping_file(case, tmp_path: Path, bright_pre
     assert main(["predict", "--sequences", *roles, "--out", str(tmp_path / "a"), "--fps", "1"]) == 0
     (folder / "sequences.txt").write_text("# roles\npre=pre\nflair=flair\npost=post\n")
     assert main(["predict", "--input", str(folder), "--out", str(tmp_path / "b")]) == 0
-    assert main(["predict", "--input", str(folder.parent), "--out", str(tmp_path / "c")]) == 0  # a folder of cases
+    outside = tmp_path.with_name(tmp_path.name + "-c")  # an output folder inside the input is refused (issue 22)
+    assert main(["predict", "--input", str(folder.parent), "--out", str(outside)]) == 0  # a folder of cases
     a, b = (nib.load(tmp_path / x / "case_mask.nii.gz").get_fdata() for x in ("a", "b"))
     np.testing.assert_array_equal(a, b)
-    assert (tmp_path / "c" / "case_seg.dcm").is_file()
+    assert (outside / "case_seg.dcm").is_file()
 
 
 def test_flair_alone_fills_the_missing_channels_and_one_unnamed_series_is_refused(case, tmp_path: Path, capsys):
