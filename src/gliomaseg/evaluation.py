@@ -26,7 +26,7 @@ from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
 from gliomaseg.metrics import (
-    REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table, worst_case_distance,
+    NEUTRAL_MEANING, REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table, worst_case_distance,
 )
 
 HEADLINE = [
@@ -319,5 +319,5 @@ def summary_markdown(summary: dict) -> str:
     for metric, values in summary["smp"].items():
         lines.append(f"| {metric} | " + " | ".join(_fmt(values[r]) for r in summary["reductions"]) + " |")
     lines += ["", "Reductions:"] + [f"- `{k}`: {v}" for k, v in summary["reductions"].items()]
-    lines.append("- image-wise reductions score a slice with nothing to find and nothing found as 1 (zero_division=1).")
+    lines.append(f"- 0/0: {NEUTRAL_MEANING}.")
     return "\n".join(lines) + "\n"
