@@ -66,7 +66,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from gliomaseg.inference.postprocess import PostProcess
 
     summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
-                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=args.spacing)
+                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=_spacing(args))
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
 
@@ -96,7 +96,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _score(args: argparse.Namespace) -> None:
     from gliomaseg.evaluation import score
 
-    score(args.pred, args.truth, args.out, spacing=args.spacing)
+    score(args.pred, args.truth, args.out, spacing=_spacing(args))
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
 
@@ -213,7 +213,8 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
     """One option per dataclass field, named, typed and defaulted by the field itself.
 
     ``bool`` fields become ``--name`` (default False) or ``--no-name`` (default True); help comes from
-    ``field(metadata={"help": ...})``, ``choices`` and ``hidden`` from the same metadata.
+    ``field(metadata={"help": ...})`` (required), ``choices`` and ``hidden`` from the same metadata;
+    :class:`_Help` adds the default.
     """
     import dataclasses
     import typing
@@ -227,11 +228,11 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
             default = f.default_factory()
         else:
             default = None
-        help_text = f.metadata.get("help", f"{f.name} of {cls.__name__}")
+        help_text = f.metadata.get("help")
         if f.metadata.get("hidden"):
             help_text = argparse.SUPPRESS
-        elif default is not None and not isinstance(default, bool):
-            help_text += f" (default: {default})"
+        elif not help_text:
+            raise TypeError(f"{cls.__name__}.{f.name} has no metadata help: every option needs one")
         kind = hints[f.name]
         if kind is bool:
             if default:
@@ -252,47 +253,83 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     _add_dataclass_options(p, TrainConfig)
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows every option's default (unless the text already says it, or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(default, bool)):
+            shown = " ".join(str(v) for v in default) if isinstance(default, (list, tuple)) else "%(default)s"
+            text += f" (default: {shown})"
+        return text
+
+
+SPACING_HELP = ("voxel size in mm: X (column width), Y (row height), Z (slice step); default: a NIfTI header's when its "
+                "units are mm, else unknown (volumes in voxels, HD95 in pixels, marked 'spacing unknown')")
+
+
+def _spacing(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """``--spacing X Y Z`` as the (slice step, row, column) order of the Python API, or None."""
+    spacing = getattr(args, "spacing", None)
+    return None if spacing is None else (float(spacing[2]), float(spacing[1]), float(spacing[0]))
+
+
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; the ``train`` options (generated from ``TrainConfig``, which imports torch) are added
     only when ``command_name`` is ``train``, so the other commands stay torch-free."""
     from gliomaseg.choices import CALIBRATION_SLICES, DEFAULT_BATCH_SIZE, EXPORT_VARIANTS, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
 
-    parser = argparse.ArgumentParser(prog="gliomaseg", description="Lower-grade glioma segmentation in brain MRI.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from gliomaseg import __version__
+
+    parser = argparse.ArgumentParser(prog="gliomaseg", formatter_class=_Help,
+                                     description="Lower-grade glioma segmentation in brain MRI (research use only, not for diagnosis).")
+    parser.add_argument("--version", action="version", version=f"gliomaseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class _Sub:  # every command gets its help line as its description, and defaults in its help
+        @staticmethod
+        def add_parser(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+            return subparsers.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                                         formatter_class=_Help)
+
+    sub = _Sub()
 
     p = sub.add_parser("synth", help="write a synthetic MRI-like dataset in the kaggle_3m layout")
     p.add_argument("--out", required=True, type=Path, help="folder to write <patient>/<patient>_<k>.tif into")
-    p.add_argument("--patients", type=int, default=12)
+    p.add_argument("--patients", type=int, default=12, help="number of patients")
     p.add_argument("--slices", type=int, default=20, help="about this many slices per patient")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--size", type=int, default=256, help="slice size in pixels (kaggle_3m: 256)")
 
     p = sub.add_parser("prepare", help="scan a kaggle_3m folder into CSVs and split it by patient")
-    p.add_argument("--data-path", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data-path", required=True, type=Path, help="a kaggle_3m root (patient folders of <patient>_<k>.tif and _mask.tif)")
+    p.add_argument("--out", required=True, type=Path, help="folder for the CSVs and plots")
     p.add_argument("--split", choices=["patient", "image"], default="patient",
-                   help="patient (default) or image: slices at random, the leakage experiment")
-    p.add_argument("--train-size", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=42)
+                   help="patient, or image: slices at random, the leakage experiment")
+    p.add_argument("--train-size", type=float, default=0.8, help="fraction of the patients (or slices) in the training CSV")
+    p.add_argument("--seed", type=int, default=42, help="random_state of the split (the case study's: 42)")
     p.add_argument("--folds", type=int, default=None, help="also write K patient-grouped folds (data_folds.csv)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad slices with a warning; list them in skipped.csv")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip slices_per_patient.png and sample_slices.png")
 
-    p = sub.add_parser("train", help="train an smp model on the CSVs of prepare")
+    p = sub.add_parser("train", help="train an smp model on the CSVs of prepare",
+                       description="Train an smp model on the CSVs of prepare; best.ckpt is the epoch with the best validation "
+                                   "mean per-patient Dice.")
     if command_name == "train":
         _add_train_options(p)
 
     p = sub.add_parser("evaluate", help="per-slice, per-patient and summary metrics of a checkpoint on a CSV")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="a training checkpoint (best.ckpt)")
     p.add_argument("--csv", required=True, type=Path, help="a CSV of prepare (or any input with masks: kaggle_3m folder, NIfTI cases)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--out", required=True, type=Path, help="folder for slices.csv, patients.csv, summary.json/.md, patient_dice.png")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="slices per model call")
     p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
     p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
     p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
-                   help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
     p = sub.add_parser("predict", help="masks, contour overlays and GIFs for a slice, a folder or a CSV")
     p.add_argument("--checkpoint", type=Path, help="a training checkpoint (PyTorch)")
@@ -302,15 +339,19 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, type=Path, nargs="+",
                    help="a slice, a patient folder, a kaggle_3m root, a CSV, a NIfTI case (X, Y, Z, 3), "
                         "three NIfTI channel files (pre-contrast, FLAIR, post-contrast) or a folder of NIfTI cases")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's own")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: report.html (open it first), masks, overlays, GIFs, predictions.csv, patients.csv")
+    p.add_argument("--threshold", type=float, default=None, help="probability above which a pixel is tumour (default: the model's own)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="slices per model call")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"],
+                   help="test-time augmentation: none, flip (mean over a horizontal flip), d4 (the 8 flips and rotations)")
     p.add_argument("--postprocess", default="none",
                    help="none, all, or steps: min_size=64,fill_holes,largest_3d,opening=3,closing=3")
-    p.add_argument("--fps", type=float, default=2.0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second of each patient's GIF")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
+    p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32", help="--checkpoint: inference precision")
+    p.add_argument("--verbose", action="store_true", help="also say which ONNX Runtime threads and micro-batch were chosen")
     p.add_argument("--threads", type=int, default=None,
                    help="onnx backend: intra-op threads (default: chosen for this machine, and said)")
     p.add_argument("--allow-grayscale", action="store_true",
@@ -322,22 +363,26 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, type=Path,
                    help="folder of predicted masks: <patient>_mask.nii.gz, or <slice>_pred.png / <slice>.png (in <patient>/ or not)")
     p.add_argument("--truth", required=True, type=Path, help="a CSV of prepare, a kaggle_3m folder or a folder of NIfTI cases with masks")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
-                   help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
+    p.add_argument("--out", required=True, type=Path, help="folder for slices.csv, patients.csv, summary.json/.md, patient_dice.png")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
 
     p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI: <patient>.nii.gz and <patient>_mask.nii.gz")
     p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder for the NIfTI files and converted.csv")
+    p.add_argument("--layout", choices=["channels", "sequences"], default="channels",
+                   help="channels: one 4D <patient>.nii.gz (X, Y, Z, 3); sequences: three 3D files, <patient>_pre-contrast, "
+                        "_flair and _post-contrast.nii.gz (for 3D Slicer, ITK-SNAP)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel size in mm to record; default: none recorded (units 'unknown': kaggle_3m has no spacing)")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch, or quantize an ONNX model")
     p.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint (best.ckpt)")
     p.add_argument("--model", type=Path, default=None,
                    help="instead of --checkpoint: an fp32 ONNX model to quantize (`shipped`: the model inside gliomaseg); "
                         "needs --quantize, --check-csv and, for int8, --calibration-csv")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    p.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. model.onnx")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--quantize", choices=EXPORT_VARIANTS, default=None,
                    help="int8: static QDQ quantization (per-channel weights) calibrated on training slices, ~2x faster on "
                         "CPUs with VNNI; fp16: weights stored in float16 (half the file, fp32 arithmetic). Either is "
@@ -345,10 +390,10 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                         f"{MAX_DICE_DROP} (or one patient's by more than {MAX_PATIENT_DICE_DROP})")
     p.add_argument("--calibration-csv", type=Path, default=None, help="int8: training CSV to calibrate on (default: the checkpoint's)")
     p.add_argument("--calibration-slices", type=int, default=CALIBRATION_SLICES,
-                   help=f"int8: slices drawn at random (seed 0) from the calibration CSV (default {CALIBRATION_SLICES})")
+                   help="int8: slices drawn at random (seed 0) from the calibration CSV")
     p.add_argument("--check-csv", type=Path, default=None, help="slices to check the variant on (default: the checkpoint's validation CSV)")
     p.add_argument("--max-dice-drop", type=float, default=MAX_DICE_DROP,
-                   help=f"refuse the variant when the mean per-patient Dice drops more than this (default {MAX_DICE_DROP})")
+                   help="refuse the variant when the mean per-patient Dice drops more than this")
     p.add_argument("--sample", type=Path, default=None,
                    help="a CSV of prepare whose slices (8 at random) check the fp32 export; default: the checkpoint's "
                         "validation CSV when it exists here, else synthetic MRI-like slices")
@@ -359,15 +404,15 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="a prepare output folder")
     p.add_argument("--out", type=Path, help="experiments folder; runs go to OUT/NAME/RUN")
     p.add_argument("--preset", default="cpu", help="cpu (2 CPU cores) or gpu (the case study's setting)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--max-time", default=None, help="per run, HH:MM:SS")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    p.add_argument("--image-size", type=int, default=None, help="image size per run in pixels (default: the preset's)")
+    p.add_argument("--max-time", default=None, help="time limit per run, HH:MM:SS (default: none)")
     p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these runs")
     p.add_argument("--all", action="store_true", help="architectures: also UPerNet, Segformer, DPT")
 
     p = sub.add_parser("report", help="one self-contained HTML page from experiment and run folders")
-    p.add_argument("--runs", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--runs", required=True, type=Path, help="an experiments folder (or run folders) with results.csv files")
+    p.add_argument("--out", required=True, type=Path, help="the HTML file to write")
 
     from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
@@ -376,18 +421,20 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     model.add_argument("--model", type=Path, help="an exported model.onnx (default: the model shipped with gliomaseg)")
     model.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of an ONNX model")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this computer only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--threshold", type=float, default=None, help="default: the model's (0.5)")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    p.add_argument("--threshold", type=float, default=None, help="probability above which a pixel is tumour (default: the model's)")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"], help="test-time augmentation, as for predict")
     p.add_argument("--postprocess", default="none", help="as for predict: none, all, or steps")
-    p.add_argument("--max-upload-mb", type=float, default=None, help=f"largest upload in MiB (default {ServeLimits.max_upload_bytes / 2**20:g})")
-    p.add_argument("--max-image-side", type=int, default=None, help=f"largest slice height or width in pixels (default {ServeLimits.max_image_side})")
-    p.add_argument("--device", default="cpu", help="for --checkpoint")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel size in mm of uploaded slices (default: a NIfTI header's when in mm, else unknown)")
+    p.add_argument("--max-upload-mb", type=float, default=None, help=f"largest upload in MiB (default: {ServeLimits.max_upload_bytes / 2**20:g})")
+    p.add_argument("--max-image-side", type=int, default=None, help=f"largest slice height or width in pixels (default: {ServeLimits.max_image_side})")
+    p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
 
     p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--input", required=True, type=Path, help="a folder of images (.png, .jpg, .tif)")
+    p.add_argument("--out", required=True, type=Path, help="the GIF to write")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second")
     return parser
 
 
