@@ -48,3 +48,62 @@ def test_version(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"gliomaseg {__version__}"
+
+
+def test_predict_terminal_is_quiet_and_says_where_things_went(synth_root, tmp_path, capfd: pytest.CaptureFixture[str]):
+    patient = sorted(synth_root.iterdir())[0]
+    few = tmp_path / "few" / patient.name
+    few.mkdir(parents=True)
+    for path in sorted(patient.glob("*_[12].tif")) + sorted(patient.glob("*_[12]_mask.tif")):
+        (few / path.name).write_bytes(path.read_bytes())
+    assert main(["predict", "--input", str(few), "--out", str(tmp_path / "out")]) == 0  # the shipped model
+    out, err = capfd.readouterr()
+    text = out + err
+    assert "onnxruntime" not in text and "probe" not in text  # only with --verbose
+    assert "warning: this model standardizes each patient" in err
+    assert not re.search(r"\.py:\d+", text) and "warnings.warn" not in text  # one plain sentence, no file:line, no code line
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{patient.name}: tumour predicted on ")
+    assert "spacing unknown" in lines[0] and "3D Dice" in lines[0]
+    assert re.match(r"predicted 2 slice\(s\) of 1 patient\(s\) in [\d.]+ s: report .*report\.html; ", lines[1])
+    assert "GIFs" in lines[1] and (tmp_path / "out" / "report.html").is_file()
+    assert main(["predict", "--input", str(few), "--out", str(tmp_path / "out2"), "--verbose"]) == 0
+    assert "micro-batch" in capfd.readouterr().out
+
+
+def test_predict_wrong_inputs_get_one_line_and_leave_no_folder(synth_root, tmp_path, capfd: pytest.CaptureFixture[str]):
+    mask = next(sorted(synth_root.iterdir())[0].glob("*_mask.tif"))
+    assert main(["predict", "--input", str(mask), "--out", str(tmp_path / "m")]) == 2
+    err = capfd.readouterr().err
+    assert "this is a mask; give the image it belongs to" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+    masks_only = tmp_path / "masks" / "p"
+    masks_only.mkdir(parents=True)
+    (masks_only / mask.name).write_bytes(mask.read_bytes())
+    assert main(["predict", "--input", str(masks_only), "--out", str(tmp_path / "m2")]) == 2
+    err = capfd.readouterr().err
+    assert "this is a mask with no image beside it" in err and not (tmp_path / "m2").exists()
+    assert main(["predict", "--input", str(tmp_path / "nothing.tif"), "--out", str(tmp_path / "m3")]) == 2
+    out, err = capfd.readouterr()
+    assert "input does not exist" in err and "onnxruntime" not in out + err and not (tmp_path / "m3").exists()
+
+
+def test_lightning_tips_and_third_party_deprecations_are_filtered(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture):
+    import warnings
+
+    from gliomaseg.terminal import quiet_terminal
+
+    with warnings.catch_warnings():
+        quiet_terminal("train")
+        from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](https://pypi.org/project/litlogger/)")
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_warn("Checkpoint directory /x exists and is not empty.")
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning)
+        warnings.warn("something a user should know", UserWarning)
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "Tip" not in text and "litlogger" not in text and "not empty" not in text and "deprecated" not in text
+    assert "GPU available" in caplog.text  # Lightning's other lines stay
+    assert "gliomaseg train: warning: something a user should know" in err and ".py:" not in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -77,36 +77,89 @@ def _predict(args: argparse.Namespace) -> None:
     from gliomaseg.inference.predict import predict
 
     from gliomaseg.inference.predictor import open_predictor
+    from gliomaseg.inference.run_report import model_summary
 
+    started = time.perf_counter()
+    for path in args.input:  # before the model is opened (and ONNX Runtime probed)
+        if not path.exists():
+            raise GliomasegError(f"{path}: input does not exist")
     predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision,
                                threads=args.threads)
-    if hasattr(predictor, "settings"):  # ONNX Runtime: say which threads and micro-batch it chose
+    if args.verbose and hasattr(predictor, "settings"):  # ONNX Runtime: which threads and micro-batch it chose
         print(predictor.settings.message())
     result = predict(predictor, args.input, args.out, threshold=args.threshold, batch_size=args.batch_size,
                      tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps,
-                     allow_grayscale=args.allow_grayscale, allow_16bit=args.allow_16bit)
-    print(f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) into {result.out}")
-    if len(result.patients):
-        print(result.patients.drop(columns=[c for c in ("gif",) if c in result.patients]).to_string(index=False))
+                     allow_grayscale=args.allow_grayscale, allow_16bit=args.allow_16bit, spacing=_spacing_xyz(args),
+                     model=model_summary(predictor, shipped=args.checkpoint is None and args.model is None))
+    for row in result.patients.to_dict("records"):
+        print(patient_line(row))
+    print(closing_line(result, time.perf_counter() - started))
     if len(result.skipped):
         print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
+
+
+def patient_line(row: dict) -> str:
+    """One line per patient: slices with tumour, volume (mL only with a known spacing), Dice against truth, missing sequences."""
+    from gliomaseg.inference.run_report import missing_note
+    from gliomaseg.units import UNKNOWN
+
+    ml = row.get("tumour_volume_ml")
+    volume = (f"{row['tumour_volume_voxels']} voxels ({UNKNOWN})" if ml is None or ml != ml
+              else f"{ml:g} mL ({row['tumour_volume_voxels']} voxels)")
+    text = f"{row['patient']}: tumour predicted on {row['slices_with_tumour']} of {row['slices']} slice(s), volume {volume}"
+    if row.get("dice_3d") is not None and row.get("dice_3d") == row.get("dice_3d"):
+        text += f"; 3D Dice {row['dice_3d']:.3f} against the truth (tumour on {row['slices_with_true_tumour']} slice(s))"
+    note = missing_note(row.get("missing_sequences"))
+    return text + (f"; {note}" if note else "")
+
+
+def closing_line(result, seconds: float) -> str:
+    """How long it took and where each kind of output went."""
+    out = result.out
+    parts = [f"report {out / 'report.html'}"] if result.report else []
+    parts.append(f"masks and overlays in {out}/<patient>/")
+    if "gif" in result.patients:
+        parts.append(f"GIFs {out}/<patient>/<patient>.gif")
+    if "mask_volume" in result.patients:
+        parts.append(f"mask volumes {out}/<case>_mask.nii.gz")
+    parts.append(f"tables {out / 'predictions.csv'}, {out / 'patients.csv'}")
+    return (f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) in {seconds:.1f} s: "
+            + "; ".join(parts))
 
 
 @command("score")
 def _score(args: argparse.Namespace) -> None:
     from gliomaseg.evaluation import score
 
-    score(args.pred, args.truth, args.out, spacing=_spacing(args))
-    print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
-    print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
+    summary = score(args.pred, args.truth, args.out, spacing=_spacing(args))
+    print(score_table(summary))
+    print(f"all numbers and their meaning: {Path(args.out) / 'summary.md'}; per slice and per patient: slices.csv, patients.csv")
+
+
+def score_table(summary: dict) -> str:
+    """The few numbers of a score run a reader looks at first, one a line."""
+    def number(key: str) -> str:
+        value = summary.get(key)
+        return "-" if value is None or value != value else f"{value:.4f}"
+
+    lines = [f"{summary['patients']} patient(s), {summary['slices']} slice(s) ({summary['tumour_slices']} with tumour)",
+             f"  per-patient 3D Dice   mean {number('patient_dice_mean')}  median {number('patient_dice_median')}",
+             f"  dataset Dice (micro)  {number('dice_micro')}",
+             f"  tumour-slice IoU      {number('iou_imagewise_tumour_slices')}"]
+    if summary.get("volumes"):
+        lines.append(f"  per-patient HD95      mean {number('patient_hd95_mean')}  median {number('patient_hd95_median')} "
+                     f"({summary['hd95_unit']})")
+    return "\n".join(lines)
 
 
 @command("convert")
 def _convert(args: argparse.Namespace) -> None:
     from gliomaseg.data.convert import convert_to_nifti
 
-    table = convert_to_nifti(args.input, args.out)
-    print(f"wrote {len(table)} patient(s) as <patient>.nii.gz + <patient>_mask.nii.gz to {args.out} (listed in converted.csv)")
+    table = convert_to_nifti(args.input, args.out, spacing=_spacing_xyz(args), layout=args.layout)
+    names = "<patient>.nii.gz" if args.layout == "channels" else "<patient>_pre-contrast/_flair/_post-contrast.nii.gz"
+    units = "voxel size unknown (give --spacing X Y Z to record one)" if args.spacing is None else f"voxels of {' x '.join(f'{v:g}' for v in args.spacing)} mm"
+    print(f"wrote {len(table)} patient(s) as {names} + <patient>_mask.nii.gz to {args.out}, {units} (listed in converted.csv)")
 
 
 @command("export")
@@ -268,6 +321,12 @@ class _Help(argparse.HelpFormatter):
 
 SPACING_HELP = ("voxel size in mm: X (column width), Y (row height), Z (slice step); default: a NIfTI header's when its "
                 "units are mm, else unknown (volumes in voxels, HD95 in pixels, marked 'spacing unknown')")
+
+
+def _spacing_xyz(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """``--spacing X Y Z`` as given (x, y, z in mm), or None."""
+    spacing = getattr(args, "spacing", None)
+    return None if spacing is None else (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
 
 def _spacing(args: argparse.Namespace) -> tuple[float, float, float] | None:
@@ -441,7 +500,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    warnings.simplefilter("default", UserWarning)
+    from gliomaseg.terminal import quiet_terminal
+
+    quiet_terminal(args.command)
     try:
         result = COMMANDS[args.command](args)
     except GliomasegError as exc:

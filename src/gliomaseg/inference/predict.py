@@ -5,6 +5,7 @@ Torch-free: it runs any :class:`~gliomaseg.inference.predictor.Predictor`.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,8 +20,10 @@ from gliomaseg.data.sources import SliceInput, open_source
 from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
+from gliomaseg.inference.run_report import PatientReport, key_slice_indices, write_run_report
 from gliomaseg.metrics import confusion_numpy, dice, iou
-from gliomaseg.visualization import encode_png, natural_key, overlay_contours, write_gif
+from gliomaseg.units import Spacing, check_spacing, spacing_text, volume_ml
+from gliomaseg.visualization import encode_png, label_frame, natural_key, overlay_contours, write_gif
 
 
 @dataclass
@@ -30,6 +33,7 @@ class PredictResult:
     skipped: pd.DataFrame
     out: Path
     written: list[Path] = field(default_factory=list)
+    report: Path | None = None
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
@@ -57,6 +61,9 @@ def predict(
     overlays: bool = True,
     allow_grayscale: bool = False,
     allow_16bit: bool = False,
+    spacing: Sequence[float] | None = None,
+    model: dict | None = None,
+    report: bool = True,
 ) -> PredictResult:
     """Predict every slice of ``inputs`` (anything :func:`~gliomaseg.data.sources.open_source` reads).
 
@@ -65,11 +72,34 @@ def predict(
     per patient ``<patient>.gif``, and ``predictions.csv``, ``patients.csv`` (``skipped.csv`` for bad files).
     Grayscale and 16-bit slices are skipped (listed in ``skipped.csv`` with the reason) unless
     ``allow_grayscale`` / ``allow_16bit``; allowed 16-bit slices are scaled per patient
-    (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem.
+    (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem
+    and an output folder this call created is removed again.
+
+    ``spacing`` (x, y, z in mm) sizes the voxels of every patient; without it a NIfTI case's header gives its own when its
+    units are a length, and any other patient's volume stays in voxels ("spacing unknown"). ``report``: write
+    ``report.html`` (:mod:`~gliomaseg.inference.run_report`; ``model`` is its model summary). A single slice gets no GIF.
     """
+    try:
+        spacing = check_spacing(spacing)
+    except ValueError as exc:
+        raise DataError(f"--spacing: {exc}") from exc
     patients, skipped = open_source(inputs)
     out = Path(out)
+    created = not out.exists()
+    try:
+        return _predict(predictor, patients, skipped, out, threshold=threshold, batch_size=batch_size, tta=tta,
+                        postprocess=postprocess, fps=fps, gifs=gifs, overlays=overlays, allow_grayscale=allow_grayscale,
+                        allow_16bit=allow_16bit, spacing=spacing, model=model, report=report)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _predict(predictor, patients, skipped, out: Path, *, threshold, batch_size, tta, postprocess, fps, gifs, overlays,
+             allow_grayscale, allow_16bit, spacing: Spacing | None, model: dict | None, report: bool) -> PredictResult:
     out.mkdir(parents=True, exist_ok=True)
+    reports: list[PatientReport] = []
     rows: list[dict] = []
     patient_rows: list[dict] = []
     written: list[Path] = []
@@ -92,6 +122,7 @@ def predict(
             volume_out = str(write_mask_volume(masks, patient.geometry, out / f"{patient.name}_mask.nii.gz"))
         frames = []
         first = len(rows)
+        patient_spacing = spacing or (patient.geometry.spacing if patient.geometry is not None else None)
         for (item, image, truth), prob, mask in zip(loaded, probs, masks):
             row = {
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
@@ -100,7 +131,7 @@ def predict(
             }
             if overlays or gifs:
                 overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
-                frames.append(overlay)
+                frames.append(label_frame(overlay, f"slice {item.slice if item.slice is not None else len(frames) + 1}"))
             if overlays:
                 row["overlay_out"] = str(_write_png(folder / f"{item.name}_overlay.png", overlay))
             if truth is not None:
@@ -112,16 +143,31 @@ def predict(
             "slices": len(loaded),
             "slices_with_tumour": int(sum(m.any() for m in masks)),
             "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
+            "tumour_volume_ml": volume_ml(int(sum(int(m.sum()) for m in masks)), patient_spacing),
+            "spacing": spacing_text(patient_spacing),
         }
         patient_slices = rows[first:]
         if all("tp" in r for r in patient_slices):
             tp, fp, fn = (sum(r[k] for r in patient_slices) for k in ("tp", "fp", "fn"))
-            patient_row.update(true_volume_voxels=sum(r["true_pixels"] for r in patient_slices), dice_3d=dice(tp, fp, fn))
+            true_voxels = sum(r["true_pixels"] for r in patient_slices)
+            patient_row.update(true_volume_voxels=true_voxels, true_volume_ml=volume_ml(true_voxels, patient_spacing),
+                               slices_with_true_tumour=sum(int(r["true_pixels"] > 0) for r in patient_slices), dice_3d=dice(tp, fp, fn))
         if volume_out:
             patient_row["mask_volume"] = volume_out
-        if gifs and len({f.shape for f in frames}) == 1:
-            patient_row["gif"] = str(write_gif(frames, folder / f"{patient.name}.gif", fps=fps))
+        gif = None
+        if gifs and len(frames) > 1 and len({f.shape for f in frames}) == 1:
+            gif = write_gif(frames, folder / f"{patient.name}.gif", fps=fps)
+            patient_row["gif"] = str(gif)
         patient_rows.append(patient_row)
+        if report:
+            reports.append(PatientReport(
+                patient.name, len(loaded), patient_row["slices_with_tumour"], patient_row["tumour_volume_voxels"], patient_spacing,
+                patient_row.get("slices_with_true_tumour"), patient_row.get("true_volume_voxels"), patient_row.get("dice_3d"),
+                str(patient_row.get("missing_sequences", "") or ""),
+                [(label, loaded[i][0].slice if loaded[i][0].slice is not None else i + 1,
+                  encode_png(overlay_contours(loaded[i][1], prediction=masks[i], truth=loaded[i][2], legend=True)))
+                 for label, i in key_slice_indices(masks)],
+                gif.read_bytes() if gif is not None else None))
     predictions = pd.DataFrame(rows)
     patients = pd.DataFrame(patient_rows)
     skipped_frame = pd.DataFrame(skipped, columns=["path", "problem"])
@@ -130,9 +176,18 @@ def predict(
     if len(skipped_frame):
         written.append(write_csv(skipped_frame, out / "skipped.csv"))
         if not rows:
-            more = f" (and {len(skipped_frame) - 1} more, listed in {out / 'skipped.csv'})" if len(skipped_frame) > 1 else ""
+            more = f" (and {len(skipped_frame) - 1} more)" if len(skipped_frame) > 1 else ""
             raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
-    return PredictResult(predictions, patients, skipped_frame, out, written)
+    report_path = None
+    if report and reports:
+        outputs = [("masks and overlays", "<patient>/<slice>_pred.png, <slice>_overlay.png"), ("tables", "predictions.csv, patients.csv")]
+        if any("gif" in r for r in patient_rows):
+            outputs.append(("GIFs", "<patient>/<patient>.gif"))
+        if any("mask_volume" in r for r in patient_rows):
+            outputs.append(("mask volumes", "<case>_mask.nii.gz"))
+        report_path = write_run_report(out / "report.html", reports, model or {"name": "unknown model"}, outputs)
+        written.append(report_path)
+    return PredictResult(predictions, patients, skipped_frame, out, written, report_path)
 
 
 def gif_from_folder(folder: str | Path, out: str | Path, fps: float = 2.0, pattern: Iterable[str] = IMAGE_SUFFIXES) -> Path:
