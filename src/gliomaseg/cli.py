@@ -251,7 +251,11 @@ def _serve(args: argparse.Namespace) -> None:
         limits = replace(limits, max_image_side=args.max_image_side)
     label = str(args.checkpoint or args.model or "shipped default model")
     options = SegmentOptions(threshold=args.threshold, tta=args.tta, postprocess=PostProcess.parse(args.postprocess))
-    run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label)
+    from gliomaseg.inference.run_report import model_summary
+
+    info = model_summary(predictor, shipped=args.checkpoint is None and args.model is None)
+    run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label, model_info=info,
+               spacing=_spacing_xyz(args))
 
 
 def _number(text: str) -> int | float:
