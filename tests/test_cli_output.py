@@ -82,7 +82,7 @@ def test_predict_wrong_inputs_get_one_line_and_leave_no_folder(synth_root, tmp_p
     (masks_only / mask.name).write_bytes(mask.read_bytes())
     assert main(["predict", "--input", str(masks_only), "--out", str(tmp_path / "m2")]) == 2
     err = capfd.readouterr().err
-    assert "this is a mask with no image beside it" in err and not (tmp_path / "m2").exists()
+    assert "mask has no image: this is a mask, give the image it belongs to" in err and not (tmp_path / "m2").exists()
     assert main(["predict", "--input", str(tmp_path / "nothing.tif"), "--out", str(tmp_path / "m3")]) == 2
     out, err = capfd.readouterr()
     assert "input does not exist" in err and "onnxruntime" not in out + err and not (tmp_path / "m3").exists()

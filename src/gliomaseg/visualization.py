@@ -137,20 +137,25 @@ def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) 
     20-slice patient 0.08 s instead of 2.5 s for median cut (imageio's default), at a mean error of 2.3 instead
     of 1.5 grey levels (of 255).
     """
-    data = gif_bytes(frames, fps, name=str(path))
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    images = _gif_images(frames, str(path))
+    return atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                         duration=round(1000.0 / fps), loop=0))
+
+
+def _gif_images(frames: Iterable[np.ndarray], name: str) -> list:
+    from PIL import Image
+
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
+    if not frames:
+        raise ValueError(f"{name}: no frames to write")
+    return [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for f in frames]
 
 
 def gif_bytes(frames: Iterable[np.ndarray], fps: float = 2.0, name: str = "GIF") -> bytes:
     """The bytes of the GIF that :func:`write_gif` writes (for the viewer's download)."""
     import io
 
-    from PIL import Image
-
-    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
-    if not frames:
-        raise ValueError(f"{name}: no frames to write")
-    images = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for f in frames]
+    images = _gif_images(frames, name)
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000.0 / fps), loop=0)
     return buffer.getvalue()

@@ -165,7 +165,7 @@ def _read_folder(folder: Path, problems: Problems, *, top: bool) -> list[Patient
             if not _is_mask(file):
                 slice_files.append(file)
             elif not any(file.with_name(f"{file.stem[:-5]}{s}").is_file() for s in (file.suffix, *IMAGE_SUFFIXES)):
-                problems.append((str(file), "this is a mask with no image beside it; give the image it belongs to"))
+                problems.append((str(file), "mask has no image: this is a mask, give the image it belongs to"))
         elif kind is None:
             unsupported.append(file)
     patients: list[PatientInput] = []
