@@ -28,12 +28,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--slice", type=int, default=None, help="1-based slice to show (default: the one with most tumour)")
     parser.add_argument("--chromium", default=shutil.which("chromium"))
+    parser.add_argument("--errors", action="store_true", help="show the error view (false positives / negatives)")
+    parser.add_argument("--side-by-side", action="store_true", help="show the raw slice beside the overlay")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     predictor = open_predictor(args.checkpoint, args.model)
     label = (args.checkpoint or args.model or Path("shipped model")).name
-    with live_server(create_app(predictor, model_label=label)) as base, sync_playwright() as p:
+    from gliomaseg.inference.run_report import model_summary
+
+    info = model_summary(predictor, shipped=args.checkpoint is None and args.model is None)
+    with live_server(create_app(predictor, model_label=label, model_info=info)) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1080, "height": 800})
         page.goto(base)
@@ -43,6 +48,10 @@ def main() -> None:
         if args.slice:
             page.locator("#slice").fill(str(args.slice))
             page.wait_for_selector(f'#view[data-ready="1"][data-slice="{args.slice}"]')
+        for flag, box in ((args.errors, "#errors"), (args.side_by_side, "#side-by-side")):
+            if flag:
+                page.check(box)
+                page.wait_for_selector('#view[data-ready="1"]')
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out), full_page=True)
         browser.close()

@@ -57,17 +57,21 @@ def test_predict_patient_folder_outputs(predictor, synth_root: Path, tmp_path: P
     assert "dice_3d" in result.patients
 
 
-def test_overlay_draws_prediction_green_and_truth_red():
-    from gliomaseg.visualization import overlay_contours
+def test_overlay_draws_prediction_yellow_and_truth_red_on_grey_flair():
+    from gliomaseg.visualization import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_contours
 
     image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 1] = 90  # FLAIR
+    image[..., 0] = 200  # pre-contrast: not shown
     truth = np.zeros((64, 64), np.uint8)
     truth[10:30, 10:30] = 1
     prediction = np.zeros_like(truth)
     prediction[35:55, 35:55] = 1
     out = overlay_contours(image, prediction=prediction, truth=truth)
-    assert tuple(out[10, 20]) == (255, 0, 0) and tuple(out[35, 45]) == (0, 255, 0)
-    assert tuple(out[20, 20]) == (0, 0, 0)  # contours, not filled
+    assert tuple(out[10, 20]) == TRUTH_COLOUR == (230, 30, 30) and tuple(out[35, 45]) == PREDICTION_COLOUR == (255, 215, 0)
+    assert tuple(out[11, 20]) == TRUTH_COLOUR  # 2 px wide
+    assert tuple(out[20, 20]) == (90, 90, 90)  # contours, not filled, on grey FLAIR
+    assert tuple(overlay_contours(image, background="composite")[20, 20]) == (200, 90, 0)
 
 
 def test_predict_inputs_of_every_kind(predictor, synth_root: Path, prepared: Path, tmp_path: Path):

@@ -178,3 +178,19 @@ def test_docs_say_false_positives_on_empty_slices_count():
     for text in (metrics.REPORT_MEANING["iou_micro"], readme, metrics.__doc__):
         assert "empty slices add nothing" not in text and "neither help nor hurt IoU or Dice." not in text
     assert "false positives on empty slices" in metrics.REPORT_MEANING["iou_micro"]
+
+
+def test_perfect_prediction_with_empty_slices_scores_no_misses_and_no_false_alarms():
+    # slice 0: tumour found exactly; slices 1 and 2: empty and predicted empty (every rate is 0/0 there)
+    tp, fp, fn = np.array([10, 0, 0]), np.array([0, 0, 0]), np.array([0, 0, 0])
+    tn = 100 - tp
+    scores = all_metrics(tp[:, None], fp[:, None], fn[:, None], tn[:, None])
+    for reduction in ("micro-imagewise", "macro-imagewise", "micro"):
+        assert scores["iou_score"][reduction] == 1.0 and scores["f1_score"][reduction] == 1.0
+        assert scores["sensitivity"][reduction] == 1.0 and scores["precision"][reduction] == 1.0
+        for rate in ("false_negative_rate", "false_positive_rate", "false_discovery_rate", "false_omission_rate"):
+            assert scores[rate][reduction] == 0.0, (rate, reduction)
+    # a missed tumour still counts as a miss image-wise: 1 slice of 3 misses everything
+    missed = all_metrics(np.array([[0], [0], [0]]), np.array([[0], [0], [0]]), np.array([[10], [0], [0]]), np.array([[90], [100], [100]]))
+    assert missed["false_negative_rate"]["micro-imagewise"] == pytest.approx(1 / 3)
+    assert missed["iou_score"]["micro-imagewise"] == pytest.approx(2 / 3)

@@ -138,6 +138,7 @@ def test_patient_zip_and_nifti_volume_match_predict(server, predictor, patient: 
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     affine[:3, 3] = [-90, 120, 30]
     volume = nib.Nifti1Image(_volume(images), affine)
+    volume.header.set_xyzt_units("mm")  # a voxel size counts only when the header says its unit
     truth = nib.Nifti1Image(_volume(truths).astype(np.uint8), affine)
     files = [("brain.nii.gz", gzip.compress(volume.to_bytes())), ("brain_mask.nii.gz", gzip.compress(truth.to_bytes()))]
     status, body = upload(base, files)
@@ -161,7 +162,9 @@ def test_ras_volume_in_the_viewer_equals_predict_voxel_for_voxel(server, predict
     images = [read_image(p)[:, 40:-24] for p in _slices(patient)]  # (256, 192): columns cut unevenly, not mirror-symmetric
     affine = np.array([[0.7, 0, 0, -80.0], [0, 1.1, 0, -95.0], [0, 0, 4.0, 12.0], [0, 0, 0, 1]])
     path = tmp_path / "ras.nii.gz"
-    nib.save(nib.Nifti1Image(_volume(images), affine), path)
+    ras = nib.Nifti1Image(_volume(images), affine)
+    ras.header.set_xyzt_units("mm")
+    nib.save(ras, path)
     assert nib.aff2axcodes(affine) == ("R", "A", "S")
     predict(predictor, path, tmp_path / "pred", gifs=False, overlays=False)
     want = nib.load(tmp_path / "pred" / "ras_mask.nii.gz")
@@ -276,3 +279,29 @@ def test_multipart_without_files_is_a_400(server):
     body, content_type = multipart([], field="files")
     status, _, raw = request(f"{base}/api/segment", body, {"Content-Type": content_type})
     assert status == 400 and "no file" in json.loads(raw)["error"]
+
+
+def test_units_report_and_downloads_of_a_result(server, patient: Path):
+    """Slices have no voxel size: voxels and 'spacing unknown', never mL; the report, GIF, overlays and probability map download."""
+    base, _ = server
+    files = [p for s in _slices(patient)[:4] for p in (s, s.with_name(f"{s.stem}_mask.tif"))]
+    status, body = upload(base, files)
+    assert status == 200, body
+    (case,) = body["cases"]
+    summary = case["summary"]
+    assert summary["spacing"] == "spacing unknown" and "tumour_volume_ml" not in summary and "voxel_mm" not in summary
+    assert summary["slices_with_true_tumour"] == sum(int(cv2.imread(str(f), cv2.IMREAD_UNCHANGED).any()) for f in files[1::2])
+    status, headers, page = request(base + body["report"])
+    text = page.decode()
+    assert status == 200 and "Research use only" in text and f"{summary['tumour_volume_voxels']} voxels (spacing unknown)" in text
+    assert f"<td>{summary['dice_3d']:.3f}</td>" in text and "http" not in text
+    status, _, gif = request(base + case["gif"])
+    assert status == 200 and gif[:6] == b"GIF89a"
+    with zipfile.ZipFile(io.BytesIO(request(base + body["overlays_zip"])[2])) as archive:
+        assert len([n for n in archive.namelist() if n.endswith("_overlay.png")]) == 4
+    status, _, png = request(base + case["slices"][0]["image"].replace(".png", "/probability.png"))
+    prob = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert status == 200 and prob.ndim == 2 and prob.dtype == np.uint8
+    assert ((prob > 127).sum() > 0) == (case["slices"][0]["tumour_pixels"] > 0)
+    status, body = upload(base, files[1:2])  # a mask alone
+    assert status == 400 and "this is a mask; give the image it belongs to" in body["error"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -103,7 +103,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if getattr(predictor, "choice", None) is not None:
         print(predictor.choice.message())
     summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
-                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=args.spacing,
+                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=_spacing(args),
                        predictor=predictor)
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
@@ -115,20 +115,26 @@ def _predict(args: argparse.Namespace) -> None:
     from gliomaseg.inference.predict import predict
 
     from gliomaseg.inference.predictor import open_predictor
+    from gliomaseg.inference.run_report import model_summary
 
+    started = time.perf_counter()
     inputs = _predict_inputs(args)
+    for path in args.input or []:  # before the model is opened (and ONNX Runtime probed)
+        if not path.exists():
+            raise GliomasegError(f"{path}: input does not exist")
     predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision,
                                variant=args.variant, threads=args.threads)
     if getattr(predictor, "choice", None) is not None:  # which variant of an ONNX model runs (fp32 / int8) and why
-        print(predictor.choice.message())
-    if hasattr(predictor, "settings"):  # ONNX Runtime: say which threads and micro-batch it chose
+        print(predictor.choice.message(verbose=args.verbose))
+    if args.verbose and hasattr(predictor, "settings"):  # ONNX Runtime: which threads and micro-batch it chose
         print(predictor.settings.message())
     result = predict(predictor, inputs, args.out, threshold=args.threshold, batch_size=args.batch_size,
                      tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps,
-                     allow_grayscale=args.allow_grayscale, allow_16bit=args.allow_16bit)
-    print(f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) into {result.out}")
-    if len(result.patients):
-        print(result.patients.drop(columns=[c for c in ("gif",) if c in result.patients]).to_string(index=False))
+                     allow_grayscale=args.allow_grayscale, allow_16bit=args.allow_16bit, spacing=_spacing_xyz(args),
+                     model=model_summary(predictor, shipped=args.checkpoint is None and args.model is None))
+    for row in result.patients.to_dict("records"):
+        print(patient_line(row))
+    print(closing_line(result, time.perf_counter() - started))
     if len(result.skipped):
         print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
 
@@ -146,13 +152,58 @@ def _predict_inputs(args: argparse.Namespace):
     return parse_sequences(args.sequences)
 
 
+def patient_line(row: dict) -> str:
+    """One line per patient: slices with tumour, volume (mL only with a known spacing), Dice against truth, missing sequences."""
+    from gliomaseg.inference.run_report import missing_note
+    from gliomaseg.units import UNKNOWN
+
+    ml = row.get("tumour_volume_ml")
+    volume = (f"{row['tumour_volume_voxels']} voxels ({UNKNOWN})" if ml is None or ml != ml
+              else f"{ml:g} mL ({row['tumour_volume_voxels']} voxels)")
+    text = f"{row['patient']}: tumour predicted on {row['slices_with_tumour']} of {row['slices']} slice(s), volume {volume}"
+    if row.get("dice_3d") is not None and row.get("dice_3d") == row.get("dice_3d"):
+        text += f"; 3D Dice {row['dice_3d']:.3f} against the truth (tumour on {row['slices_with_true_tumour']} slice(s))"
+    note = missing_note(row.get("missing_sequences"))
+    return text + (f"; {note}" if note else "")
+
+
+def closing_line(result, seconds: float) -> str:
+    """How long it took and where each kind of output went."""
+    out = result.out
+    parts = [f"report {out / 'report.html'}"] if result.report else []
+    parts.append(f"masks and overlays in {out}/<patient>/")
+    if "gif" in result.patients:
+        parts.append(f"GIFs {out}/<patient>/<patient>.gif")
+    if "mask_volume" in result.patients:
+        parts.append(f"mask volumes {out}/<case>_mask.nii.gz")
+    parts.append(f"tables {out / 'predictions.csv'}, {out / 'patients.csv'}")
+    return (f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) in {seconds:.1f} s: "
+            + "; ".join(parts))
+
+
 @command("score")
 def _score(args: argparse.Namespace) -> None:
     from gliomaseg.evaluation import score
 
-    score(args.pred, args.truth, args.out, spacing=args.spacing)
-    print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
-    print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
+    summary = score(args.pred, args.truth, args.out, spacing=_spacing(args))
+    print(score_table(summary))
+    print(f"all numbers and their meaning: {Path(args.out) / 'summary.md'}; per slice and per patient: slices.csv, patients.csv")
+
+
+def score_table(summary: dict) -> str:
+    """The few numbers of a score run a reader looks at first, one a line."""
+    def number(key: str) -> str:
+        value = summary.get(key)
+        return "-" if value is None or value != value else f"{value:.4f}"
+
+    lines = [f"{summary['patients']} patient(s), {summary['slices']} slice(s) ({summary['tumour_slices']} with tumour)",
+             f"  per-patient 3D Dice   mean {number('patient_dice_mean')}  median {number('patient_dice_median')}",
+             f"  dataset Dice (micro)  {number('dice_micro')}",
+             f"  tumour-slice IoU      {number('iou_imagewise_tumour_slices')}"]
+    if summary.get("volumes"):
+        lines.append(f"  per-patient HD95      mean {number('patient_hd95_mean')}  median {number('patient_hd95_median')} "
+                     f"({summary['hd95_unit']})")
+    return "\n".join(lines)
 
 
 @command("convert")
@@ -160,14 +211,16 @@ def _convert(args: argparse.Namespace) -> None:
     from gliomaseg.data.convert import convert_to_dicom, convert_to_nifti
 
     if args.to == "dicom":
-        table = convert_to_dicom(args.input, args.out, spacing=args.spacing)
+        if args.layout != "channels":
+            raise GliomasegError("convert --layout is for NIfTI output (--to nifti)")
+        table = convert_to_dicom(args.input, args.out, spacing=_spacing_xyz(args))
         print(f"wrote {len(table)} patient(s) as DICOM cases <patient>/pre|flair|post/ + sequences.txt (+ <patient>_seg.dcm, "
               f"the truth) to {args.out}, voxels {', '.join(sorted(set(table['spacing_mm'])))} mm (listed in converted.csv)")
         return
-    if args.spacing is not None:
-        raise GliomasegError("convert --spacing is for --to dicom (NIfTI output keeps 1 mm voxels)")
-    table = convert_to_nifti(args.input, args.out)
-    print(f"wrote {len(table)} patient(s) as <patient>.nii.gz + <patient>_mask.nii.gz to {args.out} (listed in converted.csv)")
+    table = convert_to_nifti(args.input, args.out, spacing=_spacing_xyz(args), layout=args.layout)
+    names = "<patient>.nii.gz" if args.layout == "channels" else "<patient>_pre-contrast/_flair/_post-contrast.nii.gz"
+    units = "voxel size unknown (give --spacing X Y Z to record one)" if args.spacing is None else f"voxels of {' x '.join(f'{v:g}' for v in args.spacing)} mm"
+    print(f"wrote {len(table)} patient(s) as {names} + <patient>_mask.nii.gz to {args.out}, {units} (listed in converted.csv)")
 
 
 @command("export")
@@ -261,7 +314,11 @@ def _serve(args: argparse.Namespace) -> None:
         limits = replace(limits, max_image_side=args.max_image_side)
     label = str(args.checkpoint or args.model or "shipped default model")
     options = SegmentOptions(threshold=args.threshold, tta=args.tta, postprocess=PostProcess.parse(args.postprocess))
-    run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label)
+    from gliomaseg.inference.run_report import model_summary
+
+    info = model_summary(predictor, shipped=args.checkpoint is None and args.model is None)
+    run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label, model_info=info,
+               spacing=_spacing_xyz(args))
 
 
 def _number(text: str) -> int | float:
@@ -276,7 +333,8 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
     """One option per dataclass field, named, typed and defaulted by the field itself.
 
     ``bool`` fields become ``--name`` (default False) or ``--no-name`` (default True); help comes from
-    ``field(metadata={"help": ...})``, ``choices`` and ``hidden`` from the same metadata.
+    ``field(metadata={"help": ...})`` (required), ``choices`` and ``hidden`` from the same metadata;
+    :class:`_Help` adds the default.
     """
     import dataclasses
     import typing
@@ -290,11 +348,11 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
             default = f.default_factory()
         else:
             default = None
-        help_text = f.metadata.get("help", f"{f.name} of {cls.__name__}")
+        help_text = f.metadata.get("help")
         if f.metadata.get("hidden"):
             help_text = argparse.SUPPRESS
-        elif default is not None and not isinstance(default, bool):
-            help_text += f" (default: {default})"
+        elif not help_text:
+            raise TypeError(f"{cls.__name__}.{f.name} has no metadata help: every option needs one")
         kind = hints[f.name]
         if kind is bool:
             if default:
@@ -315,51 +373,99 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     _add_dataclass_options(p, TrainConfig)
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows every option's default (unless the text already says it, or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(default, bool)):
+            shown = " ".join(str(v) for v in default) if isinstance(default, (list, tuple)) else "%(default)s"
+            text += f" (default: {shown})"
+        return text
+
+
+SPACING_HELP = ("voxel size in mm: X (column width), Y (row height), Z (slice step); default: a NIfTI header's when its "
+                "units are mm, else unknown (volumes in voxels, HD95 in pixels, marked 'spacing unknown')")
+
+
+def _spacing_xyz(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """``--spacing X Y Z`` as given (x, y, z in mm), or None."""
+    spacing = getattr(args, "spacing", None)
+    return None if spacing is None else (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+
+
+def _spacing(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """``--spacing X Y Z`` as the (slice step, row, column) order of the Python API, or None."""
+    spacing = getattr(args, "spacing", None)
+    return None if spacing is None else (float(spacing[2]), float(spacing[1]), float(spacing[0]))
+
+
+def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """--checkpoint or --model (neither: the shipped model), and --variant, for the commands that run a model as given."""
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", type=Path, help=checkpoint_help)
+    model.add_argument("--model", type=Path, help="an exported model.onnx; with neither, the model that ships with gliomaseg")
+    p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
+                   help="for an ONNX model with a checked NAME.int8.onnx beside it (the shipped model has one): auto runs "
+                        "whichever is faster on this machine (a short cached probe); fp32 or int8 force one")
+
+
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; the ``train`` options (generated from ``TrainConfig``, which imports torch) are added
     only when ``command_name`` is ``train``, so the other commands stay torch-free."""
     from gliomaseg.choices import CALIBRATION_SLICES, DEFAULT_BATCH_SIZE, EXPORT_VARIANTS, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
 
-    parser = argparse.ArgumentParser(prog="gliomaseg", description="Lower-grade glioma segmentation in brain MRI.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from gliomaseg import __version__
+
+    parser = argparse.ArgumentParser(prog="gliomaseg", formatter_class=_Help,
+                                     description="Lower-grade glioma segmentation in brain MRI (research use only, not for diagnosis).")
+    parser.add_argument("--version", action="version", version=f"gliomaseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class _Sub:  # every command gets its help line as its description, and defaults in its help
+        @staticmethod
+        def add_parser(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+            return subparsers.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                                         formatter_class=_Help)
+
+    sub = _Sub()
 
     p = sub.add_parser("synth", help="write a synthetic MRI-like dataset in the kaggle_3m layout")
     p.add_argument("--out", required=True, type=Path, help="folder to write <patient>/<patient>_<k>.tif into")
-    p.add_argument("--patients", type=POSITIVE_INT, default=12)
+    p.add_argument("--patients", type=POSITIVE_INT, default=12, help="number of patients")
     p.add_argument("--slices", type=POSITIVE_INT, default=20, help="about this many slices per patient")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--size", type=_ranged(int, 8, 4096), default=256, help="slice size in pixels (kaggle_3m: 256)")
 
     p = sub.add_parser("prepare", help="scan a kaggle_3m folder into CSVs and split it by patient")
-    p.add_argument("--data-path", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data-path", required=True, type=Path, help="a kaggle_3m root (patient folders of <patient>_<k>.tif and _mask.tif)")
+    p.add_argument("--out", required=True, type=Path, help="folder for the CSVs and plots")
     p.add_argument("--split", choices=["patient", "image"], default="patient",
-                   help="patient (default) or image: slices at random, the leakage experiment")
-    p.add_argument("--train-size", type=PROBABILITY, default=0.8)
-    p.add_argument("--seed", type=int, default=42)
+                   help="patient, or image: slices at random, the leakage experiment")
+    p.add_argument("--train-size", type=PROBABILITY, default=0.8, help="fraction of the patients (or slices) in the training CSV")
+    p.add_argument("--seed", type=int, default=42, help="random_state of the split (the case study's: 42)")
     p.add_argument("--folds", type=_ranged(int, 2), default=None, help="also write K patient-grouped folds (data_folds.csv)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad slices with a warning; list them in skipped.csv")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip slices_per_patient.png and sample_slices.png")
 
-    p = sub.add_parser("train", help="train an smp model on the CSVs of prepare")
+    p = sub.add_parser("train", help="train an smp model on the CSVs of prepare",
+                       description="Train an smp model on the CSVs of prepare; best.ckpt is the epoch with the best validation "
+                                   "mean per-patient Dice.")
     if command_name == "train":
         _add_train_options(p)
 
     p = sub.add_parser("evaluate", help="per-slice, per-patient and summary metrics of a model on a CSV")
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", type=Path, help="a training checkpoint (PyTorch)")
-    model.add_argument("--model", type=Path, help="an exported model.onnx; with neither, the model that ships with gliomaseg")
-    p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
-                   help="fp32 / int8 variant of an ONNX model: auto (default: the faster here), fp32 or int8")
+    _add_model_options(p, "a training checkpoint (best.ckpt)")
     p.add_argument("--csv", required=True, type=Path, help="a CSV of prepare (or any input with masks: kaggle_3m folder, NIfTI cases)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--out", required=True, type=Path, help="folder for slices.csv, patients.csv, summary.json/.md, patient_dice.png")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE, help="slices per model call")
     p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
     p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
     p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
-    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
-                   help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
     p = sub.add_parser("predict", help="masks, contour overlays and GIFs for a slice, a folder or a CSV")
     p.add_argument("--checkpoint", type=Path, help="a training checkpoint (PyTorch)")
@@ -377,15 +483,20 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                    help="instead of --input: one DICOM case from three MR series of one geometry, pre=DIR flair=DIR post=DIR "
                         "(DIR@SERIES picks a series of a folder by number, description or UID; flair alone copies FLAIR into "
                         "the missing channels), or one mapping file of such lines (needs gliomaseg[dicom])")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threshold", type=PROBABILITY, default=None, help="default: the model's own")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: report.html (open it first), masks, overlays, GIFs, predictions.csv, patients.csv")
+    p.add_argument("--threshold", type=PROBABILITY, default=None, help="probability above which a pixel is tumour (default: the model's own)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE, help="slices per model call")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"],
+                   help="test-time augmentation: none, flip (mean over a horizontal flip), d4 (the 8 flips and rotations)")
     p.add_argument("--postprocess", default="none",
                    help="none, all, or steps: min_size=64,fill_holes,largest_3d,opening=3,closing=3")
-    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0, help="frames per second of each patient's GIF")
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
+    p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32", help="--checkpoint: inference precision")
+    p.add_argument("--verbose", action="store_true",
+                   help="also say the measured slices/s of the model's variants and which ONNX Runtime threads and micro-batch were chosen")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
                    help="onnx backend: intra-op threads (default: chosen for this machine, and said)")
     p.add_argument("--allow-grayscale", action="store_true",
@@ -399,27 +510,30 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, type=Path,
                    help="a CSV of prepare, a kaggle_3m folder, a folder of NIfTI cases with masks, a DICOM case folder with a SEG, "
                         "or a DICOM SEG file (its series beside it)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
-                   help="voxel size (e.g. mm) for HD95; default: pixels, the slice step counted as one pixel")
+    p.add_argument("--out", required=True, type=Path, help="folder for slices.csv, patients.csv, summary.json/.md, patient_dice.png")
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
 
     p = sub.add_parser("convert", help="kaggle_3m patients to NIfTI (<patient>.nii.gz and <patient>_mask.nii.gz) or to DICOM")
     p.add_argument("--input", required=True, type=Path, help="a kaggle_3m root or one patient folder (for --to dicom also NIfTI cases)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder for the NIfTI files (or DICOM cases) and converted.csv")
     p.add_argument("--to", choices=["nifti", "dicom"], default="nifti",
                    help="nifti (default) or dicom: <patient>/pre|flair|post/ MR series, sequences.txt and <patient>_seg.dcm "
                         "(the truth as a DICOM SEG); synthetic UIDs (needs gliomaseg[dicom])")
-    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SLICE", "ROW", "COL"),
-                   help="--to dicom: voxel size in mm to state (default: a NIfTI case's own, else 1 1 1: kaggle_3m records none)")
+    p.add_argument("--layout", choices=["channels", "sequences"], default="channels",
+                   help="NIfTI: channels, one 4D <patient>.nii.gz (X, Y, Z, 3); sequences, three 3D files, <patient>_pre-contrast, "
+                        "_flair and _post-contrast.nii.gz (for 3D Slicer, ITK-SNAP)")
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel size in mm to record; default: NIfTI none recorded (units 'unknown': kaggle_3m has no spacing); "
+                        "DICOM a NIfTI case's own, else 1 1 1")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch, or quantize an ONNX model")
     p.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint (best.ckpt)")
     p.add_argument("--model", type=Path, default=None,
                    help="instead of --checkpoint: an fp32 ONNX model to quantize (`shipped`: the model inside gliomaseg); "
                         "needs --quantize, --check-csv and, for int8, --calibration-csv")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--opset", type=_ranged(int, 7, 30), default=17)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    p.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. model.onnx (an int8 variant: model.int8.onnx)")
+    p.add_argument("--opset", type=_ranged(int, 7, 30), default=17, help="ONNX opset")
     p.add_argument("--quantize", choices=EXPORT_VARIANTS, default=None,
                    help="int8: static QDQ quantization (per-channel weights) calibrated on training slices, ~2x faster on "
                         "CPUs with VNNI; fp16: weights stored in float16 (half the file, fp32 arithmetic). Either is "
@@ -427,10 +541,10 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                         f"{MAX_DICE_DROP} (or one patient's by more than {MAX_PATIENT_DICE_DROP})")
     p.add_argument("--calibration-csv", type=Path, default=None, help="int8: training CSV to calibrate on (default: the checkpoint's)")
     p.add_argument("--calibration-slices", type=POSITIVE_INT, default=CALIBRATION_SLICES,
-                   help=f"int8: slices drawn at random (seed 0) from the calibration CSV (default {CALIBRATION_SLICES})")
+                   help="int8: slices drawn at random (seed 0) from the calibration CSV")
     p.add_argument("--check-csv", type=Path, default=None, help="slices to check the variant on (default: the checkpoint's validation CSV)")
     p.add_argument("--max-dice-drop", type=_ranged(float), default=MAX_DICE_DROP,
-                   help=f"refuse the variant when the mean per-patient Dice drops more than this (default {MAX_DICE_DROP})")
+                   help="refuse the variant when the mean per-patient Dice drops more than this")
     p.add_argument("--sample", type=Path, default=None,
                    help="a CSV of prepare whose slices (8 at random) check the fp32 export; default: the checkpoint's "
                         "validation CSV when it exists here, else synthetic MRI-like slices")
@@ -441,45 +555,45 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="a prepare output folder")
     p.add_argument("--out", type=Path, help="experiments folder; runs go to OUT/NAME/RUN")
     p.add_argument("--preset", default="cpu", help="cpu (2 CPU cores) or gpu (the case study's setting)")
-    p.add_argument("--epochs", type=POSITIVE_INT, default=None)
-    p.add_argument("--image-size", type=POSITIVE_INT, default=None)
-    p.add_argument("--max-time", default=None, help="per run, HH:MM:SS")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None, help="epochs per run (default: the preset's)")
+    p.add_argument("--image-size", type=POSITIVE_INT, default=None, help="image size per run in pixels (default: the preset's)")
+    p.add_argument("--max-time", default=None, help="time limit per run, HH:MM:SS (default: none)")
     p.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these runs")
     p.add_argument("--all", action="store_true", help="architectures: also UPerNet, Segformer, DPT")
 
     p = sub.add_parser("report", help="one self-contained HTML page from experiment and run folders")
-    p.add_argument("--runs", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--runs", required=True, type=Path, help="an experiments folder (or run folders) with results.csv files")
+    p.add_argument("--out", required=True, type=Path, help="the HTML file to write")
 
     from gliomaseg.choices import MAX_IMAGE_SIDE
     from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
     p = sub.add_parser("serve", help="a local web viewer: upload slices, a patient zip or a NIfTI volume, see and download masks")
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--model", type=Path, help="an exported model.onnx (default: the model shipped with gliomaseg)")
-    model.add_argument("--checkpoint", type=Path, help="a training checkpoint instead of an ONNX model")
-    p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
-                   help="fp32 / int8 variant of an ONNX model: auto (default: the faster here), fp32 or int8")
+    _add_model_options(p, "a training checkpoint instead of an ONNX model")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this computer only)")
-    p.add_argument("--port", type=_ranged(int, 1, 65535), default=DEFAULT_PORT)
-    p.add_argument("--threshold", type=PROBABILITY, default=None, help="default: the model's (0.5)")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"])
+    p.add_argument("--port", type=_ranged(int, 1, 65535), default=DEFAULT_PORT, help="port to listen on")
+    p.add_argument("--threshold", type=PROBABILITY, default=None, help="probability above which a pixel is tumour (default: the model's)")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"], help="test-time augmentation, as for predict")
     p.add_argument("--postprocess", default="none", help="as for predict: none, all, or steps")
-    p.add_argument("--max-upload-mb", type=POSITIVE, default=None, help=f"largest upload in MiB (default {ServeLimits.max_upload_bytes / 2**20:g})")
-    p.add_argument("--max-image-side", type=_ranged(int, 32, MAX_IMAGE_SIDE), default=None, help=f"largest slice height or width in pixels (default {ServeLimits.max_image_side})")
-    p.add_argument("--device", default="cpu", help="for --checkpoint")
+    p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel size in mm of uploaded slices (default: a NIfTI header's when in mm, else unknown)")
+    p.add_argument("--max-upload-mb", type=POSITIVE, default=None, help=f"largest upload in MiB (default: {ServeLimits.max_upload_bytes / 2**20:g})")
+    p.add_argument("--max-image-side", type=_ranged(int, 32, MAX_IMAGE_SIDE), default=None, help=f"largest slice height or width in pixels (default: {ServeLimits.max_image_side})")
+    p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
 
     p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
-    p.add_argument("--input", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0)
+    p.add_argument("--input", required=True, type=Path, help="a folder of images (.png, .jpg, .tif)")
+    p.add_argument("--out", required=True, type=Path, help="the GIF to write")
+    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0, help="frames per second")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    warnings.simplefilter("default", UserWarning)
+    from gliomaseg.terminal import quiet_terminal
+
+    quiet_terminal(args.command)
     try:
         result = COMMANDS[args.command](args)
     except GliomasegError as exc:

@@ -26,7 +26,7 @@ from gliomaseg.errors import DataError
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
 from gliomaseg.metrics import (
-    REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table, worst_case_distance,
+    NEUTRAL_MEANING, REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table, worst_case_distance,
 )
 
 HEADLINE = [
@@ -84,8 +84,9 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
     Args:
         cases: per patient, its :class:`PatientInput` (slices in slice order), predicted masks and
             true masks, each uint8 0/1 (H, W), one per slice and of the slice's size.
-        spacing: voxel size (slice step, row, column; e.g. mm) for HD95; ``None``: pixels, the slice
-            step counted as one pixel.
+        spacing: voxel size in mm (slice step, row, column) for HD95; ``None``: each NIfTI patient's header
+            spacing when every patient has one in mm, else pixels, the slice step counted as one pixel
+            ("spacing unknown").
 
     HD95 is measured only when every patient is a volume (:func:`is_volume`); a missed or a false
     tumour scores the diagonal of the patient's volume (:func:`~gliomaseg.metrics.worst_case_distance`).
@@ -98,7 +99,11 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
         and :func:`~gliomaseg.metrics.dataset_report`.
     """
     rows, hd, volumes = [], {}, True
-    for patient, predictions, truths in cases:
+    cases = list(cases)
+    headers = [None if p.geometry is None else p.geometry.spacing for p, _, _ in cases]
+    per_patient = spacing is None and bool(headers) and all(h is not None for h in headers)
+    for (patient, predictions, truths), header in zip(cases, headers):
+        step = spacing if not per_patient else (header[2], header[1], header[0])  # type: ignore[index]
         volumes = volumes and is_volume(patient)
         for item, pred, truth in zip(patient.slices, predictions, truths):
             if pred.shape != truth.shape:
@@ -109,15 +114,16 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
                          "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()), "tp": tp, "fp": fp, "fn": fn, "tn": tn})
         if len({m.shape for m in predictions}) == 1:
             volume = np.stack(truths)
-            hd[patient.name] = hd95(np.stack(predictions), volume, spacing)
+            hd[patient.name] = hd95(np.stack(predictions), volume, step)
             if math.isinf(hd[patient.name]):  # a missed or a false tumour: the worst distance the volume allows
-                hd[patient.name] = worst_case_distance(volume.shape, spacing)
+                hd[patient.name] = worst_case_distance(volume.shape, step)
     slices = slice_table(pd.DataFrame(rows))
     patients = patient_table(slices, hd if volumes else None)
     report = dataset_report(slices, patients)
     if not volumes:
         report.update(patient_hd95_mean=None, patient_hd95_median=None)
-    report.update(volumes=volumes, hd95_unit="mm (given spacing)" if spacing else "pixels (slice step counted as one pixel)",
+    unit = "mm (given spacing)" if spacing else "mm (NIfTI header spacing)" if per_patient else "pixels (spacing unknown; slice step counted as one pixel)"
+    report.update(volumes=volumes, hd95_unit=unit,
                   hd95_worst_case="a missed or false tumour scores the diagonal of the patient's volume")
     return slices, patients, report
 
@@ -323,5 +329,5 @@ def summary_markdown(summary: dict) -> str:
     for metric, values in summary["smp"].items():
         lines.append(f"| {metric} | " + " | ".join(_fmt(values[r]) for r in summary["reductions"]) + " |")
     lines += ["", "Reductions:"] + [f"- `{k}`: {v}" for k, v in summary["reductions"].items()]
-    lines.append("- image-wise reductions score a slice with nothing to find and nothing found as 1 (zero_division=1).")
+    lines.append(f"- 0/0: {NEUTRAL_MEANING}.")
     return "\n".join(lines) + "\n"

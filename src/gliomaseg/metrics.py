@@ -10,8 +10,12 @@ Reductions (smp's names):
   binary: the same as micro).
 - ``micro-imagewise`` / ``macro-imagewise`` / ``weighted-imagewise``: compute per slice, then average
   over slices. A slice with tp = fp = fn = 0 (no tumour, none predicted) has IoU 0/0; we score it
-  1 (``zero_division=1``), as the case study's mIoU does, which is why image-wise IoU runs high on a
-  dataset where most slices are empty.
+  1, as the case study's mIoU does, which is why image-wise IoU runs high on a dataset where most
+  slices are empty.
+
+A 0/0 gets each metric's neutral value (:data:`NEUTRAL`): the score of a perfect answer, so 1 for
+the scores (IoU, Dice, sensitivity, precision, ...) and 0 for the miss and false-alarm rates (FNR,
+FPR, FDR, FOR). smp's single ``zero_division`` would score an empty slice predicted empty FNR = 1.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ METRIC_NAMES = (
         "false_positive_rate", "false_discovery_rate", "false_omission_rate", "positive_likelihood_ratio",
         "negative_likelihood_ratio",
 )
+# The value of a metric whose ratio is 0/0 (nothing to find, nothing found): a perfect answer's score.
+# The likelihood ratios get 1, "no evidence either way" (the odds are unchanged).
+NEUTRAL = {name: 1.0 for name in METRIC_NAMES} | {
+    "false_negative_rate": 0.0, "false_positive_rate": 0.0, "false_discovery_rate": 0.0, "false_omission_rate": 0.0,
+}
+NEUTRAL_MEANING = ("a 0/0 (nothing to find, nothing found) scores as a perfect answer: 1 for IoU, Dice, sensitivity, "
+                   "specificity, precision and the other scores, 0 for false_negative_rate, false_positive_rate, "
+                   "false_discovery_rate and false_omission_rate, 1 (no evidence) for the likelihood ratios")
 REDUCTIONS = ("micro", "macro", "weighted", "micro-imagewise", "macro-imagewise", "weighted-imagewise")
 REDUCTION_MEANING = {
     "micro": "counts summed over all slices, then one score (dataset-wise)",
@@ -49,10 +61,12 @@ def confusion(prediction, target) -> tuple:
     return smp.metrics.get_stats(prediction.long(), target.long(), mode="binary")
 
 
-def all_metrics(tp, fp, fn, tn, zero_division: float = 1.0) -> dict[str, dict[str, float]]:
+def all_metrics(tp, fp, fn, tn, zero_division: float | None = None) -> dict[str, dict[str, float]]:
     """Every smp metric under every reduction: ``{metric: {reduction: value}}``.
 
-    Args: tp, fp, fn, tn: (N, C) integer tensors (or arrays), one row per slice.
+    Args:
+        tp, fp, fn, tn: (N, C) integer tensors (or arrays), one row per slice.
+        zero_division: the value of every 0/0; ``None`` (default): each metric's :data:`NEUTRAL` value.
     """
     import segmentation_models_pytorch as smp
     import torch
@@ -65,7 +79,8 @@ def all_metrics(tp, fp, fn, tn, zero_division: float = 1.0) -> dict[str, dict[st
         out[name] = {}
         for reduction in REDUCTIONS:
             kwargs = {"class_weights": weights} if "weighted" in reduction else {}
-            value = fn_(tp, fp, fn, tn, reduction=reduction, zero_division=zero_division, **kwargs)
+            neutral = NEUTRAL[name] if zero_division is None else zero_division
+            value = fn_(tp, fp, fn, tn, reduction=reduction, zero_division=neutral, **kwargs)
             out[name][reduction] = float(value)
     return out
 
@@ -207,7 +222,7 @@ REPORT_MEANING = {
     "patient_dice_mean": "mean over patients of the 3D Dice of each patient's slices as one volume",
     "patient_dice_median": "median of the per-patient 3D Dice",
     "patient_dice_mean_tumour_patients": "mean 3D Dice over patients who have tumour",
-    "patient_hd95_mean": "mean per-patient 3D HD95 (unit: hd95_unit) over patients with a tumour in truth or prediction; "
+    "patient_hd95_mean": "mean per-patient 3D HD95 (in the unit of hd95_unit) over patients with a tumour in truth or prediction; "
                          "a missed or false tumour scores the volume's diagonal (worst case)",
     "patient_hd95_median": "median per-patient 3D HD95, same patients and worst case",
     "patients_missed_tumour": "patients with tumour whose prediction is empty",

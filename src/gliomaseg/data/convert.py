@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from gliomaseg.data.files import run_folder, write_csv, write_text
 from gliomaseg.data.nifti import write_slices_volume
 from gliomaseg.data.sources import PatientInput, open_source
 from gliomaseg.errors import DataError
+from gliomaseg.units import check_spacing, spacing_text
 
 
 def _arrays(patient: PatientInput, *, need_masks: bool) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
@@ -33,11 +35,15 @@ def _arrays(patient: PatientInput, *, need_masks: bool) -> tuple[list[np.ndarray
     return images, (None if missing else masks)
 
 
-def convert_to_nifti(inputs: str | Path, out: str | Path) -> pd.DataFrame:
+def convert_to_nifti(inputs: str | Path, out: str | Path, *, spacing: Sequence[float] | None = None,
+                     layout: str = "channels") -> pd.DataFrame:
     """Write each patient as ``<patient>.nii.gz`` (uint8, (X, Y, Z, 3)) and ``<patient>_mask.nii.gz`` (uint8 0/1, (X, Y, Z)).
 
-    The layout is the one :mod:`gliomaseg.data.nifti` reads back (LPS, 1 mm voxels, slices in slice-number
-    order along the third axis), so predicting a converted case gives the masks of its slices.
+    The layout is the one :mod:`gliomaseg.data.nifti` reads back (LPS, slices in slice-number order along
+    the third axis), so predicting a converted case gives the masks of its slices. ``layout="sequences"``
+    writes ``<patient>_pre-contrast``, ``_flair`` and ``_post-contrast.nii.gz`` (3D) instead of the 4D file.
+    ``spacing`` (x, y, z in mm) is recorded in the headers; without it the units are "unknown", as kaggle_3m
+    records none (a volume then has no mL).
     A patient whose slices differ in size, or that lacks a mask, stops the conversion with an error naming the file.
     Returns one row per patient (``patient, slices, tumour_slices, image, mask``), also written to ``converted.csv``
     (its paths relative to ``out``; the returned table's as paths under ``out``).
@@ -46,25 +52,31 @@ def convert_to_nifti(inputs: str | Path, out: str | Path) -> pd.DataFrame:
     hidden folder and moved into ``out`` at the end, so a killed run leaves no temporary file or image without its
     mask in ``out``, and a rerun removes the previous run's cases.
     """
+    try:
+        spacing = check_spacing(spacing)
+    except ValueError as exc:
+        raise DataError(f"--spacing: {exc}") from exc
     patients, _ = open_source(inputs, strict=True)
     out = Path(out)
     with run_folder(out, "convert") as work:
-        table = _convert(patients, work)
+        table = _convert(patients, work, spacing, layout)
         write_csv(table, work / "converted.csv")
     for column in ("image", "mask"):
-        table[column] = [str(out / v) for v in table[column]]
+        table[column] = [";".join(str(out / part) for part in v.split(";")) for v in table[column]]
     return table
 
 
-def _convert(patients, work: Path) -> pd.DataFrame:
+def _convert(patients, work: Path, spacing: Sequence[float] | None, layout: str) -> pd.DataFrame:
     rows = []
     for patient in patients:
         if patient.geometry is not None:
             raise DataError(f"{patient.slices[0].image_path}: already a volume (NIfTI or DICOM case)")
         images, masks = _arrays(patient, need_masks=True)
-        image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}.nii.gz", work / f"{patient.name}_mask.nii.gz")
+        image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}.nii.gz", work / f"{patient.name}_mask.nii.gz",
+                                                  spacing=spacing, layout=layout)
         rows.append({"patient": patient.name, "slices": len(images), "tumour_slices": sum(int(m.any()) for m in masks),
-                     "image": image_out.relative_to(work).as_posix(), "mask": mask_out.relative_to(work).as_posix()})
+                     "image": ";".join(p.relative_to(work).as_posix() for p in image_out),
+                     "mask": mask_out.relative_to(work).as_posix(), "spacing": spacing_text(spacing)})
     return pd.DataFrame(rows)
 
 
@@ -73,7 +85,7 @@ def convert_to_dicom(inputs: str | Path, out: str | Path, spacing: tuple[float, 
     and, when it has masks, its truth as ``<patient>/<patient>_seg.dcm`` (a DICOM SEG, MANUAL segment).
 
     Three MR series, one per channel (pre-contrast, FLAIR, post-contrast), of one synthetic study with
-    synthetic but valid UIDs (stable for a patient), axial, 8 bits stored (:func:`~gliomaseg.data.dicom.write_mr_series`).
+    ``spacing`` (x, y, z in mm: column width, row height, slice step; the order of ``--spacing``): for kaggle_3m slices, which
     ``spacing`` (mm between slices, rows, columns; the order of ``--spacing``): for kaggle_3m slices, which
     record none, 1 mm unless given; a NIfTI case keeps its header's voxel size unless given.
     ``gliomaseg predict`` on ``<patient>/`` gives exactly the masks of the slices.
@@ -100,7 +112,7 @@ def _convert_dicom(patients, work: Path, spacing: tuple[float, float, float] | N
             raise DataError(f"{patient.slices[0].image_path}: already a DICOM case")
         images, masks = _arrays(patient, need_masks=False)
         if spacing is not None:
-            between = (float(spacing[1]), float(spacing[2]), float(spacing[0]))
+            between = (float(spacing[1]), float(spacing[0]), float(spacing[2]))  # (row, column, slice) from X Y Z
         elif patient.geometry is not None:
             left, posterior, superior = patient.geometry.voxel_mm
             between = (posterior, left, superior)
@@ -124,5 +136,5 @@ def _convert_dicom(patients, work: Path, spacing: tuple[float, float, float] | N
             seg = dicom.write_segmentation(masks, case.geometry, folder / f"{patient.name}_seg.dcm").relative_to(work).as_posix()
         rows.append({"patient": patient.name, "slices": len(images),
                      "tumour_slices": sum(int(m.any()) for m in masks) if masks else None, "folder": folder.relative_to(work).as_posix(),
-                     "segmentation": seg, "spacing_mm": " x ".join(f"{v:g}" for v in (between[2], between[0], between[1]))})
+                     "segmentation": seg, "spacing_mm": " x ".join(f"{v:g}" for v in (between[1], between[0], between[2]))})
     return pd.DataFrame(rows)

@@ -7,8 +7,8 @@ is ``data[:, :, k]`` shown as an image with rows along axis 1 (anterior at the t
 along axis 0 (the patient's right on the image's left: radiological display). kaggle_3m's tif files
 record no orientation, so reading them as radiological is an assumption, the one ``convert`` writes.
 Masks are written back through the inverse reordering, so they have the input's shape, affine and
-header. ``convert`` writes kaggle_3m patients in exactly this layout (affine ``diag(-1, -1, 1)``:
-1 mm voxels, since kaggle_3m does not record the spacing).
+header. ``convert`` writes kaggle_3m patients in exactly this layout (affine ``diag(-1, -1, 1)`` and
+units "unknown", since kaggle_3m does not record the spacing; ``--spacing`` gives the voxels a size in mm).
 
 Images: uint8 volumes are taken as they are; any other type (or scaled uint8) is read channel by
 channel as float32 and scaled from its 0.5th to its 99.5th percentile onto 0..255, with a warning
@@ -84,15 +84,41 @@ class Geometry:
             lps[int(axis)] = zooms[native]
         return lps[0], lps[1], lps[2]
 
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """:attr:`voxel_mm` when the header's space unit is a length (mm, micron, meter), else ``None``: the
+        size is unknown (``convert`` without ``--spacing`` writes units "unknown")."""
+        from gliomaseg.units import LENGTH_MM, check_spacing
 
-def slices_geometry(path: Path, height: int, width: int, count: int) -> Geometry:
-    """The geometry ``convert`` gives ``count`` kaggle_3m slices of (height, width): LPS, 1 mm voxels, affine ``CONVERT_AFFINE``."""
+        unit = self.header.get_xyzt_units()[0]  # type: ignore[attr-defined]
+        if unit not in LENGTH_MM:
+            return None
+        try:
+            return check_spacing([v * LENGTH_MM[unit] for v in self.voxel_mm])
+        except ValueError:
+            return None
+
+
+def convert_affine(spacing: Sequence[float] | None = None) -> np.ndarray:
+    """``CONVERT_AFFINE`` scaled by ``spacing`` (x, y, z in mm); unit voxels without one."""
+    x, y, z = spacing if spacing is not None else (1.0, 1.0, 1.0)
+    return np.diag([-float(x), -float(y), float(z), 1.0])
+
+
+def slices_geometry(path: Path, height: int, width: int, count: int, spacing: Sequence[float] | None = None) -> Geometry:
+    """The geometry ``convert`` gives ``count`` kaggle_3m slices of (height, width): LPS, affine ``CONVERT_AFFINE``.
+
+    With ``spacing`` (x, y, z in mm) the voxels have that size and the units are mm; without it the
+    units are "unknown" (kaggle_3m records no spacing), so no tool can take the voxels for 1 mm.
+    """
     import nibabel as nib
 
+    affine = convert_affine(spacing)
     header = nib.Nifti1Header()
     header.set_data_shape((width, height, count))
-    header.set_xyzt_units("mm")
-    return Geometry(Path(path), (width, height, count), CONVERT_AFFINE.copy(), header, _orientation(Path(path), CONVERT_AFFINE))
+    header.set_zooms(tuple(float(v) for v in np.abs(np.diag(affine)[:3])))
+    header.set_xyzt_units("mm" if spacing is not None else "unknown")
+    return Geometry(Path(path), (width, height, count), affine, header, _orientation(Path(path), affine))
 
 
 def _header(path: Path):
@@ -318,12 +344,33 @@ def _save(image, out: Path) -> Path:
     return out
 
 
-def write_slices_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], out_image: Path, out_mask: Path) -> tuple[Path, Path]:
-    """kaggle_3m slices (rows, cols, 3) uint8 and masks (rows, cols) 0/1, in slice order -> two NIfTI files (LPS, 1 mm)."""
+SEQUENCES = ("pre-contrast", "flair", "post-contrast")  # kaggle_3m's channel order, as file name suffixes
+
+
+def write_slices_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], out_image: Path, out_mask: Path,
+                        spacing: Sequence[float] | None = None, layout: str = "channels") -> tuple[list[Path], Path]:
+    """kaggle_3m slices (rows, cols, 3) uint8 and masks (rows, cols) 0/1, in slice order -> NIfTI files (LPS).
+
+    ``layout="channels"``: one 4D ``out_image`` (X, Y, Z, 3); ``"sequences"``: three 3D files named
+    ``<stem>_pre-contrast``, ``_flair`` and ``_post-contrast`` beside it, as 3D Slicer and ITK-SNAP expect
+    (and ``predict`` reads back given the three). ``spacing``: see :func:`slices_geometry`.
+    Returns the image files and the mask file.
+    """
     import nibabel as nib
 
+    if layout not in ("channels", "sequences"):
+        raise DataError(f"{out_image}: layout {layout!r}; expected channels or sequences")
     volume = np.ascontiguousarray(np.stack(images).transpose(2, 1, 0, 3))  # (S, rows, cols, 3) -> (L, P, S, 3)
-    image = nib.Nifti1Image(volume, CONVERT_AFFINE)
-    image.header.set_xyzt_units("mm")
-    geometry = slices_geometry(out_image, volume.shape[1], volume.shape[0], volume.shape[2])
-    return _save(image, out_image), write_mask_volume(masks, geometry, out_mask)
+    geometry = slices_geometry(out_image, volume.shape[1], volume.shape[0], volume.shape[2], spacing)
+
+    def image_of(data: np.ndarray):
+        image = nib.Nifti1Image(np.ascontiguousarray(data), geometry.affine)
+        image.header.set_xyzt_units("mm" if spacing is not None else "unknown")
+        return image
+
+    if layout == "channels":
+        written = [_save(image_of(volume), out_image)]
+    else:
+        stem = case_name(Path(out_image))
+        written = [_save(image_of(volume[..., c]), Path(out_image).with_name(f"{stem}_{name}.nii.gz")) for c, name in enumerate(SEQUENCES)]
+    return written, write_mask_volume(masks, geometry, out_mask)

@@ -21,7 +21,7 @@ import numpy as np
 
 from gliomaseg.data import dicom
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv, safe_name
-from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, case_name, read_mask_volume, read_volume
+from gliomaseg.data.nifti import NIFTI_ENDINGS, SEQUENCES, Geometry, case_name, read_mask_volume, read_volume
 from gliomaseg.errors import DataError
 from gliomaseg.visualization import natural_key
 
@@ -148,6 +148,8 @@ def read_nifti(paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
     """One NIfTI case: a 4D (X, Y, Z, 3) file, or three 3D channel files; the mask is ``<case>_mask.nii.gz`` beside it."""
     images, geometry = read_volume(paths)
     name = case_name(paths[0])
+    if len(paths) == 3 and name.endswith(f"_{SEQUENCES[0]}"):  # <case>_pre-contrast, _flair, _post-contrast (convert --layout sequences)
+        name = name[: -len(SEQUENCES[0]) - 1]
     mask_file = next((f for f in (paths[0].with_name(f"{name}_mask{e}") for e in NIFTI_ENDINGS) if f.is_file()), None)
     truth = read_mask_volume(mask_file, geometry) if mask_file else None
     slices = [
@@ -205,10 +207,19 @@ def _read_folder(folder: Path, problems: Problems, *, top: bool) -> list[Patient
             if not _is_mask(file):
                 slice_files.append(file)
             elif not any(file.with_name(f"{file.stem[:-5]}{s}").is_file() for s in (file.suffix, *IMAGE_SUFFIXES)):
-                problems.append((str(file), "mask has no image"))
+                problems.append((str(file), "mask has no image: this is a mask, give the image it belongs to"))
         elif kind is None:
             unsupported.append(file)
     patients: list[PatientInput] = []
+    for case in [c for c in cases if case_name(c).endswith(f"_{SEQUENCES[1]}")]:  # three sequence files make one case
+        stem = case_name(case)[: -len(SEQUENCES[1]) - 1]
+        group = [next((c for c in cases if case_name(c) == f"{stem}_{s}"), None) for s in SEQUENCES]
+        if all(group):
+            cases = [c for c in cases if c not in group]
+            try:
+                patients.extend(read_nifti(group, problems))  # type: ignore[arg-type]
+            except DataError as exc:
+                problems.append((str(case), str(exc).partition(": ")[2] or str(exc)))
     if slice_files:
         patients.append(PatientInput(folder.name, [_slice_file(folder.name, f) for f in slice_files]))
     if mapping is not None or dicom_files:
@@ -262,6 +273,8 @@ def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Pa
     for path in paths:
         if not path.exists():
             raise DataError(f"{path}: input does not exist")
+        if path.is_file() and _is_mask(path):
+            raise DataError(f"{path}: this is a mask; give the image it belongs to (a mask beside its image is read as the truth)")
     if len(paths) == 1 and paths[0].is_dir():
         patients = _read_folder(paths[0], problems, top=True)
     else:
@@ -285,6 +298,8 @@ def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Pa
                             f"{other.slices[0].image_path}; two patients of one name would write into one output folder, "
                             "so give them separately (or rename one folder)")
     if not patients:
+        if problems:  # e.g. a folder of masks alone
+            raise DataError(f"{problems[0][0]}: {problems[0][1]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         raise DataError(f"{paths[0]}: no slices found (expected {', '.join(supported_endings())} files)")
     for patient in patients:
         patient.slices.sort(key=lambda s: (s.slice if s.slice is not None else -1, natural_key(s.image_path.name)))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import shutil
 import warnings
 
 import cv2
@@ -22,9 +23,11 @@ from gliomaseg.data.sequences import describe, missing_sequences, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
 from gliomaseg.errors import DataError, InputWarning
 from gliomaseg.inference.postprocess import PostProcess
+from gliomaseg.inference.run_report import PatientReport, key_slice_indices, write_run_report
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
 from gliomaseg.metrics import confusion_numpy, dice, iou
-from gliomaseg.visualization import encode_png, natural_key, overlay_contours, write_gif
+from gliomaseg.units import Spacing, check_spacing, spacing_text, volume_ml
+from gliomaseg.visualization import encode_png, label_frame, natural_key, overlay_contours, write_gif
 
 
 @dataclass
@@ -36,6 +39,7 @@ class PredictResult:
     skipped: pd.DataFrame
     out: Path
     written: list[Path] = field(default_factory=list)
+    report: Path | None = None
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
@@ -69,6 +73,9 @@ def predict(
     overlays: bool = True,
     allow_grayscale: bool = False,
     allow_16bit: bool = False,
+    spacing: Sequence[float] | None = None,
+    model: dict | None = None,
+    report: bool = True,
 ) -> PredictResult:
     """Predict every slice of ``inputs`` (anything :func:`~gliomaseg.data.sources.open_source` reads).
 
@@ -83,17 +90,40 @@ def predict(
     (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem.
     The tables name the files written relative to ``out``; the run goes through
     :func:`~gliomaseg.data.files.run_folder` (a rerun replaces the previous run's files, a killed run leaves them), and
-    ``out`` may not be inside an input folder.
+    ``out`` may not be inside an input folder. A failed run removes an output folder this call created.
+
+    ``spacing`` (x, y, z in mm) sizes the voxels of every patient; without it a NIfTI or DICOM case's header gives its
+    own when its units are a length, and any other patient's volume stays in voxels ("spacing unknown"). ``report``:
+    write ``report.html`` (:mod:`~gliomaseg.inference.run_report`; ``model`` is its model summary). A single slice gets no GIF.
     """
+    try:
+        spacing = check_spacing(spacing)
+    except ValueError as exc:
+        raise DataError(f"--spacing: {exc}") from exc
     patients, skipped = open_source(inputs)
     out = Path(out)
     refuse_out_inside(out, inputs)
+    created = not out.exists()
+    try:
+        return _predict(predictor, patients, skipped, out, threshold=threshold, batch_size=batch_size, tta=tta,
+                        postprocess=postprocess, fps=fps, gifs=gifs, overlays=overlays, allow_grayscale=allow_grayscale,
+                        allow_16bit=allow_16bit, spacing=spacing, model=model, report=report)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _predict(predictor, patients, skipped, out: Path, *, threshold, batch_size, tta, postprocess, fps, gifs, overlays,
+             allow_grayscale, allow_16bit, spacing: Spacing | None, model: dict | None, report: bool) -> PredictResult:
     rows: list[dict] = []
     patient_rows: list[dict] = []
+    reports: list[PatientReport] = []
     written: list[Path] = []
+    report_path = None
     with run_folder(out, "predict") as work:
-        _predict_into(work, predictor, patients, skipped, rows, patient_rows, threshold, batch_size, tta, postprocess, fps,
-                      gifs, overlays, allow_grayscale, allow_16bit)
+        _predict_into(work, predictor, patients, skipped, rows, patient_rows, reports if report else None, threshold,
+                      batch_size, tta, postprocess, fps, gifs, overlays, allow_grayscale, allow_16bit, spacing)
         predictions = pd.DataFrame(rows)
         patient_table = pd.DataFrame(patient_rows)
         skipped_frame = pd.DataFrame(skipped, columns=["path", "problem"])
@@ -102,14 +132,25 @@ def predict(
         for frame, name in tables:
             write_csv(frame, work / name)
             written.append(out / name)
+        if reports:
+            outputs = [("masks and overlays", "<patient>/<slice>_pred.png, <slice>_overlay.png"), ("tables", "predictions.csv, patients.csv")]
+            if any("gif" in r for r in patient_rows):
+                outputs.append(("GIFs", "<patient>/<patient>.gif"))
+            if any("mask_volume" in r for r in patient_rows):
+                outputs.append(("mask volumes", "<case>_mask.nii.gz"))
+            if any("segmentation" in r for r in patient_rows):
+                outputs.append(("DICOM segmentations", "<case>_seg.dcm"))
+            write_run_report(work / "report.html", reports, model or {"name": "unknown model"}, outputs)
+            report_path = out / "report.html"
+            written.append(report_path)
     if not rows:
         more = f" (and {len(skipped_frame) - 1} more, listed in {out / 'skipped.csv'})" if len(skipped_frame) > 1 else ""
         raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
     # The files on disk name outputs relative to `out` (portable); the result names them as paths to open from here.
-    for frame, columns in ((predictions, ("mask_out", "overlay_out")), (patient_table, ("gif", "mask_volume"))):
+    for frame, columns in ((predictions, ("mask_out", "overlay_out")), (patient_table, ("gif", "mask_volume", "segmentation"))):
         for column in (c for c in columns if c in frame):
             frame[column] = [str(out / v) if isinstance(v, str) else v for v in frame[column]]
-    return PredictResult(predictions, patient_table, skipped_frame, out, written)
+    return PredictResult(predictions, patient_table, skipped_frame, out, written, report_path)
 
 
 def refuse_out_inside(out: Path, inputs: str | Path | Sequence[str | Path]) -> None:
@@ -122,9 +163,11 @@ def refuse_out_inside(out: Path, inputs: str | Path | Sequence[str | Path]) -> N
                             "read back as slices next time, so choose an output folder outside it")
 
 
-def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], patient_rows: list[dict], threshold, batch_size,
-                  tta, postprocess, fps, gifs, overlays, allow_grayscale, allow_16bit) -> None:
-    """The body of :func:`predict`: every file into ``work``, the paths in the rows relative to it (the output folder)."""
+def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], patient_rows: list[dict],
+                  reports: list[PatientReport] | None, threshold, batch_size, tta, postprocess, fps, gifs, overlays,
+                  allow_grayscale, allow_16bit, spacing: Spacing | None) -> None:
+    """The body of :func:`predict`: every file into ``work``, the paths in the rows relative to it (the output folder);
+    with ``reports``, each patient's entry of ``report.html`` appended to it."""
 
     def rel(path: Path) -> str:
         return Path(path).relative_to(work).as_posix()
@@ -154,6 +197,7 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
             seg_out = rel(write_segmentation(masks, patient.geometry, work / f"{patient.name}_seg.dcm", model=model_name(predictor)))
         frames = []
         first = len(rows)
+        patient_spacing = spacing or (patient.geometry.spacing if patient.geometry is not None else None)
         for (item, image, truth), prob, mask in zip(loaded, probs, masks):
             row = {
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
@@ -163,7 +207,7 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
             }
             if overlays or gifs:
                 overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
-                frames.append(overlay)
+                frames.append(label_frame(overlay, f"slice {item.slice if item.slice is not None else len(frames) + 1}"))
             if overlays:
                 row["overlay_out"] = rel(_write_png(folder / f"{item.name}_overlay.png", overlay))
             if truth is not None:
@@ -175,23 +219,34 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
             "slices": len(loaded),
             "slices_with_tumour": int(sum(m.any() for m in masks)),
             "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
+            "tumour_volume_ml": volume_ml(int(sum(int(m.sum()) for m in masks)), patient_spacing),
+            "spacing": spacing_text(patient_spacing),
             "missing_sequences": describe(missing),
         }
         patient_slices = rows[first:]
         if all("tp" in r for r in patient_slices):
             tp, fp, fn = (sum(r[k] for r in patient_slices) for k in ("tp", "fp", "fn"))
-            patient_row.update(true_volume_voxels=sum(r["true_pixels"] for r in patient_slices), dice_3d=dice(tp, fp, fn))
-        if patient.geometry is not None:  # real voxel sizes (a NIfTI header, DICOM spacing)
-            voxel_mm = patient.geometry.voxel_mm
-            patient_row["tumour_volume_ml"] = patient_row["tumour_volume_voxels"] * float(np.prod(voxel_mm)) / 1000.0
-            patient_row["voxel_mm"] = " x ".join(f"{v:g}" for v in voxel_mm)
+            true_voxels = sum(r["true_pixels"] for r in patient_slices)
+            patient_row.update(true_volume_voxels=true_voxels, true_volume_ml=volume_ml(true_voxels, patient_spacing),
+                               slices_with_true_tumour=sum(int(r["true_pixels"] > 0) for r in patient_slices), dice_3d=dice(tp, fp, fn))
         if volume_out:
             patient_row["mask_volume"] = volume_out
         if seg_out:
             patient_row["segmentation"] = seg_out
-        if gifs and len({f.shape for f in frames}) == 1:
-            patient_row["gif"] = rel(write_gif(frames, folder / f"{patient.name}.gif", fps=fps))
+        gif = None
+        if gifs and len(frames) > 1 and len({f.shape for f in frames}) == 1:
+            gif = write_gif(frames, folder / f"{patient.name}.gif", fps=fps)
+            patient_row["gif"] = rel(gif)
         patient_rows.append(patient_row)
+        if reports is not None:
+            reports.append(PatientReport(
+                patient.name, len(loaded), patient_row["slices_with_tumour"], patient_row["tumour_volume_voxels"], patient_spacing,
+                patient_row.get("slices_with_true_tumour"), patient_row.get("true_volume_voxels"), patient_row.get("dice_3d"),
+                patient_row["missing_sequences"],
+                [(label, loaded[i][0].slice if loaded[i][0].slice is not None else i + 1,
+                  encode_png(overlay_contours(loaded[i][1], prediction=masks[i], truth=loaded[i][2], legend=True)))
+                 for label, i in key_slice_indices(masks)],
+                gif.read_bytes() if gif is not None else None))
 
 
 def gif_from_folder(folder: str | Path, out: str | Path, fps: float = 2.0, pattern: Iterable[str] = IMAGE_SUFFIXES) -> Path:

@@ -9,6 +9,10 @@ Routes:
 - ``GET /api/results/{id}/masks.zip``: every predicted mask as a 0/255 PNG, and ``patients.csv``.
 - ``GET /api/results/{id}/cases/{c}/mask.nii.gz``: one case's mask volume, written as ``gliomaseg predict``
   writes it (a volume's: its shape, affine and header; slices': the layout of ``gliomaseg convert``).
+- ``GET /api/results/{id}/cases/{c}/slices/{s}/probability.png``: the tumour probability x 255 (grey PNG).
+- ``GET /api/results/{id}/report.html``: the ``report.html`` of ``gliomaseg predict`` for this result;
+  ``.../cases/{c}/slices.gif``: the case's GIF; ``.../overlays.zip``: every overlay as ``predict`` draws it.
+- ``GET /api/model-card``: the model's card (text), when it has one; ``GET /favicon.ico``.
 
 Each upload is unpacked in its own temporary folder, removed when the request ends; results stay in
 memory (the last ``max_results``) so that slices and downloads can be fetched.
@@ -43,7 +47,7 @@ from gliomaseg.errors import ConfigError, GliomasegError, InputWarning
 from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, WILDCARD_HOSTS, ServeLimits, UploadError, UploadTooLarge
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
 from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
-from gliomaseg.visualization import encode_png
+from gliomaseg.visualization import encode_png, gif_bytes, label_frame, overlay_contours
 
 log = logging.getLogger("gliomaseg.serve")
 STATIC = Path(str(resources.files(__package__) / "static"))
@@ -250,6 +254,8 @@ def create_app(
     temp_root: str | Path | None = None,
     model_label: str = "",
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
+    model_info: dict | None = None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> FastAPI:
     """The viewer app around one predictor (``OnnxPredictor`` or ``TorchPredictor``).
 
@@ -259,7 +265,12 @@ def create_app(
         temp_root: where per-request temporary folders are made (the system's temporary folder when None).
         model_label: how the page names the model.
         allowed_hosts: the Host names answered (see :class:`Guard`); None answers any (a server bound to every address).
+        model_info: :func:`~gliomaseg.inference.run_report.model_summary` (name, validation, card) for the page and reports.
+        spacing: voxel size (x, y, z in mm) of uploaded slices; ``None``: a volume's header's when in mm, else unknown.
     """
+    from gliomaseg.inference.run_report import model_summary
+
+    model_info = model_info or model_summary(predictor)
     options = options or SegmentOptions()
     limits = limits or ServeLimits()
     store = ResultStore(limits.max_results, limits.max_result_bytes)
@@ -288,6 +299,18 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    icon = _favicon()
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(icon, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/api/model-card")
+    def model_card() -> Response:
+        if not model_info.get("card"):
+            raise _NotFound("this model has no model card here")
+        return Response(model_info["card"], media_type="text/plain; charset=utf-8")
+
     @app.get("/api/health")
     def health() -> dict:
         return {"ok": True, "results_kept": len(store)}
@@ -296,7 +319,8 @@ def create_app(
     def config() -> dict:
         return {"limits": asdict(limits), "accepted": list(ACCEPTED_SUFFIXES), "model": model_label,
                 "image_size": int(predictor.image_size), "threshold": options.threshold if options.threshold is not None else float(predictor.threshold),
-                "tta": options.tta, "postprocess": asdict(options.postprocess)}
+                "tta": options.tta, "postprocess": asdict(options.postprocess),
+                "model_info": {k: v for k, v in model_info.items() if k != "card"}, "model_card": bool(model_info.get("card"))}
 
     def process(uploads: list[tuple[str, object]]) -> dict:
         with busy, tempfile.TemporaryDirectory(prefix="gliomaseg-serve-", dir=temp_root) as tmp:
@@ -306,7 +330,7 @@ def create_app(
                 gathered = gather(saved, folder, limits)
                 with warnings.catch_warnings(record=True) as caught:  # e.g. too few slices for a per-patient model
                     warnings.simplefilter("always", InputWarning)
-                    cases = [analyse(predictor, case, options) for case in gathered.cases]
+                    cases = [analyse(predictor, case, options, spacing) for case in gathered.cases]
             except GliomasegError as exc:
                 exc.args = (_relative_messages(str(exc), folder),)
                 raise
@@ -331,8 +355,10 @@ def create_app(
         cases = []
         for c, case in enumerate(result.cases):
             slices = [{**row, "image": f"{base}/cases/{c}/slices/{s}.png"} for s, row in enumerate(case.slices)]
-            cases.append({"summary": case.summary, "slices": slices, "nifti": f"{base}/cases/{c}/mask.nii.gz"})
-        return {"id": result.id, "cases": cases, "notes": result.notes, "masks_zip": f"{base}/masks.zip"}
+            cases.append({"summary": case.summary, "slices": slices, "nifti": f"{base}/cases/{c}/mask.nii.gz",
+                          "gif": f"{base}/cases/{c}/slices.gif" if _gif_ready(case) else None})
+        return {"id": result.id, "cases": cases, "notes": result.notes, "masks_zip": f"{base}/masks.zip",
+                "overlays_zip": f"{base}/overlays.zip", "report": f"{base}/report.html"}
 
     def _case(result_id: str, c: int) -> CaseResult:
         result = store.get(result_id)
@@ -350,6 +376,44 @@ def create_app(
         if not 0 <= s < len(case.case.images):
             raise _NotFound(f"case {c} has no slice {s}")
         return Response(encode_png(case.case.images[s]), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/results/{result_id}/cases/{c}/slices/{s}/probability.png")
+    def probability_png(result_id: str, c: int, s: int) -> Response:
+        case = _case(result_id, c)
+        if not 0 <= s < len(case.probabilities):
+            raise _NotFound(f"case {c} has no slice {s}")
+        return Response(encode_png(case.probabilities[s]), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/results/{result_id}/cases/{c}/slices.gif")
+    def case_gif(result_id: str, c: int) -> Response:
+        case = _case(result_id, c)
+        if not _gif_ready(case):
+            raise UploadError(f"{case.case.name}: a GIF needs two or more slices of one size")
+        return Response(gif_bytes(_frames(case)), media_type="image/gif",
+                        headers={"Content-Disposition": f'attachment; filename="{safe_name(case.case.name)}.gif"'})
+
+    @app.get("/api/results/{result_id}/overlays.zip")
+    def overlays_zip(result_id: str) -> Response:
+        result = store.get(result_id)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for c, case in enumerate(result.cases):
+                folder = f"{c + 1}_{safe_name(case.case.name)}"
+                for name, image, truth, mask in zip(case.case.slice_names, case.case.images, case.case.truths, case.masks):
+                    archive.writestr(f"{folder}/{safe_name(name.replace(' ', '_'))}_overlay.png",
+                                     encode_png(overlay_contours(image, prediction=mask, truth=truth, legend=True)))
+        return Response(buffer.getvalue(), media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="gliomaseg_overlays.zip"'})
+
+    @app.get("/api/results/{result_id}/report.html")
+    def report_html(result_id: str) -> Response:
+        from gliomaseg.inference.run_report import render_run_report
+
+        result = store.get(result_id)
+        page = render_run_report([_patient_report(case) for case in result.cases], model_info, title="gliomaseg viewer report")
+        return Response(page, media_type="text/html; charset=utf-8", headers={
+            "Content-Disposition": 'attachment; filename="report.html"',
+            "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
 
     @app.get("/api/results/{result_id}/masks.zip")
     def masks_zip(result_id: str) -> Response:
@@ -371,6 +435,39 @@ def create_app(
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
     app.add_middleware(Guard, allowed_hosts=allowed_hosts)  # added last: outermost
     return app
+
+
+def _favicon() -> bytes:
+    """A 32 px icon drawn here (a grey brain with a yellow outline), so the static folder holds text files only."""
+    import cv2
+    import numpy as np
+
+    icon = np.full((32, 32, 3), (17, 20, 24), np.uint8)
+    cv2.ellipse(icon, (16, 16), (11, 13), 0, 0, 360, (138, 143, 150), -1, cv2.LINE_AA)
+    cv2.ellipse(icon, (19, 13), (5, 4), 30, 0, 360, (255, 215, 0), 2, cv2.LINE_AA)
+    return encode_png(icon)
+
+
+def _gif_ready(case: CaseResult) -> bool:
+    return len(case.masks) > 1 and len({m.shape for m in case.masks}) == 1
+
+
+def _frames(case: CaseResult) -> list:
+    return [label_frame(overlay_contours(image, prediction=mask, truth=truth, legend=True), f"slice {k + 1}")
+            for k, (image, truth, mask) in enumerate(zip(case.case.images, case.case.truths, case.masks))]
+
+
+def _patient_report(case: CaseResult):
+    """The :class:`~gliomaseg.inference.run_report.PatientReport` of a viewer result, as ``predict`` would write it."""
+    from gliomaseg.inference.run_report import PatientReport, key_slice_indices
+
+    s = case.summary
+    spacing = tuple(s["voxel_mm"]) if "voxel_mm" in s else None
+    keys = [(label, i + 1, encode_png(overlay_contours(case.case.images[i], prediction=case.masks[i], truth=case.case.truths[i], legend=True)))
+            for label, i in key_slice_indices(case.masks)]
+    return PatientReport(s["patient"], s["slices"], s["slices_with_tumour"], s["tumour_volume_voxels"], spacing,  # type: ignore[arg-type]
+                         s.get("slices_with_true_tumour"), s.get("true_volume_voxels"), s.get("dice_3d"),
+                         str(s.get("missing_sequences", "") or ""), keys, gif_bytes(_frames(case)) if _gif_ready(case) else None)
 
 
 def _zip_masks(cases: list[CaseResult]) -> bytes:
@@ -406,6 +503,8 @@ def run_server(
     options: SegmentOptions | None = None,
     limits: ServeLimits | None = None,
     model_label: str = "",
+    model_info: dict | None = None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> None:
     """Serve the viewer until interrupted. A host other than loopback is allowed but warned about."""
     import uvicorn
@@ -416,7 +515,8 @@ def run_server(
         raise ConfigError(f"port {port}: must be between 1 and 65535")
     # Bound to every address, the names it is reached by are unknown: any Host is answered (with the warning above).
     allowed = None if host in WILDCARD_HOSTS else (*LOOPBACK_HOSTS, host)
-    app = create_app(predictor, options=options, limits=limits, model_label=model_label, allowed_hosts=allowed)
+    app = create_app(predictor, options=options, limits=limits, model_label=model_label, allowed_hosts=allowed,
+                     model_info=model_info, spacing=spacing)
     shown = f"[{host}]" if ":" in host else host
     print(f"gliomaseg viewer on http://{shown}:{port}/ (model: {model_label or 'given'}); Ctrl+C stops it", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import segment as segment_slices
 from gliomaseg.metrics import confusion_numpy, dice
 from gliomaseg.serve.uploads import Case
+from gliomaseg.units import check_spacing, spacing_text, volume_ml
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,15 @@ class CaseResult:
     masks: list[np.ndarray]
     summary: dict
     slices: list[dict]
+    probabilities: list[np.ndarray] = field(default_factory=list)  # uint8 (H, W), probability x 255, for the map
 
 
-def analyse(predictor, case: Case, options: SegmentOptions) -> CaseResult:
+def analyse(predictor, case: Case, options: SegmentOptions, spacing: Sequence[float] | None = None) -> CaseResult:
     """Predict one case; per slice its contours and pixel counts, per patient its tumour volume and Dice.
 
     ``dice_3d`` treats the patient's slices as one volume and is given only when every slice has a truth mask.
+    The volume is in mL only with a known spacing: ``spacing`` (x, y, z in mm), else a volume's header when its
+    units are a length; otherwise ``spacing`` says "spacing unknown".
     """
     missing = missing_sequences(case.images)
     if missing:
@@ -84,11 +89,18 @@ def analyse(predictor, case: Case, options: SegmentOptions) -> CaseResult:
         "tumour_volume_voxels": int(sum(int(m.sum()) for m in masks)),
         "missing_sequences": describe(missing),
     }
-    if case.geometry is not None:
-        voxel_mm = case.geometry.voxel_mm
-        summary["tumour_volume_ml"] = round(summary["tumour_volume_voxels"] * float(np.prod(voxel_mm)) / 1000.0, 3)
-        summary["voxel_mm"] = [round(z, 4) for z in voxel_mm]
+    known = check_spacing(spacing) or (case.geometry.spacing if case.geometry is not None else None)
+    summary["spacing"] = spacing_text(known)
+    if known is not None:
+        summary["tumour_volume_ml"] = volume_ml(summary["tumour_volume_voxels"], known)
+        summary["voxel_mm"] = [round(z, 4) for z in known]
     if case.truths and all(t is not None for t in case.truths):
         summary["true_volume_voxels"] = int(sum(int(t.sum()) for t in case.truths if t is not None))
+        summary["slices_with_true_tumour"] = int(sum(bool(t.any()) for t in case.truths if t is not None))
+        if known is not None:
+            summary["true_volume_ml"] = volume_ml(summary["true_volume_voxels"], known)
         summary["dice_3d"] = round(dice(*totals), 4)
-    return CaseResult(case, masks, summary, slices)
+    missing = getattr(case, "missing_sequences", None)
+    if missing:
+        summary["missing_sequences"] = missing
+    return CaseResult(case, masks, summary, slices, [np.round(p * 255).astype(np.uint8) for p in probabilities])

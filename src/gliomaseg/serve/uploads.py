@@ -388,6 +388,8 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
                 raise UploadError(f"{name}: unsupported file type; upload slices ({', '.join(IMAGE_SUFFIXES)}), "
                                   f"a .zip of a patient folder or a NIfTI volume (.nii, .nii.gz)")
             out.notes.append(f"skipped {name}: unsupported file type")
+    if loose and not slice_folders and not volumes and all(re.search(r"(_mask|_seg)$", p.stem) for p in loose):
+        raise UploadError(f"{loose[0].name}: this is a mask; give the image it belongs to (upload the slice and its _mask file together)")
     if loose:
         patient = safe_name(_patient_of([p.stem for p in loose]))
         target = folder / "slices" / patient
