@@ -609,3 +609,26 @@ def test_predict_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: P
         if path.is_file() and path.suffix in (".csv", ".json", ".md", ".html"):
             assert str(tmp_path) not in path.read_text(), path
     assert (tmp_path / "work" / "pred" / "P3" / "P3.gif").is_file()
+
+
+def test_evaluate_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: Path, bright_predictor, monkeypatch):
+    """Issue 22 item 15: slices.csv names the slices relative to the output folder, summary.json the inputs as given."""
+    import pandas as pd
+
+    from gliomaseg.data.files import read_slices_csv
+    from gliomaseg.data.prepare import prepare
+    from gliomaseg.data.synth import generate
+    from gliomaseg.evaluation import evaluate
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    generate(Path("synth"), patients=3, slices=4, seed=2)
+    prepare(Path("synth"), Path("data"), plots=False)
+    evaluate(None, Path("data") / "data_val.csv", Path("eval"), predictor=bright_predictor, compare=False)
+    for path in (work / "eval").rglob("*"):
+        if path.is_file() and path.suffix in (".csv", ".json", ".md", ".html"):
+            assert str(work) not in path.read_text(), path
+    slices = read_slices_csv(work / "eval" / "slices.csv")  # the relative paths still lead to the slices
+    val = pd.read_csv(work / "data" / "data_val.csv")
+    assert sorted(Path(p).resolve() for p in slices["image_path"]) == sorted(Path(p).resolve() for p in val["image_path"])

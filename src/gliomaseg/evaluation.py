@@ -11,6 +11,7 @@ so masks are compared at their own resolution.
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -63,7 +64,7 @@ def held_out_counts(patients: list[PatientInput], csv: str | None) -> dict | Non
     other = read_slices_csv(csv, check_paths=False)
     keys = set(zip(other["patient"], other["image_path"].map(lambda p: Path(p).name)))
     slices = sum((p.name, item.image_path.name) in keys for p in patients for item in p.slices)
-    return {"csv": str(csv), "slices": int(slices), "patients": len({p.name for p in patients} & set(other["patient"]))}
+    return {"csv": Path(csv).name, "slices": int(slices), "patients": len({p.name for p in patients} & set(other["patient"]))}
 
 
 def truth_masks(patient: PatientInput) -> list[np.ndarray]:
@@ -133,6 +134,13 @@ def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients:
     from gliomaseg.visualization import plot_bars
 
     out = Path(out)
+    # Paths relative to the output folder: the files name no folder of the machine they were made on
+    # (read_slices_csv resolves them against the CSV's folder again).
+    slices = slices.copy()
+    for column in ("image_path", "mask_path"):
+        if column in slices:
+            slices[column] = [v if not isinstance(v, str) or not v else os.path.relpath(Path(v).resolve(), out.resolve())
+                              for v in slices[column]]
     write_csv(slices, out / "slices.csv")
     write_csv(patients, out / "patients.csv")
     write_text(json.dumps(summary, indent=2, default=_json_number), out / "summary.json")
@@ -199,9 +207,9 @@ def evaluate(
     # Held out only when both CSVs are here and neither holds an evaluated patient.
     known = [o for o in overlap.values() if o is not None]
     summary = {
-        "checkpoint": str(checkpoint),
-        "evaluated_csv": str(Path(csv_path).resolve()),
-        "model_selection_csv": getattr(info, "val_csv", None),
+        "checkpoint": str(checkpoint),  # as the user gave it
+        "evaluated_csv": str(csv_path),
+        "model_selection_csv": Path(info.val_csv).name if getattr(info, "val_csv", None) else None,
         "overlap": overlap,
         "held_out": False if any(o["patients"] for o in known) else (True if len(known) == 2 else None),
         "threshold": threshold,

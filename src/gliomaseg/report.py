@@ -45,7 +45,9 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     slices_csv = run / "eval" / "slices.csv"
     if not (run / "best.ckpt").is_file() or not slices_csv.is_file():
         return []
-    slices = pd.read_csv(slices_csv)
+    from gliomaseg.data.files import read_slices_csv
+
+    slices = read_slices_csv(slices_csv, check_paths=False)  # its paths are relative to the eval folder
     picked = slices.sort_values("true_pixels", ascending=False).drop_duplicates("patient").head(count)
     predictor = load_checkpoint(run / "best.ckpt")
     out = []
