@@ -67,6 +67,7 @@ def test_predict_terminal_is_quiet_and_says_where_things_went(synth_root, tmp_pa
     assert "spacing unknown" in lines[0] and "3D Dice" in lines[0]
     assert re.match(r"predicted 2 slice\(s\) of 1 patient\(s\) in [\d.]+ s: report .*report\.html; ", lines[1])
     assert "GIFs" in lines[1] and (tmp_path / "out" / "report.html").is_file()
+    assert re.search(r"; model: gliomaseg-default(\.int8)?\.onnx \((fp32|int8), ", lines[1])  # the variant that ran (issue 23)
     assert main(["predict", "--input", str(few), "--out", str(tmp_path / "out2"), "--verbose"]) == 0
     assert "micro-batch" in capfd.readouterr().out
 

@@ -124,8 +124,9 @@ def _predict(args: argparse.Namespace) -> None:
             raise GliomasegError(f"{path}: input does not exist")
     predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision,
                                variant=args.variant, threads=args.threads)
-    if getattr(predictor, "choice", None) is not None:  # which variant of an ONNX model runs (fp32 / int8) and why
-        print(predictor.choice.message(verbose=args.verbose))
+    choice = getattr(predictor, "choice", None)  # which variant of an ONNX model runs (fp32 / int8) and why
+    if args.verbose and choice is not None:
+        print(choice.message(verbose=True))
     if args.verbose and hasattr(predictor, "settings"):  # ONNX Runtime: which threads and micro-batch it chose
         print(predictor.settings.message())
     result = predict(predictor, inputs, args.out, threshold=args.threshold, batch_size=args.batch_size,
@@ -134,7 +135,7 @@ def _predict(args: argparse.Namespace) -> None:
                      model=model_summary(predictor, shipped=args.checkpoint is None and args.model is None))
     for row in result.patients.to_dict("records"):
         print(patient_line(row))
-    print(closing_line(result, time.perf_counter() - started))
+    print(closing_line(result, time.perf_counter() - started, None if choice is None else choice.message()))
     if len(result.skipped):
         print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
 
@@ -167,8 +168,8 @@ def patient_line(row: dict) -> str:
     return text + (f"; {note}" if note else "")
 
 
-def closing_line(result, seconds: float) -> str:
-    """How long it took and where each kind of output went."""
+def closing_line(result, seconds: float, model: str | None = None) -> str:
+    """How long it took, where each kind of output went, and (``model``) which model file ran."""
     out = result.out
     parts = [f"report {out / 'report.html'}"] if result.report else []
     parts.append(f"masks and overlays in {out}/<patient>/")
@@ -176,7 +177,11 @@ def closing_line(result, seconds: float) -> str:
         parts.append(f"GIFs {out}/<patient>/<patient>.gif")
     if "mask_volume" in result.patients:
         parts.append(f"mask volumes {out}/<case>_mask.nii.gz")
+    if "segmentation" in result.patients:
+        parts.append(f"DICOM SEG {out}/<case>_seg.dcm")
     parts.append(f"tables {out / 'predictions.csv'}, {out / 'patients.csv'}")
+    if model:
+        parts.append(model)
     return (f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) in {seconds:.1f} s: "
             + "; ".join(parts))
 
