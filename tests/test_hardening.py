@@ -552,7 +552,8 @@ def test_a_rerun_replaces_the_previous_run_and_a_failed_one_leaves_it(tmp_path: 
     assert len(second.predictions) == 3
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == [".gliomaseg-predict.json", "A/A_1_overlay.png", "A/A_1_pred.png", "A/A_2_overlay.png", "A/A_2_pred.png",
-                     "A/A_3_overlay.png", "A/A_3_pred.png", "notes.txt", "patients.csv", "predictions.csv"]  # no B, no skipped.csv
+                     "A/A_3_overlay.png", "A/A_3_pred.png", "notes.txt", "patients.csv", "predictions.csv",
+                     "report.html"]  # no B, no skipped.csv
 
 
 def shutil_rmtree(path: Path) -> None:

@@ -275,7 +275,7 @@ def test_held_out_is_decided_from_the_slices(trained_run: Path, prepared: Path, 
     torch.save(checkpoint, tmp_path / "picked.ckpt")
     summary = evaluate(tmp_path / "picked.ckpt", tmp_path / "test.csv", tmp_path / "held", compare=False)
     assert summary["held_out"] is True and summary["overlap"]["model_selection"] == {
-        "csv": str(tmp_path / "pick.csv"), "slices": 0, "patients": 0}
+        "csv": "pick.csv", "slices": 0, "patients": 0}  # by name: outputs name no folder of the machine (issue 22)
 
 
 def test_csv_names_resolve_inside_the_data_folder(prepared: Path, tmp_path: Path, monkeypatch):
@@ -337,10 +337,10 @@ def test_train_options_come_from_trainconfig(tmp_path: Path):
 
     @dataclass
     class Later:  # a field added to the config becomes an option with its help, choices and default
-        out: str
+        out: str = field(metadata={"help": "run folder"})
         oversample: float = field(default=0.3, metadata={"help": "fraction of tumour slices"})
-        norm: str = field(default="bn", metadata={"choices": ("bn", "gn")})
-        ema: bool = False
+        norm: str = field(default="bn", metadata={"choices": ("bn", "gn"), "help": "normalization layers"})
+        ema: bool = field(default=False, metadata={"help": "keep an exponential moving average"})
 
     parser = argparse.ArgumentParser()
     _add_dataclass_options(parser, Later)
@@ -348,6 +348,14 @@ def test_train_options_come_from_trainconfig(tmp_path: Path):
     assert "fraction of tumour slices" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--norm", "ln"])
+
+    @dataclass
+    class Unhelpful:  # and one without help is refused when the parser is built (issue 24: every option has help)
+        out: str
+        ema: bool = False
+
+    with pytest.raises(TypeError, match="no metadata help"):
+        _add_dataclass_options(argparse.ArgumentParser(), Unhelpful)
 
 
 def test_run_folder_has_a_model_card_in_markdown_and_checkpoint(trained_run: Path):
