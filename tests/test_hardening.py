@@ -633,3 +633,28 @@ def test_evaluate_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: 
     slices = read_slices_csv(work / "eval" / "slices.csv")  # the relative paths still lead to the slices
     val = pd.read_csv(work / "data" / "data_val.csv")
     assert sorted(Path(p).resolve() for p in slices["image_path"]) == sorted(Path(p).resolve() for p in val["image_path"])
+
+
+def test_experiment_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: Path, monkeypatch):
+    """Issue 22 item 15: an experiment's tables, cards, configs and logs name no folder of the machine it ran in."""
+    from gliomaseg.data.prepare import prepare
+    from gliomaseg.data.synth import generate
+    from gliomaseg.experiments import run_experiment
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    generate(Path("synth"), patients=4, slices=6, seed=3)
+    prepare(Path("synth"), Path("data"), plots=False)
+    Path("one.yaml").write_text("name: one\ndescription: one tiny run\nbase: {model: unet, encoder: resnet18}\n"
+                                "runs:\n  - {name: dice, loss: dice}\n")
+    results = run_experiment(Path("one.yaml"), Path("data"), Path("exp"), epochs=1, image_size=64,
+                             extra_options={"batch_size": 4, "limit_train_batches": 2, "workers": 0, "progress": False,
+                                            "precision": "32"})
+    assert (results["status"] == "done").all()
+    checked = 0
+    for path in (work / "exp").rglob("*"):
+        if path.is_file() and path.suffix in (".csv", ".json", ".md", ".html", ".yaml", ".txt"):
+            assert str(work) not in path.read_text(errors="ignore"), path
+            checked += 1
+    assert checked >= 8 and (work / "exp" / "one" / "dice" / "MODEL_CARD.md").is_file()

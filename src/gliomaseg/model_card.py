@@ -58,13 +58,15 @@ def _weights_origin(weights: str | None, encoder: str | None = None) -> str:
 
 
 def _data_counts(csv: str | None) -> dict[str, Any]:
+    """Slices, patients and tumour slices of a training CSV; the CSV by file name (a card names no folder of the machine)."""
     if not csv:
         return {"csv": None}
+    name = Path(csv).name
     try:
         frame = pd.read_csv(csv)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return {"csv": csv, "note": "CSV not readable when the card was written"}
-    counts: dict[str, Any] = {"csv": csv, "slices": len(frame)}
+        return {"csv": name, "note": "CSV not readable when the card was written"}
+    counts: dict[str, Any] = {"csv": name, "slices": len(frame)}
     if "patient" in frame:
         counts["patients"] = int(frame["patient"].nunique())
     if "diagnosis" in frame:

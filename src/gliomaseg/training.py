@@ -185,7 +185,8 @@ class SegmentationTask(L.LightningModule):
         decoder_channels: list[int] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # In the checkpoint only: the loggers' hparams.yaml would carry the training machine's CSV paths.
+        self.save_hyperparameters(logger=False)
         self.model = build_model(arch, encoder, in_channels, classes, encoder_weights, weights_dir, decoder_channels)
         self.loss_fn = build_loss(loss)
         self._val_stats: list[torch.Tensor] = []
