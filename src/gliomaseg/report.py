@@ -26,7 +26,7 @@ from gliomaseg.errors import DataError
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222;font-size:14px}
 .wrap{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:12px;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal}
-td:first-child{text-align:left}img{max-width:100%;height:auto}.grid img{width:24%;margin:.3%}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}.grid img{width:24%;margin:.3%}
 .note{color:#555;font-size:13px}code{overflow-wrap:anywhere}"""
 SEED_RUN = re.compile(r"(.+)-seed\d+")
 MARKDOWN_EXPERIMENT = re.compile(r"# Experiment `([^`]+)`: (.*)")
@@ -294,9 +294,12 @@ def _scored(section: Section) -> tuple[pd.DataFrame, list[str]]:
     folds = _fold_summary(section)
     if folds:
         row: dict = {"run": f"mean of {len(folds.get('folds', []))} folds", "status": "± is the sd over folds"}
-        for column, se in (("patient_dice_mean", "se_best"), ("patient_dice_mean_last", "se_last")):
+        for column, se in (("patient_dice_mean", "se_best"), ("patient_dice_mean_last", "se_last"), ("patient_dice_median", None),
+                           ("iou_imagewise_tumour_slices", None), ("iou_imagewise", None)):
             if isinstance(folds.get(column), dict):
-                row[column], row[se] = folds[column]["mean"], folds[column].get("sd_over_folds")
+                row[column] = folds[column]["mean"]
+                if se:
+                    row[se] = folds[column].get("sd_over_folds")
         table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
         for name in ("best", "last"):
             pooled = folds.get(f"pooled_patient_dice_{name}")
