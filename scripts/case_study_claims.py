@@ -14,11 +14,12 @@ is reported as "within noise", not as a finding. Claims whose tables are missing
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import pandas as pd
+
+from gliomaseg.report import paired_noise
 
 NINE = ["Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN"]
 LOWLR_EXCEPTIONS = {"DeepLabV3", "MAnet", "PAN"}  # the case study: lowlr helps or costs nothing for these
@@ -41,21 +42,11 @@ def _patient_dice(folder: Path, run: str) -> pd.Series | None:
 
 
 def noise(folder: Path, architectures: pd.DataFrame | None) -> tuple[float | None, str]:
-    """Run-to-run noise of the headline from Unet vs Unet-seed7, and a sentence that says how it was found."""
+    """Run-to-run noise of the headline from Unet vs Unet-seed7 (``gliomaseg.report.paired_noise``, which the report charts too)."""
     if architectures is None or not {"Unet", "Unet-seed7"} <= set(architectures.index):
         return None, "not measured (Unet-seed7 did not run)"
-    gap = abs(float(architectures.loc["Unet", SCORE]) - float(architectures.loc["Unet-seed7", SCORE]))
-    first, second = _patient_dice(folder, "Unet"), _patient_dice(folder, "Unet-seed7")
-    if first is None or second is None:
-        return gap, f"{gap:.3f}, the gap between the two runs' means (no per-patient results to pair)"
-    differences = (first - second).dropna()
-    if len(differences) < 2:
-        return gap, f"{gap:.3f}, the gap between the two runs' means"
-    sd = float(differences.std(ddof=1))
-    paired = 2 * sd / math.sqrt(len(differences))
-    return max(gap, paired), (f"{max(gap, paired):.3f}. The two runs' means differ by {gap:.3f}, but their per-patient Dice differ "
-                              f"with a standard deviation of {sd:.3f} over {len(differences)} patients, so "
-                              f"two runs' means are uncertain by about {paired:.3f} (two standard errors); the larger counts")
+    return paired_noise(float(architectures.loc["Unet", SCORE]), float(architectures.loc["Unet-seed7", SCORE]),
+                        _patient_dice(folder, "Unet"), _patient_dice(folder, "Unet-seed7"))
 
 
 def _verdict(holds: bool, margin: float, spread: float | None) -> str:

@@ -288,3 +288,66 @@ def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared:
     results = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"],
                              extra_options={**TINY, "accelerator": "cpu"})
     assert devices == ["cuda", "cpu"] and results.loc[0, "status"] == "done" and results.loc[0, "eval_device"] == "cpu"
+
+
+def test_report_of_committed_results_charts_patient_dice_with_its_noise(tmp_path: Path, monkeypatch):
+    """The committed layout alone (no checkpoints): a section per experiment, per-patient Dice charted with its noise,
+    image-wise IoU kept as a column, and no absolute path of the folder it ran in."""
+    import math
+
+    import gliomaseg.visualization as visualization
+
+    results = tmp_path / "results"
+    archs, folds, own = results / "archs", results / "cv", results / "own"
+    for folder in (archs, folds, own):
+        folder.mkdir(parents=True)
+    patients = [f"P{i}" for i in range(4)]
+    unet, seed7 = [0.9, 0.5, 0.9, 0.5], [0.5, 0.9, 0.5, 0.9]
+    pd.DataFrame({"run": ["Unet", "Unet-seed7", "PAN"], "split": "patient", "patient_dice_mean": [0.7, 0.7, 0.6],
+                  "patient_dice_median": [0.7, 0.7, 0.6], "iou_imagewise": [0.912, 0.911, 0.95], "reference_iou": [0.81, None, 0.78],
+                  "status": ["done", "done", f"failed: DataError: {tmp_path}/data/x.tif: does not decode"]}).to_csv(archs / "results.csv", index=False)
+    pd.DataFrame({"run": ["Unet"] * 4 + ["Unet-seed7"] * 4, "patient": patients * 2, "dice_3d": unet + seed7}).to_csv(
+        archs / "patients.csv", index=False)
+    (archs / "experiment.json").write_text(json.dumps({"experiment": "archs", "description": "three architectures", "data": str(tmp_path)}))
+    pd.DataFrame({"run": ["fold0", "fold1"], "split": ["fold0", "fold1"], "patient_dice_mean": [0.8, 0.6],
+                  "patient_dice_mean_last": [0.75, 0.6], "iou_imagewise": [0.9, 0.85], "status": "done"}).to_csv(folds / "results.csv", index=False)
+    pd.DataFrame({"fold": ["fold0", "fold0", "fold1", "fold1"], "patient": patients, "dice_3d": [0.7, 0.8, 0.5, 0.7]}).to_csv(
+        folds / "patients.csv", index=False)  # the last epoch's patients: fold0 averages to its last score, fold1 to both
+    (folds / "crossval.json").write_text(json.dumps({"folds": ["fold0", "fold1"], "patient_dice_mean": {"mean": 0.7, "sd_over_folds": 0.1414, "folds": 2}}))
+    pd.DataFrame({"run": ["a", "b"], "epochs": 8, "best_epoch_val_dice": [0.71, 0.72], "best_patient_dice_mean": [None, 0.73],
+                  "last_epoch_val_iou_imagewise": [0.88, 0.89]}).to_csv(own / "own.csv", index=False)
+    (results / "mdonly.md").write_text("# Experiment `mdonly`: kept as Markdown\n\n| run | iou_imagewise | reference_iou | patient_dice_mean |\n"
+                                       "|---|---|---|---|\n| r18 | 0.778 | 0.820 | 0.624 |\n")
+    charts = []
+
+    def recording(labels, panels, path, **kwargs):
+        charts.append((list(labels), panels, kwargs.get("errors")))
+        return original(labels, panels, path, **kwargs)
+
+    original = visualization.plot_bar_panels
+    monkeypatch.setattr(visualization, "plot_bar_panels", recording)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--runs", "results", "--out", "results/report.html"]) == 0
+    page = (results / "report.html").read_text()
+    assert str(tmp_path) not in page and str(tmp_path.resolve()) not in page and "./data/x.tif" in page
+    assert "src=\"http" not in page and "href=\"http" not in page
+    for name in ("archs", "cv", "own", "mdonly"):
+        assert f"Experiment: {name}</h2>" in page, name
+    assert "three architectures" in page and "kept as Markdown" in page and page.count("data:image/png;base64,") == 4
+    assert "<th>image-wise IoU (ours)</th>" in page and "<th>case study (image-wise IoU)</th>" in page and "0.912" in page
+    assert "Run-to-run noise (Unet vs Unet-seed7): 0.462" in page  # the paired per-patient spread, as case_study_claims finds it
+    assert "class='wrap'" in page and "overflow-x:auto" in page
+    by_title = {labels[0]: (panels, errors) for labels, panels, errors in charts}
+    (ylabel, series), = by_title["Unet"][0]
+    assert "Dice" in ylabel and "IoU" not in ylabel and series["ours"][:2] == [0.7, 0.7]  # Dice bars, not image-wise IoU
+    se = 0.4 / math.sqrt(3) / 2  # sd of (0.9, 0.5, 0.9, 0.5), over the square root of 4 patients
+    unet_errors = by_title["Unet"][1][0]["ours"]
+    assert unet_errors[:2] == pytest.approx([se, se]) and unet_errors[2] is None  # PAN has no per-patient rows
+    (_, cv_series), = by_title["fold0"][0]
+    assert [label for label, *_ in charts if label[0] == "fold0"][0] == ["fold0", "fold1", "mean of 2 folds"]
+    assert cv_series["best.ckpt"] == pytest.approx([0.8, 0.6, 0.7]) and cv_series["last.ckpt"] == pytest.approx([0.75, 0.6, None])
+    cv_errors = by_title["fold0"][1][0]
+    assert cv_errors["best.ckpt"][0] is None and cv_errors["best.ckpt"][2] == pytest.approx(0.1414)  # spread over folds
+    assert cv_errors["last.ckpt"][:2] == pytest.approx([0.05, 0.1])  # (0.7, 0.8) and (0.5, 0.7) over 2 patients each
+    (_, own_series), = by_title["a"][0]
+    assert own_series["ours"] == pytest.approx([0.71, 0.73])  # evaluate's number where it scored, training's logged one elsewhere

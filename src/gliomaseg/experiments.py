@@ -272,7 +272,8 @@ def run_experiment(
             split_csvs(data, spec.split)
     root = Path(out) / experiment.name
     root.mkdir(parents=True, exist_ok=True)
-    write_text(json.dumps({"experiment": experiment.name, "file": _portable_path(experiment.path), "preset": preset, "preset_options": preset_options, "overrides": overrides,
+    write_text(json.dumps({"experiment": experiment.name, "description": experiment.description, "file": _portable_path(experiment.path),
+                           "preset": preset, "preset_options": preset_options, "overrides": overrides,
                            "data": str(data)}, indent=2), root / "experiment.json")  # no absolute path of this machine
     rows: dict[str, dict] = {}
     for spec in runs:

@@ -164,16 +164,24 @@ def gif_bytes(frames: Iterable[np.ndarray], fps: float = 2.0, name: str = "GIF")
 COLOURS = ("#2ca02c", "#1f77b4", "#7f7f7f", "#ff7f0e")
 
 
-def _bar_axis(ax, labels: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str) -> None:
-    """Grouped bars on ``ax``: one group a label, one bar a series (None or NaN draws no bar), values printed on top."""
+def _bar_axis(ax, labels: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str,
+              errors: dict[str, Sequence[float | None]] | None = None) -> None:
+    """Grouped bars on ``ax``: one group a label, one bar a series (None or NaN draws no bar), values printed on top.
+
+    ``errors`` (same keys as ``series``) draws each bar's noise as an error bar; None or NaN draws none.
+    """
     x = np.arange(len(labels))
     width = 0.8 / len(series)
     for index, (name, values) in enumerate(series.items()):
         heights = [np.nan if v is None else float(v) for v in values]
+        spread = [np.nan if v is None else float(v) for v in (errors or {}).get(name, [None] * len(heights))]
         bars = ax.bar(x + (index - (len(series) - 1) / 2) * width, heights, width, label=name, color=COLOURS[index % len(COLOURS)])
-        for bar, value in zip(bars, heights):
+        for bar, value, error in zip(bars, heights, spread):
             if value == value:  # not NaN
-                ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=6)
+                centre = bar.get_x() + bar.get_width() / 2
+                if error == error:  # a bar without a measured noise gets no error bar, not one of length 0
+                    ax.errorbar(centre, value, yerr=error, fmt="none", ecolor="#222", capsize=2, elinewidth=0.8)
+                ax.annotate(f"{value:.2f}", (centre, value + (error if error == error else 0)), ha="center", va="bottom", fontsize=6)
     if len(series) > 1:
         ax.legend(fontsize=7)
     ax.set_xticks(x)
@@ -192,13 +200,18 @@ def plot_bars(
 
 
 def plot_bar_panels(labels: Sequence[str], panels: Sequence[tuple[str, dict[str, Sequence[float | None]]]],
-                    path: str | Path, *, title: str) -> Path:
-    """One bar chart per panel side by side, each ``(ylabel, {series name: one value per label})``."""
+                    path: str | Path, *, title: str, errors: Sequence[dict[str, Sequence[float | None]] | None] | None = None,
+                    max_width: float | None = None) -> Path:
+    """One bar chart per panel side by side, each ``(ylabel, {series name: one value per label})``.
+
+    ``errors``: per panel, error bars as ``_bar_axis`` takes them; ``max_width`` caps the figure's width in inches.
+    """
     plt = _pyplot()
     width = max(6, 0.5 * len(labels) + 3)
+    width = min(width, max_width / len(panels)) if max_width else width
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4), squeeze=False)
-    for ax, (ylabel, series) in zip(axes[0], panels):
-        _bar_axis(ax, labels, series, ylabel)
+    for index, (ax, (ylabel, series)) in enumerate(zip(axes[0], panels)):
+        _bar_axis(ax, labels, series, ylabel, errors[index] if errors else None)
     fig.suptitle(title)
     return _save(fig, path)
 
