@@ -555,7 +555,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                         "validation CSV when it exists here, else synthetic MRI-like slices")
 
     p = sub.add_parser("experiment", help="run a comparison experiment (NAME: a shipped experiment, or a .yaml file)")
-    p.add_argument("name", nargs="?", help="a shipped experiment (see --list: encoders, architectures, lowlr, split, losses, crossval, crossval_intensity, levers) or a path to a .yaml file")
+    p.add_argument("name", nargs="?", help="a shipped experiment (--list names them all: encoders, architectures, lowlr, split, losses, crossval, "
+                                                "crossval_intensity, crossval_robust, levers) or a path to a .yaml file")
     p.add_argument("--list", action="store_true", help="list the shipped experiments and their runs")
     p.add_argument("--data", type=Path, help="a prepare output folder")
     p.add_argument("--out", type=Path, help="experiments folder; runs go to OUT/NAME/RUN")

@@ -175,8 +175,8 @@ def evaluate(
     if predictor is None and checkpoint is None:
         raise ValueError("evaluate needs a checkpoint or a predictor")
     predictor = predictor or load_checkpoint(checkpoint, device=device)
-    if checkpoint is None:  # an ONNX model: name the file that ran (the chosen variant)
-        checkpoint = getattr(predictor, "path", "model")
+    if checkpoint is None:  # an ONNX model: the file that ran (the chosen variant), by name
+        checkpoint = Path(getattr(predictor, "path", "model")).name
     patients, _ = open_source(csv_path, strict=True)
     threshold = predictor.threshold
     if not all(is_volume(p) for p in patients):
@@ -259,8 +259,8 @@ def score(pred: str | Path, truth: str | Path, out: str | Path, spacing: tuple[f
     slices, patient_scores, report = score_masks(((p, _prediction_slices(pred, p), truth_masks(p)) for p in patients), spacing)
     summary = {
         "checkpoint": None,
-        "predictions": str(pred.resolve()),
-        "evaluated_csv": str(Path(truth).resolve()),
+        "predictions": str(pred),  # as given: outputs name no folder of the machine
+        "evaluated_csv": str(truth),
         "model_selection_csv": None,
         "held_out": None,
         "threshold": None,

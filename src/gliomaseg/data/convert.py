@@ -4,6 +4,7 @@ or to DICOM (three MR series and a DICOM SEG of the truth), for PACS viewers and
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +14,7 @@ import pandas as pd
 from gliomaseg.data.files import run_folder, write_csv, write_text
 from gliomaseg.data.nifti import write_slices_volume
 from gliomaseg.data.sources import PatientInput, open_source
-from gliomaseg.errors import DataError
+from gliomaseg.errors import DataError, InputWarning
 from gliomaseg.units import check_spacing, spacing_text
 
 
@@ -86,7 +87,6 @@ def convert_to_dicom(inputs: str | Path, out: str | Path, spacing: tuple[float, 
 
     Three MR series, one per channel (pre-contrast, FLAIR, post-contrast), of one synthetic study with
     ``spacing`` (x, y, z in mm: column width, row height, slice step; the order of ``--spacing``): for kaggle_3m slices, which
-    ``spacing`` (mm between slices, rows, columns; the order of ``--spacing``): for kaggle_3m slices, which
     record none, 1 mm unless given; a NIfTI case keeps its header's voxel size unless given.
     ``gliomaseg predict`` on ``<patient>/`` gives exactly the masks of the slices.
     Returns one row per patient (``patient, slices, tumour_slices, folder, segmentation, spacing_mm``), also in ``converted.csv``.
@@ -111,13 +111,17 @@ def _convert_dicom(patients, work: Path, spacing: tuple[float, float, float] | N
         if isinstance(patient.geometry, dicom.DicomGeometry):
             raise DataError(f"{patient.slices[0].image_path}: already a DICOM case")
         images, masks = _arrays(patient, need_masks=False)
+        source = "given"
         if spacing is not None:
             between = (float(spacing[1]), float(spacing[0]), float(spacing[2]))  # (row, column, slice) from X Y Z
-        elif patient.geometry is not None:
-            left, posterior, superior = patient.geometry.voxel_mm
-            between = (posterior, left, superior)
+        elif patient.geometry is not None and patient.geometry.spacing is not None:
+            left, posterior, superior = patient.geometry.spacing
+            between, source = (posterior, left, superior), "header"
         else:
-            between = (1.0, 1.0, 1.0)
+            # DICOM needs a spacing; none is known (kaggle_3m records none), so 1 mm is stated, and said to be assumed.
+            between, source = (1.0, 1.0, 1.0), "assumed"
+            warnings.warn(f"{patient.name}: no voxel size known, so the DICOM series state 1 x 1 x 1 mm, an assumption "
+                          "(give --spacing X Y Z in mm); volumes in mL from them are not measurements", InputWarning, stacklevel=2)
         if min(between) <= 0:
             raise DataError(f"{patient.name}: spacing {between} mm must be positive")
         volume = np.stack(images)  # (N, rows, cols, 3), LPS slice order
@@ -136,5 +140,6 @@ def _convert_dicom(patients, work: Path, spacing: tuple[float, float, float] | N
             seg = dicom.write_segmentation(masks, case.geometry, folder / f"{patient.name}_seg.dcm").relative_to(work).as_posix()
         rows.append({"patient": patient.name, "slices": len(images),
                      "tumour_slices": sum(int(m.any()) for m in masks) if masks else None, "folder": folder.relative_to(work).as_posix(),
-                     "segmentation": seg, "spacing_mm": " x ".join(f"{v:g}" for v in (between[1], between[0], between[2]))})
+                     "segmentation": seg, "spacing_mm": " x ".join(f"{v:g}" for v in (between[1], between[0], between[2])),
+                     "spacing_source": source})
     return pd.DataFrame(rows)

@@ -124,6 +124,9 @@ def _predict(predictor, patients, skipped, out: Path, *, threshold, batch_size, 
     with run_folder(out, "predict") as work:
         _predict_into(work, predictor, patients, skipped, rows, patient_rows, reports if report else None, threshold,
                       batch_size, tta, postprocess, fps, gifs, overlays, allow_grayscale, allow_16bit, spacing)
+        if not rows:  # raised inside the block: a run that predicted nothing leaves the previous run as it was
+            more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+            raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
         predictions = pd.DataFrame(rows)
         patient_table = pd.DataFrame(patient_rows)
         skipped_frame = pd.DataFrame(skipped, columns=["path", "problem"])
@@ -143,9 +146,6 @@ def _predict(predictor, patients, skipped, out: Path, *, threshold, batch_size, 
             write_run_report(work / "report.html", reports, model or {"name": "unknown model"}, outputs)
             report_path = out / "report.html"
             written.append(report_path)
-    if not rows:
-        more = f" (and {len(skipped_frame) - 1} more, listed in {out / 'skipped.csv'})" if len(skipped_frame) > 1 else ""
-        raise DataError(f"{skipped[0][0]}: {skipped[0][1]}{more}; nothing was predicted")
     # The files on disk name outputs relative to `out` (portable); the result names them as paths to open from here.
     for frame, columns in ((predictions, ("mask_out", "overlay_out")), (patient_table, ("gif", "mask_volume", "segmentation"))):
         for column in (c for c in columns if c in frame):
@@ -155,6 +155,8 @@ def _predict(predictor, patients, skipped, out: Path, *, threshold, batch_size, 
 
 def refuse_out_inside(out: Path, inputs: str | Path | Sequence[str | Path]) -> None:
     """Refuse an output folder that is an input folder or inside one: the next run would read its own overlays as slices."""
+    if isinstance(inputs, Mapping):  # --sequences role=DIR[@SERIES]: the folders are the values
+        inputs = [str(v).split("@")[0] for v in inputs.values()]
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     target = Path(out).resolve()
     for path in paths:

@@ -216,6 +216,9 @@ def open_predictor(checkpoint: str | Path | None = None, model: str | Path | Non
         raise CheckpointError("the torch backend needs --checkpoint CKPT")
     if backend == "onnx" and checkpoint is not None:
         raise CheckpointError(f"{checkpoint}: the onnx backend runs an exported model (--model MODEL.onnx), not a checkpoint")
+    if checkpoint is not None and (variant != "auto" or onnx_options.get("threads") is not None):
+        raise CheckpointError(f"{checkpoint}: --variant and --threads are for an ONNX model (--model or the shipped one), "
+                              "not a checkpoint")
     if checkpoint is not None:
         return load_checkpoint(checkpoint, device=device, precision=precision)
     from gliomaseg.inference.variants import open_fastest

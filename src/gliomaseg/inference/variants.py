@@ -14,6 +14,7 @@ its slices/s; the fastest wins.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +52,12 @@ def check_problem(model: Path, candidate: Path) -> str | None:
     report = meta.get("variant")
     if not isinstance(report, dict) or "patient_dice_drop" not in report:
         return f"{candidate.name} carries no check against fp32"
-    if report["patient_dice_drop"] > report.get("max_dice_drop_allowed", 0) or \
-            report.get("patient_dice_drop_max", 0) > report.get("max_single_patient_dice_drop_allowed", 0):
+    numbers = [report.get(k) for k in ("patient_dice_drop", "max_dice_drop_allowed", "patient_dice_drop_max",
+                                       "max_single_patient_dice_drop_allowed")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+        return f"{candidate.name} failed its check against fp32 (its numbers are missing or not finite)"
+    drop, allowed, worst, worst_allowed = numbers
+    if drop > allowed or worst > worst_allowed:
         return f"{candidate.name} failed its check against fp32"
     differing = [k for k in SAME_MODEL_FIELDS if base.get(k) != meta.get(k)]
     if differing:

@@ -100,7 +100,4 @@ def analyse(predictor, case: Case, options: SegmentOptions, spacing: Sequence[fl
         if known is not None:
             summary["true_volume_ml"] = volume_ml(summary["true_volume_voxels"], known)
         summary["dice_3d"] = round(dice(*totals), 4)
-    missing = getattr(case, "missing_sequences", None)
-    if missing:
-        summary["missing_sequences"] = missing
     return CaseResult(case, masks, summary, slices, [np.round(p * 255).astype(np.uint8) for p in probabilities])
