@@ -231,6 +231,20 @@ def test_refusals_name_the_folder(tmp_path: Path):
     _refused(folder, "not an image", folder)
 
 
+def test_series_over_the_size_limits_are_refused_from_their_headers(tmp_path: Path, monkeypatch):
+    """The one image-side limit and memory budget of every reader (issue 22) hold for DICOM too, before decoding."""
+    from gliomaseg.data import dicom
+
+    folder = _one(tmp_path / "big")
+    monkeypatch.setattr(dicom, "MAX_IMAGE_SIDE", 4)
+    _refused(folder, "8x8 pixels, over the 4 px limit", folder)
+    monkeypatch.setattr(dicom, "MAX_IMAGE_SIDE", 4096)
+    monkeypatch.setattr(dicom, "MAX_DECODED_BYTES", 5 * 8 * 8 * 4 - 1)
+    _refused(folder, "MiB limit", folder)
+    monkeypatch.setattr(dicom, "MAX_DECODED_BYTES", 5 * 8 * 8 * 4)
+    assert dicom.read_series(folder)[0]  # at the limit itself: read
+
+
 def test_several_series_and_mismatched_geometry_are_refused(case, tmp_path: Path):
     folder, volume, _ = case
     mixed = tmp_path / "mixed"

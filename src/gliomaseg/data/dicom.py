@@ -43,6 +43,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from gliomaseg.choices import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 from gliomaseg.data.files import atomic_write, safe_name, scale_volume
 from gliomaseg.data.nifti import LPS, Geometry
 from gliomaseg.errors import DataError, InputWarning
@@ -209,6 +210,14 @@ def _series(folder: Path, uid: str, members: list) -> Series:
     spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for _, ds in members}
     if len(sizes) > 1 or len(spacings) > 1:
         raise DataError(where(f"slices of different sizes {sorted(sizes)} or pixel spacings {sorted(spacings)}"))
+    # The limits every reader holds (gliomaseg.choices), checked from the headers before any pixel is decoded.
+    (rows, cols), = sizes
+    if max(rows, cols) > MAX_IMAGE_SIDE:
+        raise DataError(where(f"slices of {rows}x{cols} pixels, over the {MAX_IMAGE_SIDE} px limit"))
+    decoded = rows * cols * len(members) * 4  # read as float32 for the per-series scaling
+    if decoded > MAX_DECODED_BYTES:
+        raise DataError(where(f"{len(members)} slices of {rows}x{cols} would decode to {decoded / 2**20:.0f} MiB, over the "
+                              f"{MAX_DECODED_BYTES / 2**20:.0f} MiB limit"))
     row_dir, col_dir = orientations[0][:3], orientations[0][3:]
     normal = np.cross(row_dir, col_dir)
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in members])
