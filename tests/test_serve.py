@@ -305,3 +305,19 @@ def test_units_report_and_downloads_of_a_result(server, patient: Path):
     assert ((prob > 127).sum() > 0) == (case["slices"][0]["tumour_pixels"] > 0)
     status, body = upload(base, files[1:2])  # a mask alone
     assert status == 400 and "this is a mask; give the image it belongs to" in body["error"]
+
+
+def test_served_spacing_sizes_the_downloaded_mask_volume(predictor, patient: Path, tmp_path: Path):
+    """`serve --spacing` gives uploaded slices a voxel size: the summary's mL and the downloaded NIfTI's header agree."""
+    with live_server(create_app(predictor, limits=LIMITS, temp_root=tmp_path, model_label="test", spacing=(1.0, 1.0, 3.0))) as base:
+        files = [p for s in _slices(patient)[:3] for p in (s, s.with_name(f"{s.stem}_mask.tif"))]
+        status, body = upload(base, files)
+        assert status == 200, body
+        (case,) = body["cases"]
+        assert "tumour_volume_ml" in case["summary"]
+        status, _, data = request(base + case["nifti"])
+    assert status == 200
+    (tmp_path / "m.nii.gz").write_bytes(data)
+    image = nib.load(tmp_path / "m.nii.gz")
+    assert tuple(float(z) for z in image.header.get_zooms()[:3]) == (1.0, 1.0, 3.0)
+    assert image.header.get_xyzt_units()[0] == "mm"

@@ -428,7 +428,8 @@ def create_app(
             raise UploadError(f"{case.case.name}: slices of different sizes do not form one volume; download the PNG zip instead")
         name = safe_name(case.case.name)
         height, width = case.masks[0].shape
-        geometry = case.case.geometry or slices_geometry(Path(name), height, width, len(case.masks))
+        # slices have no header: the server's --spacing, when given, is their voxel size (else units "unknown")
+        geometry = case.case.geometry or slices_geometry(Path(name), height, width, len(case.masks), spacing)
         return Response(mask_volume_bytes(case.masks, geometry), media_type="application/gzip",
                         headers={"Content-Disposition": f'attachment; filename="{name}_mask.nii.gz"'})
 
