@@ -253,7 +253,7 @@ def test_missed_tumours_score_the_worst_case_hd95(prepared: Path, tmp_path: Path
     assert summary["patient_hd95_mean"] == pytest.approx(sum(diagonals) / len(diagonals))
     assert summary["hd95_unit"].startswith("pixels")
     spaced = evaluate("nothing", prepared / "data_val.csv", tmp_path / "mm", predictor=_Nothing(frame), compare=False,
-                      spacing=(3.0, 0.5, 0.5))
+                      spacing=(0.5, 0.5, 3.0))  # x, y, z: 0.5 mm pixels, 3 mm slices
     assert spaced["hd95_unit"].startswith("mm")
     assert spaced["patient_hd95_mean"] == pytest.approx(sum((9 * n ** 2 + 2 * 128 ** 2) ** 0.5 for n in sizes) / len(sizes))
 

@@ -46,7 +46,7 @@ def test_spacing_from_a_nifti_header_and_given_gives_ml_and_hd95_in_mm(synth_roo
     assert volume_text(int(row["tumour_volume_voxels"]), (0.5, 0.5, 4.0)) in (tmp_path / "pred" / "report.html").read_text()
     # score reads the truth's header: HD95 in mm, and the same as the spacing given by hand
     from_header = score(tmp_path / "pred", tmp_path / "nii", tmp_path / "s1")
-    given = score(tmp_path / "pred", patient, tmp_path / "s2", spacing=(4.0, 0.5, 0.5))
+    given = score(tmp_path / "pred", patient, tmp_path / "s2", spacing=(0.5, 0.5, 4.0))  # x, y, z as everywhere
     unknown = score(tmp_path / "pred", patient, tmp_path / "s3")
     assert from_header["hd95_unit"].startswith("mm") and given["hd95_unit"].startswith("mm")
     assert unknown["hd95_unit"].startswith("pixels (spacing unknown")

@@ -103,7 +103,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if getattr(predictor, "choice", None) is not None:
         print(predictor.choice.message())
     summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
-                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=_spacing(args),
+                       postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=_spacing_xyz(args),
                        predictor=predictor)
     print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
     print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
@@ -190,7 +190,7 @@ def closing_line(result, seconds: float, model: str | None = None) -> str:
 def _score(args: argparse.Namespace) -> None:
     from gliomaseg.evaluation import score
 
-    summary = score(args.pred, args.truth, args.out, spacing=_spacing(args))
+    summary = score(args.pred, args.truth, args.out, spacing=_spacing_xyz(args))
     print(score_table(summary))
     print(f"all numbers and their meaning: {Path(args.out) / 'summary.md'}; per slice and per patient: slices.csv, patients.csv")
 
@@ -399,12 +399,6 @@ def _spacing_xyz(args: argparse.Namespace) -> tuple[float, float, float] | None:
     """``--spacing X Y Z`` as given (x, y, z in mm), or None."""
     spacing = getattr(args, "spacing", None)
     return None if spacing is None else (float(spacing[0]), float(spacing[1]), float(spacing[2]))
-
-
-def _spacing(args: argparse.Namespace) -> tuple[float, float, float] | None:
-    """``--spacing X Y Z`` as the (slice step, row, column) order of the Python API, or None."""
-    spacing = getattr(args, "spacing", None)
-    return None if spacing is None else (float(spacing[2]), float(spacing[1]), float(spacing[0]))
 
 
 def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:

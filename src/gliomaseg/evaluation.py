@@ -85,7 +85,8 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
     Args:
         cases: per patient, its :class:`PatientInput` (slices in slice order), predicted masks and
             true masks, each uint8 0/1 (H, W), one per slice and of the slice's size.
-        spacing: voxel size in mm (slice step, row, column) for HD95; ``None``: each NIfTI patient's header
+        spacing: voxel size in mm (x, y, z: column width, row height, slice step, as everywhere) for HD95;
+            ``None``: each NIfTI patient's header
             spacing when every patient has one in mm, else pixels, the slice step counted as one pixel
             ("spacing unknown").
 
@@ -104,7 +105,8 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
     headers = [None if p.geometry is None else p.geometry.spacing for p, _, _ in cases]
     per_patient = spacing is None and bool(headers) and all(h is not None for h in headers)
     for (patient, predictions, truths), header in zip(cases, headers):
-        step = spacing if not per_patient else (header[2], header[1], header[0])  # type: ignore[index]
+        size = spacing if spacing is not None else (header if per_patient else None)
+        step = None if size is None else (size[2], size[1], size[0])  # hd95 takes (slice, row, column)
         volumes = volumes and is_volume(patient)
         for item, pred, truth in zip(patient.slices, predictions, truths):
             if pred.shape != truth.shape:
