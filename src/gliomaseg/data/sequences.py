@@ -46,6 +46,12 @@ class SequenceCheck:
             self.pixels += count
         return self
 
+    def __iadd__(self, other: "SequenceCheck") -> "SequenceCheck":
+        """Fold in another check's sums: a patient's check is the sum of its slices' checks."""
+        self.difference += other.difference
+        self.pixels += other.pixels
+        return self
+
     def missing(self) -> tuple[str, ...]:
         """The sequences stored as a copy of FLAIR, in channel order; ``()`` when none, or too little brain to tell."""
         if self.pixels < MIN_BRAIN_PIXELS:

@@ -28,6 +28,7 @@ import albumentations as A  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gliomaseg.data.intensity import brain_mask  # noqa: E402
 from gliomaseg.data.sequences import FLAIR_CHANNEL  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,9 +70,9 @@ class ChannelIntensity(A.ImageOnlyTransform):
     """
 
     def __init__(self, contrast: tuple[float, float] = (0.5, 1.25), brightness: tuple[float, float] = (0.75, 1.25),
-                 gamma: tuple[float, float] = (0.7, 1.5), background: int = 10, p: float = 0.3) -> None:
+                 gamma: tuple[float, float] = (0.7, 1.5), p: float = 0.3) -> None:
         super().__init__(p=p)
-        self.contrast, self.brightness, self.gamma, self.background = contrast, brightness, gamma, background
+        self.contrast, self.brightness, self.gamma = contrast, brightness, gamma
 
     def get_params(self) -> dict[str, Any]:
         uniform = self.py_random.uniform
@@ -80,7 +81,7 @@ class ChannelIntensity(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, factors: Sequence[tuple[float, float, float]] = (), **params: Any) -> np.ndarray:
         out = img.copy()
-        brain = img.max(axis=-1) > self.background
+        brain = brain_mask(img)  # the one rule for brain pixels (gliomaseg.data.intensity)
         if not brain.any():
             return out
         for channel, (contrast, brightness, gamma) in enumerate(factors):

@@ -19,7 +19,7 @@ import pandas as pd
 from gliomaseg.data.dicom import DicomGeometry, write_segmentation
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, run_folder, scale_volume, write_bytes, write_csv
 from gliomaseg.data.nifti import write_mask_volume
-from gliomaseg.data.sequences import describe, missing_sequences, warning_text
+from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
 from gliomaseg.errors import DataError, InputWarning
 from gliomaseg.inference.postprocess import PostProcess
@@ -186,7 +186,12 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
             continue
         scaled = scale_volume([image for _, image, _ in loaded])
         loaded = [(item, image, truth) for (item, _, truth), image in zip(loaded, scaled)]
-        missing = missing_sequences(image for _, image, _ in loaded)
+        # each slice's check, and the patient's as their sum: every slice is scanned once
+        slice_checks = [SequenceCheck().add(image) for _, image, _ in loaded]
+        patient_check = SequenceCheck()
+        for check in slice_checks:
+            patient_check += check
+        missing = patient_check.missing()
         if missing:
             warnings.warn(warning_text(patient.name, missing), InputWarning, stacklevel=2)
         probs, masks = segment(predictor, [image for _, image, _ in loaded], threshold, tta, postprocess, batch_size)
@@ -200,11 +205,11 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         frames = []
         first = len(rows)
         patient_spacing = spacing or (patient.geometry.spacing if patient.geometry is not None else None)
-        for (item, image, truth), prob, mask in zip(loaded, probs, masks):
+        for (item, image, truth), prob, mask, check in zip(loaded, probs, masks, slice_checks):
             row = {
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
                 "tumour_pixels": int(mask.sum()), "max_probability": float(prob.max()),
-                "missing_sequences": describe(missing_sequences([image])),
+                "missing_sequences": describe(check.missing()),
                 "mask_out": volume_out or rel(_write_png(folder / f"{item.name}_pred.png", mask * 255)),
             }
             if overlays or gifs:
