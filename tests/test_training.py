@@ -72,6 +72,18 @@ def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path, capsys)
     assert "had no epochs left to train" in printed and "nan" not in printed
 
 
+def test_restart_after_a_kill_before_last_ckpt_keeps_one_best(prepared: Path, tmp_path: Path):
+    # A session killed after writing best.ckpt but before its first last.ckpt starts again from scratch.
+    train(_config(prepared, tmp_path, epochs=1))
+    (tmp_path / "last.ckpt").unlink()
+    stale = torch.load(tmp_path / "best.ckpt", weights_only=True)
+    stale["epoch"] = 41  # marks the killed session's file
+    torch.save(stale, tmp_path / "best.ckpt")
+    result = train(_config(prepared, tmp_path, epochs=1, resume=True))
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]  # no best-v1.ckpt
+    assert torch.load(result.best_checkpoint, weights_only=True)["epoch"] == 0
+
+
 def test_training_minutes_carry_over_a_resume(monkeypatch):
     from gliomaseg.training import Throughput
 

@@ -454,6 +454,10 @@ def train(config: TrainConfig) -> TrainResult:
     if not config.resume and last.exists():
         raise ConfigError(f"{out}: holds a run already (last.ckpt); pass --resume to continue it or pick another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        # A session killed after its first best.ckpt but before any last.ckpt starts again from scratch: its
+        # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
+        (out / "best.ckpt").unlink(missing_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
     precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
@@ -462,7 +466,10 @@ def train(config: TrainConfig) -> TrainResult:
     write_text(json.dumps(asdict(config), indent=2), out / "config.json")
     task = task_from_config(config, train_csv, val_csv)
     throughput = Throughput()
-    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1)
+    # No version counter: Lightning would write best-v1.ckpt beside a best.ckpt it does not track, and every
+    # reader of the run takes best.ckpt.
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1,
+                                 enable_version_counter=False)
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=config.epochs,
