@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table, write_results  # noqa: E402
 
-from gliomaseg.losses import build_loss  # noqa: E402
-from gliomaseg.models import build_model  # noqa: E402
+from gliomaseg.modeling.losses import build_loss  # noqa: E402
+from gliomaseg.modeling.models import build_model  # noqa: E402
 
 
 def training_paths(size: int, steps: int) -> list[dict]:

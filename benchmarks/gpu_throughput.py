@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import prepared_data, print_table, write_results  # noqa: E402
 
-from gliomaseg.losses import build_loss  # noqa: E402
-from gliomaseg.models import build_model  # noqa: E402
+from gliomaseg.modeling.losses import build_loss  # noqa: E402
+from gliomaseg.modeling.models import build_model  # noqa: E402
 
 MODELS = {"Unet-resnet18": ("unet", "resnet18"), "Unet-lite0 (shipped recipe)": ("unet", "timm-tf_efficientnet_lite0")}
 
@@ -78,7 +78,8 @@ def model_rows(size: int, batches: list[int], steps: int, warmup: int) -> list[d
 
 def lightning_rows(size: int, workers: int, epochs: int) -> list[dict]:
     """Images/s through ``gliomaseg train`` on the GPU (first epoch's start-up included)."""
-    from gliomaseg.training import TrainConfig, train
+    from gliomaseg.training.config import TrainConfig
+    from gliomaseg.training.run import train
 
     data, source = prepared_data(use_real=False)
     rows = []

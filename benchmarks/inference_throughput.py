@@ -33,13 +33,14 @@ from _common import machine, prepared_data, print_table, write_results  # noqa: 
 
 from gliomaseg.data.files import read_image  # noqa: E402
 from gliomaseg.data.sources import open_source  # noqa: E402
-from gliomaseg.inference.predict import predict  # noqa: E402
+from gliomaseg.predict.files import predict  # noqa: E402
 from gliomaseg.inference.segment import predict_probabilities  # noqa: E402
-from gliomaseg.inference.predictor import ModelInfo, TorchPredictor, load_checkpoint  # noqa: E402
-from gliomaseg.inference.runtime import OnnxPredictor  # noqa: E402
-from gliomaseg.models import build_model  # noqa: E402
-from gliomaseg.quantization import write_variant  # noqa: E402
-from gliomaseg.visualization import encode_png, overlay_contours, write_gif  # noqa: E402
+from gliomaseg.modeling.spec import ModelInfo  # noqa: E402
+from gliomaseg.inference.torch_backend import TorchPredictor, load_checkpoint  # noqa: E402
+from gliomaseg.inference.onnx_backend import OnnxPredictor  # noqa: E402
+from gliomaseg.modeling.models import build_model  # noqa: E402
+from gliomaseg.export.quantization import write_variant  # noqa: E402
+from gliomaseg.data.overlay import encode_png, overlay_contours, write_gif  # noqa: E402
 
 
 def timed(fn, images: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
@@ -53,7 +54,7 @@ def checkpoint_for_bench(path: str | None, work: Path) -> Path:
     """A real checkpoint: the one given, else a freshly initialised Unet-resnet18 at 256 saved like training does."""
     if path:
         return Path(path)
-    from gliomaseg.training import SegmentationTask
+    from gliomaseg.training.task import SegmentationTask
 
     task = SegmentationTask(arch="Unet", encoder="resnet18", image_size=256, scheduler="none")
     ckpt = work / "bench.ckpt"
@@ -176,7 +177,7 @@ def main() -> None:
         return np.stack([im if im.shape[0] == size else cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in raw])
 
     # Unet-resnet18
-    from gliomaseg.export import export_onnx
+    from gliomaseg.export.onnx import export_onnx
 
     ckpt = checkpoint_for_bench(args.checkpoint, work)
     eager = load_checkpoint(ckpt, channels_last=True)
@@ -189,7 +190,7 @@ def main() -> None:
 
     # The shipped model
     from gliomaseg.assets import shipped_model_path
-    from gliomaseg.errors import CheckpointError
+    from gliomaseg.core.errors import CheckpointError
 
     try:
         shipped = shipped_model_path()

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from gliomaseg.losses import build_loss
-from gliomaseg.models import build_model
+from gliomaseg.modeling.losses import build_loss
+from gliomaseg.modeling.models import build_model
 
 VARIANTS = {  # name: (batch, compiled, bf16 weights)
     "eager": (16, False, False),

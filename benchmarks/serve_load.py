@@ -27,15 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _common import REAL_DATA, machine, print_table, write_results  # noqa: E402
 from serve_helpers import live_server, multipart, request  # noqa: E402
 
-from gliomaseg.inference.predictor import open_predictor  # noqa: E402
+from gliomaseg.inference.backend import open_predictor  # noqa: E402
 from gliomaseg.serve.app import create_app  # noqa: E402
 
 TIMEOUT_S = 120
 
 
 def onnx_for_bench(image_size: int, work: Path) -> Path:
-    from gliomaseg.export import export_onnx
-    from gliomaseg.training import SegmentationTask
+    from gliomaseg.export.onnx import export_onnx
+    from gliomaseg.training.task import SegmentationTask
 
     task = SegmentationTask(arch="Unet", encoder="resnet18", image_size=image_size, scheduler="none")
     ckpt = work / f"bench{image_size}.ckpt"

@@ -28,8 +28,8 @@ from _common import machine, prepared_data, print_table, tcmalloc, write_results
 
 from gliomaseg.data.dataset import SliceDataset  # noqa: E402
 from gliomaseg.data.transforms import train_transforms  # noqa: E402
-from gliomaseg.losses import build_loss  # noqa: E402
-from gliomaseg.models import build_model  # noqa: E402
+from gliomaseg.modeling.losses import build_loss  # noqa: E402
+from gliomaseg.modeling.models import build_model  # noqa: E402
 
 
 ROW_MARK = "auto row: "  # how the second process's one result line is found among whatever else it prints
@@ -68,7 +68,8 @@ def lightning_path(data: Path, steps: int, size: int, batch: int, precision: str
     """Images/s through ``gliomaseg train``: all steps, steps after the first (start-up left out), and the precision choice.
 
     ``workers`` > 0 moves augmentation into loader processes, where it overlaps the model step on the same cores."""
-    from gliomaseg.training import TrainConfig, train
+    from gliomaseg.training.config import TrainConfig
+    from gliomaseg.training.run import train
 
     out = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-run-"))
     result = train(TrainConfig(out=str(out), data=str(data), epochs=1, batch_size=batch, image_size=size, workers=workers, progress=False,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gliomaseg.report import paired_noise
+from gliomaseg.reporting.report import paired_noise
 
 NINE = ["Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN"]
 LOWLR_EXCEPTIONS = {"DeepLabV3", "MAnet", "PAN"}  # the case study: lowlr helps or costs nothing for these

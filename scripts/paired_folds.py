@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gliomaseg.data.files import write_csv, write_text  # noqa: E402
+from gliomaseg.core.io import write_csv, write_text  # noqa: E402
 
 
 def load_patients(source: Path) -> pd.DataFrame:

@@ -19,9 +19,9 @@ from pathlib import Path
 import onnx
 
 from gliomaseg.assets import SHIPPED_MODEL, SHIPPED_MODEL_CARD
-from gliomaseg.export import export_onnx
-from gliomaseg.data.files import atomic_write, write_text
-from gliomaseg.model_card import render_markdown
+from gliomaseg.export.onnx import export_onnx
+from gliomaseg.core.io import atomic_write, write_text
+from gliomaseg.modeling.card import render_markdown
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "gliomaseg" / "assets"
 MAX_BYTES = 30 * 1024 * 1024

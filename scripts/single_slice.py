@@ -14,11 +14,11 @@ import warnings
 
 import pandas as pd
 
-from gliomaseg.data.files import write_csv
+from gliomaseg.core.io import write_csv
 from gliomaseg.data.sources import open_source
-from gliomaseg.errors import InputWarning
-from gliomaseg.evaluation import truth_masks, score_masks
-from gliomaseg.inference.predictor import load_checkpoint
+from gliomaseg.core.errors import InputWarning
+from gliomaseg.evaluation.evaluate import truth_masks, score_masks
+from gliomaseg.inference.torch_backend import load_checkpoint
 from gliomaseg.inference.segment import segment
 
 

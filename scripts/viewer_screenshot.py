@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_helpers import live_server  # noqa: E402
 
-from gliomaseg.inference.predictor import open_predictor  # noqa: E402
+from gliomaseg.inference.backend import open_predictor  # noqa: E402
 from gliomaseg.serve.app import create_app  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main() -> None:
 
     predictor = open_predictor(args.checkpoint, args.model)
     label = (args.checkpoint or args.model or Path("shipped model")).name
-    from gliomaseg.inference.run_report import model_summary
+    from gliomaseg.predict.report import model_summary
 
     info = model_summary(predictor, shipped=args.checkpoint is None and args.model is None)
     with live_server(create_app(predictor, model_label=label, model_info=info)) as base, sync_playwright() as p:

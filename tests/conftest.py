@@ -37,7 +37,8 @@ def prepared(synth_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(prepared, tmp_path_factory) -> Path:
     """A tiny Unet-resnet18 trained for 2 epochs at 64 px: a real checkpoint for inference tests."""
-    from gliomaseg.training import TrainConfig, train
+    from gliomaseg.training.config import TrainConfig
+    from gliomaseg.training.run import train
 
     out = tmp_path_factory.mktemp("run")
     train(TrainConfig(out=str(out), data=str(prepared), epochs=2, batch_size=4, image_size=64, workers=0,
@@ -67,7 +68,7 @@ def bright_predictor() -> BrightPredictor:
 @pytest.fixture(scope="session")
 def onnx_model(trained_run: Path, tmp_path_factory) -> Path:
     """``trained_run``'s best.ckpt exported to ONNX (the export's own check must pass)."""
-    from gliomaseg.export import export_onnx
+    from gliomaseg.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     result = export_onnx(trained_run / "best.ckpt", out)
@@ -89,7 +90,7 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def small64(tmp_path_factory) -> Path:
     """A data folder of 64 px slices (5 patients, about 6 slices each) with a patient split: for subprocess runs."""
-    from gliomaseg.data.files import write_csv
+    from gliomaseg.core.io import write_csv
     from gliomaseg.data.prepare import scan_folder, split_by_patient
     from gliomaseg.data.synth import generate
 

@@ -92,7 +92,7 @@ def test_predict_wrong_inputs_get_one_line_and_leave_no_folder(synth_root, tmp_p
 def test_lightning_tips_and_third_party_deprecations_are_filtered(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture):
     import warnings
 
-    from gliomaseg.terminal import quiet_terminal
+    from gliomaseg.core.terminal import quiet_terminal
 
     with warnings.catch_warnings():
         quiet_terminal("train")

@@ -11,12 +11,14 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from gliomaseg.cli import main
+from gliomaseg.core import io as core_io
+from gliomaseg.core.limits import MAX_IMAGE_SIDE
 from gliomaseg.data import files
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.prepare import INFO_COLUMNS, prepare, scan_folder
 from gliomaseg.data.synth import generate
 from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms
-from gliomaseg.errors import DataError
+from gliomaseg.core.errors import DataError
 
 
 # --- synth -------------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        files.atomic_write(target, explode)
+        core_io.atomic_write(target, explode)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]
 
@@ -224,7 +226,7 @@ def test_atomic_write_leaves_the_umask_alone_and_keeps_usual_permissions(tmp_pat
 
     def write(k: int) -> None:
         try:
-            files.write_text(f"version {k}\n", target)
+            core_io.write_text(f"version {k}\n", target)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -239,7 +241,8 @@ def test_atomic_write_leaves_the_umask_alone_and_keeps_usual_permissions(tmp_pat
 
 
 def test_png_and_gif_outputs_are_written_atomically(tmp_path: Path, monkeypatch):
-    from gliomaseg.visualization import plot_bars, write_gif
+    from gliomaseg.evaluation.charts import plot_bars
+    from gliomaseg.data.overlay import write_gif
 
     frames = [np.full((16, 16, 3), v, np.uint8) for v in (0, 120, 240)]
     gif = write_gif(frames, tmp_path / "a.gif")
@@ -275,7 +278,7 @@ def test_huge_images_are_refused_before_decoding(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(files.cv2, "imdecode", no_decode)
     with pytest.raises(DataError, match=rf"bomb\.png: image of 6000x6000 pixels is larger than the limit of "
-                                        rf"{files.MAX_IMAGE_SIDE}x{files.MAX_IMAGE_SIDE}"):
+                                        rf"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"):
         files.read_image(tmp_path / "bomb.png", lenient=True, allow_grayscale=True)
 
 

@@ -24,8 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLossless, generate_uid  # no
 from gliomaseg.cli import main  # noqa: E402
 from gliomaseg.data.files import scale_volume  # noqa: E402
 from gliomaseg.data.sources import open_source  # noqa: E402
-from gliomaseg.errors import DataError, InputWarning  # noqa: E402
-from gliomaseg.inference.predict import predict  # noqa: E402
+from gliomaseg.core.errors import DataError, InputWarning  # noqa: E402
+from gliomaseg.predict.files import predict  # noqa: E402
 
 SPACING = (1.0, 1.0, 3.3)  # between rows, between columns, between slices (mm)
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -151,7 +151,7 @@ def test_dicom_prediction_equals_slice_prediction_and_writes_a_seg(case, tmp_pat
 
 def test_predict_cli_sequences_and_mapping_file(case, tmp_path: Path, bright_predictor, monkeypatch):
     folder, _, _ = case
-    import gliomaseg.inference.predictor as predictor_module
+    import gliomaseg.inference.backend as predictor_module
 
     monkeypatch.setattr(predictor_module, "open_predictor", lambda *a, **k: bright_predictor)
     roles = [f"{r}={folder / r}" for r in ("pre", "flair", "post")]
@@ -288,7 +288,7 @@ def test_convert_to_dicom_reads_back_as_the_slices_with_the_seg_as_truth(convert
 
 
 def test_score_accepts_a_dicom_seg_as_truth(converted, bright_predictor, tmp_path: Path):
-    from gliomaseg.evaluation import score
+    from gliomaseg.evaluation.evaluate import score
 
     patient, case = converted
     result = predict(bright_predictor, case, tmp_path / "pred", gifs=False, overlays=False)

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from gliomaseg.cli import main
-from gliomaseg.errors import ConfigError, DataError
-from gliomaseg.experiments import load_experiment, run_experiment, split_csvs
-from gliomaseg.training import read_metrics
+from gliomaseg.core.errors import ConfigError, DataError
+from gliomaseg.experiments.spec import load_experiment
+from gliomaseg.experiments.runner import run_experiment, split_csvs
+from gliomaseg.training.run import read_metrics
 
 TINY = {"batch_size": 4, "limit_train_batches": 2, "workers": 0}
 
@@ -52,7 +53,7 @@ def test_runner_writes_results_then_skips_finished_runs(two_runs: Path, prepared
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("gliomaseg.training.train", must_not_train)
+    monkeypatch.setattr("gliomaseg.training.run.train", must_not_train)
     again = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, extra_options=TINY)
     assert capsys.readouterr().out.count("done, skipped") == 2
     assert again["iou_imagewise"].tolist() == pytest.approx(results["iou_imagewise"].tolist())
@@ -60,7 +61,7 @@ def test_runner_writes_results_then_skips_finished_runs(two_runs: Path, prepared
 
 def test_killed_run_resumes(prepared: Path, tmp_path: Path, monkeypatch):
     spec = _yaml(tmp_path / "one.yaml", "name: one\nruns:\n  - {name: unet, model: unet}\n")
-    import gliomaseg.training as training
+    import gliomaseg.training.run as training
 
     real_train = training.train
 
@@ -119,7 +120,7 @@ def test_fold_runs_make_a_crossvalidation(synth_root: Path, tmp_path: Path):
 
 
 def test_crossval_summary_names_failed_folds_and_refuses_repeated_patients(tmp_path: Path):
-    from gliomaseg.experiments import crossval_summary
+    from gliomaseg.experiments.summary import crossval_summary
 
     for run, patients in (("f0", ["A", "B"]), ("f2", ["B", "C"])):
         (tmp_path / run / "eval").mkdir(parents=True)
@@ -272,7 +273,7 @@ def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared:
     (run / "status.json").write_text(json.dumps({"state": "running", "trained": True}))  # trained, not yet scored
     import torch
 
-    import gliomaseg.inference.predictor as predictor
+    import gliomaseg.inference.torch_backend as predictor
 
     real_load, devices = predictor.load_checkpoint, []
 
@@ -295,7 +296,7 @@ def test_report_of_committed_results_charts_patient_dice_with_its_noise(tmp_path
     image-wise IoU kept as a column, and no absolute path of the folder it ran in."""
     import math
 
-    import gliomaseg.visualization as visualization
+    import gliomaseg.evaluation.charts as visualization
 
     results = tmp_path / "results"
     archs, folds, own = results / "archs", results / "cv", results / "own"

@@ -8,7 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from gliomaseg.data.files import read_image, read_mask
-from gliomaseg.visualization import overlay_contours, write_gif
+from gliomaseg.data.overlay import overlay_contours, write_gif
 
 
 def test_patient_gif_keeps_every_slice_and_its_colours(synth_root: Path, tmp_path: Path):

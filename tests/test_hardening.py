@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from gliomaseg.core.limits import MAX_IMAGE_SIDE
 from gliomaseg.data import files, nifti
-from gliomaseg.errors import DataError
+from gliomaseg.core.errors import DataError
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -38,7 +39,7 @@ def test_png_claiming_a_huge_size_is_refused_by_its_header(tmp_path: Path, monke
     assert path.stat().st_size < 200
     monkeypatch.setattr(files.cv2, "imdecode", lambda *a: pytest.fail("the pixels were decoded"))
     for read in (lambda: files.read_image(path, lenient=True), lambda: files.read_mask(path)):
-        with pytest.raises(DataError, match=rf"claims_{side}\.png: image of .*larger than the limit of {files.MAX_IMAGE_SIDE}"):
+        with pytest.raises(DataError, match=rf"claims_{side}\.png: image of .*larger than the limit of {MAX_IMAGE_SIDE}"):
             read()
 
 
@@ -257,7 +258,7 @@ def test_empty_checkpoint_and_model_files_get_one_line(tmp_path: Path, capsys):
 
 
 def test_first_line_of_an_exception_without_a_message():
-    from gliomaseg.errors import first_line
+    from gliomaseg.core.errors import first_line
 
     assert first_line(IndexError()) == "IndexError"
     assert first_line(ValueError("bad\nsecond line")) == "ValueError: bad"
@@ -305,8 +306,8 @@ def _mean_over_channels(out: str = "logits"):
 def test_onnx_graphs_that_do_not_fit_are_refused_when_opened(tmp_path: Path):
     from onnx import helper
 
-    from gliomaseg.errors import CheckpointError
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.core.errors import CheckpointError
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     identity = helper.make_node("Identity", ["images"], ["logits"])
     pool = [_mean_over_channels("m"), helper.make_node("MaxPool", ["m"], ["logits"], kernel_shape=[4, 4], strides=[4, 4])]
@@ -331,8 +332,8 @@ def test_onnx_graphs_that_do_not_fit_are_refused_when_opened(tmp_path: Path):
 def test_onnx_model_with_nan_output_is_refused(tmp_path: Path):
     from onnx import helper, numpy_helper
 
-    from gliomaseg.errors import CheckpointError
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.core.errors import CheckpointError
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     nan = numpy_helper.from_array(np.array([np.nan], np.float32), "nan")
     nodes = [_mean_over_channels("m"), helper.make_node("Mul", ["m", "nan"], ["logits"])]
@@ -346,9 +347,10 @@ def test_onnx_model_with_nan_output_is_refused(tmp_path: Path):
 def test_checkpoint_with_nan_weights_is_refused_and_not_exported(tmp_path: Path):
     import torch
 
-    from gliomaseg.errors import CheckpointError
-    from gliomaseg.export import export_onnx
-    from gliomaseg.inference.predictor import ModelInfo, TorchPredictor, read_checkpoint
+    from gliomaseg.core.errors import CheckpointError
+    from gliomaseg.export.onnx import export_onnx
+    from gliomaseg.modeling.spec import ModelInfo, read_checkpoint
+    from gliomaseg.inference.torch_backend import TorchPredictor
 
     path = tmp_path / "nan.ckpt"
     torch.save({"state_dict": {"model.conv.weight": torch.tensor([1.0, float("nan")])}, "hyper_parameters": INFO}, path)
@@ -497,7 +499,7 @@ def two_sites(tmp_path: Path) -> list[Path]:
 
 
 def test_two_patients_of_one_name_from_two_folders_are_refused(two_sites: list[Path], tmp_path: Path, bright_predictor):
-    from gliomaseg.inference.predict import predict
+    from gliomaseg.predict.files import predict
 
     with pytest.raises(DataError, match=r"patient 'P1' also comes from .*siteA/P1/P1_1\.png"):
         predict(bright_predictor, two_sites, tmp_path / "out", gifs=False)
@@ -507,7 +509,7 @@ def test_two_patients_of_one_name_from_two_folders_are_refused(two_sites: list[P
 
 
 def test_output_folder_inside_the_input_is_refused(tmp_path: Path, bright_predictor):
-    from gliomaseg.inference.predict import predict
+    from gliomaseg.predict.files import predict
 
     patient = tmp_path / "P2"
     patient.mkdir()
@@ -520,7 +522,7 @@ def test_output_folder_inside_the_input_is_refused(tmp_path: Path, bright_predic
 
 
 def test_a_rerun_replaces_the_previous_run_and_a_failed_one_leaves_it(tmp_path: Path, bright_predictor, monkeypatch):
-    from gliomaseg.inference import predict as predict_module
+    from gliomaseg.predict import files as predict_module
 
     source = tmp_path / "in"
     for patient, count in (("A", 3), ("B", 2)):
@@ -602,7 +604,7 @@ def test_predict_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: P
     for k in (1, 2):
         cv2.imwrite(str(patient / f"P3_{k}.png"), np.full((32, 32, 3), 150, np.uint8))
     monkeypatch.chdir(tmp_path / "work")
-    from gliomaseg.inference import predictor as predictor_module
+    from gliomaseg.inference import backend as predictor_module
 
     monkeypatch.setattr(predictor_module, "open_predictor", lambda *a, **k: bright_predictor)
     assert main(["predict", "--input", "P3", "--out", "pred"]) == 0
@@ -619,7 +621,7 @@ def test_evaluate_outputs_name_no_absolute_path_of_the_working_folder(tmp_path: 
     from gliomaseg.data.files import read_slices_csv
     from gliomaseg.data.prepare import prepare
     from gliomaseg.data.synth import generate
-    from gliomaseg.evaluation import evaluate
+    from gliomaseg.evaluation.evaluate import evaluate
 
     work = tmp_path / "work"
     work.mkdir()
@@ -639,7 +641,7 @@ def test_experiment_outputs_name_no_absolute_path_of_the_working_folder(tmp_path
     """Issue 22 item 15: an experiment's tables, cards, configs and logs name no folder of the machine it ran in."""
     from gliomaseg.data.prepare import prepare
     from gliomaseg.data.synth import generate
-    from gliomaseg.experiments import run_experiment
+    from gliomaseg.experiments.runner import run_experiment
 
     work = tmp_path / "work"
     work.mkdir()

@@ -13,11 +13,11 @@ import pytest
 import tifffile
 
 from gliomaseg.cli import main
-from gliomaseg.errors import CheckpointError, DataError
+from gliomaseg.core.errors import CheckpointError, DataError
 from gliomaseg.inference.postprocess import PostProcess, process_patient
 from gliomaseg.data.sources import open_source
-from gliomaseg.inference.predict import gif_from_folder, predict
-from gliomaseg.inference.predictor import load_checkpoint
+from gliomaseg.predict.files import gif_from_folder, predict
+from gliomaseg.inference.torch_backend import load_checkpoint
 from gliomaseg.inference.tta import tta_probabilities
 
 
@@ -58,7 +58,7 @@ def test_predict_patient_folder_outputs(predictor, synth_root: Path, tmp_path: P
 
 
 def test_overlay_draws_prediction_yellow_and_truth_red_on_grey_flair():
-    from gliomaseg.visualization import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_contours
+    from gliomaseg.data.overlay import PREDICTION_COLOUR, TRUTH_COLOUR, overlay_contours
 
     image = np.zeros((64, 64, 3), np.uint8)
     image[..., 1] = 90  # FLAIR
@@ -91,7 +91,7 @@ def test_predict_inputs_of_every_kind(predictor, synth_root: Path, prepared: Pat
 
 
 def test_onnx_agrees_with_pytorch_and_skips_torch(onnx_model: Path, predictor, synth_root: Path, tmp_path: Path):
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     patient = _patient(synth_root)
     images = np.stack([cv2.resize(tifffile.imread(p), (64, 64), interpolation=cv2.INTER_AREA)
@@ -130,7 +130,7 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     card = json.loads({p.key: p.value for p in model.metadata_props}["model_card"])
     from_checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)["model_card"]
     assert card["architecture"] == from_checkpoint["architecture"] == "Unet"
-    from gliomaseg.export import without_paths
+    from gliomaseg.export.onnx import without_paths
 
     # The same card, with the training machine's paths reduced to file names.
     assert card["training_data"] == without_paths(from_checkpoint["training_data"]) and card["threshold"] == meta["threshold"]
@@ -267,7 +267,7 @@ def test_export_checks_realistic_slices_with_relative_tolerance(trained_run: Pat
     import onnx
     import torch
 
-    from gliomaseg.export import export_onnx
+    from gliomaseg.export.onnx import export_onnx
 
     checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
     for key in ("model.segmentation_head.0.weight", "model.segmentation_head.0.bias"):
@@ -288,9 +288,9 @@ def test_export_checks_realistic_slices_with_relative_tolerance(trained_run: Pat
 
 
 def test_refused_export_leaves_no_file(trained_run: Path, tmp_path: Path, monkeypatch):
-    from gliomaseg.errors import GliomasegError
-    from gliomaseg.export import export_onnx
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.core.errors import GliomasegError
+    from gliomaseg.export.onnx import export_onnx
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     original = OnnxPredictor.logits
     monkeypatch.setattr(OnnxPredictor, "logits", lambda self, images: original(self, images) + 3.0)
@@ -333,7 +333,7 @@ def test_crafted_checkpoints_get_one_clear_error(trained_run: Path, tmp_path: Pa
 def test_crafted_onnx_metadata_gets_one_clear_error(onnx_model: Path, tmp_path: Path, meta: str):
     import onnx
 
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     proto = onnx.load(str(onnx_model))
     proto.metadata_props[0].value = meta

@@ -16,8 +16,8 @@ from gliomaseg.data.files import read_image
 from gliomaseg.data.resize import resize_pair
 from gliomaseg.data.intensity import (BRAIN_THRESHOLD, Z_CENTRE, Z_SCALE, brain_mask, patient_statistics, standardize,
                                       standardize_patient)
-from gliomaseg.errors import CheckpointError, ConfigError, InputWarning
-from gliomaseg.inference.predictor import ModelInfo
+from gliomaseg.core.errors import CheckpointError, ConfigError, InputWarning
+from gliomaseg.modeling.spec import ModelInfo
 from gliomaseg.inference.segment import predict_probabilities
 from script_helpers import load_script
 
@@ -146,10 +146,12 @@ def test_segment_standardizes_a_patient_for_a_model_trained_that_way():
 def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Path, tmp_path: Path, monkeypatch):
     import onnx
 
-    from gliomaseg.export import export_onnx
-    from gliomaseg.inference.predictor import load_checkpoint
-    from gliomaseg.inference.runtime import OnnxPredictor
-    from gliomaseg.training import TrainConfig, build_loaders, train
+    from gliomaseg.export.onnx import export_onnx
+    from gliomaseg.inference.torch_backend import load_checkpoint
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
+    from gliomaseg.training.config import TrainConfig
+    from gliomaseg.training.loaders import build_loaders
+    from gliomaseg.training.run import train
 
     with pytest.raises(ConfigError, match="unknown intensity mode"):
         TrainConfig(out=str(tmp_path / "bad"), data=str(prepared), intensity="zscore").validate()
@@ -170,8 +172,8 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
 
     # the report's overlays segment each picked patient whole, not its one slice alone
     import gliomaseg.inference.segment as segment_module
-    from gliomaseg.evaluation import evaluate
-    from gliomaseg.report import _sample_overlays
+    from gliomaseg.evaluation.evaluate import evaluate
+    from gliomaseg.reporting.report import _sample_overlays
 
     evaluate(tmp_path / "run" / "best.ckpt", prepared / "data_val.csv", tmp_path / "run" / "eval", compare=False)
     given, real_segment = [], segment_module.segment
@@ -191,7 +193,7 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
     assert sizes == expected and len(pd.read_csv(tmp_path / "single.csv")) == val["patient"].nunique()
 
     # int8 calibration and its check load their slices the way the model sees them
-    import gliomaseg.quantization as quantization
+    import gliomaseg.export.quantization as quantization
 
     calls = []
 
@@ -227,7 +229,7 @@ def test_calibration_and_check_slices_are_standardized_like_segment(prepared: Pa
     """int8 calibration and its check see what the model will see: each patient standardized over all its slices."""
     import cv2
 
-    from gliomaseg.quantization import load_slices
+    from gliomaseg.export.quantization import load_slices
 
     csv = prepared / "data_val.csv"
     drawn = load_slices(csv, 32, limit=3, intensity="patient")
@@ -249,7 +251,7 @@ def test_single_slice_script_scores_each_patient_whole_and_one_slice_at_a_time(t
     assert sorted(table["patient"]) == sorted(val["patient"].unique())
     assert table["slices"].tolist() == [int((val["patient"] == p).sum()) for p in table["patient"]]
     assert table["difference"].abs().max() < 0.01
-    from gliomaseg.evaluation import evaluate
+    from gliomaseg.evaluation.evaluate import evaluate
 
     evaluate(trained_run / "best.ckpt", prepared / "data_val.csv", tmp_path / "eval", compare=False, tta="none")
     evaluated = pd.read_csv(tmp_path / "eval" / "patients.csv").set_index("patient")["dice_3d"]

@@ -9,13 +9,11 @@ import segmentation_models_pytorch as smp
 import torch
 import torchvision
 
-from gliomaseg.errors import CheckpointError, ConfigError
-from gliomaseg.losses import LOSSES, build_loss, parse_loss
-from gliomaseg import metrics
-from gliomaseg.metrics import (
-    REDUCTIONS, all_metrics, dataset_report, hd95, iou, patient_table, slice_table, worst_case_distance,
-)
-from gliomaseg.models import ARCHITECTURES, build_model, canonical_architecture, min_image_size
+from gliomaseg.core.errors import CheckpointError, ConfigError
+from gliomaseg.modeling.losses import LOSSES, build_loss, parse_loss
+from gliomaseg.evaluation import metrics
+from gliomaseg.evaluation.metrics import REDUCTIONS, all_metrics, dataset_report, hd95, iou, patient_table, slice_table, worst_case_distance
+from gliomaseg.modeling.models import ARCHITECTURES, build_model, canonical_architecture, min_image_size
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from gliomaseg import machine
-from gliomaseg.errors import ConfigError
-from gliomaseg.precision import BF16, FP32, choose_precision, decide, probe_rates
+from gliomaseg.core import machine
+from gliomaseg.core.errors import ConfigError
+from gliomaseg.modeling.precision import BF16, FP32, choose_precision, decide, probe_rates
 
 
 def test_decide_picks_bf16_only_when_clearly_faster():
@@ -85,7 +85,7 @@ def test_a_cpu_without_bf16_instructions_probes_fp32_only(monkeypatch):
     """On an AVX2-only x86 CPU bf16 is emulated (9x slower measured): the probe does not spend its time on it."""
     import platform
 
-    from gliomaseg import precision
+    from gliomaseg.modeling import precision
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(machine, "cpu_has", lambda flag: flag not in precision.BF16_CPU_FLAGS)

@@ -9,16 +9,16 @@ import numpy as np
 import onnx
 import pytest
 
-from gliomaseg import quantization
+from gliomaseg.export import quantization
 from gliomaseg.cli import main
-from gliomaseg.errors import GliomasegError
-from gliomaseg.inference.runtime import OnnxPredictor
-from gliomaseg.quantization import QuantizationError, load_slices, write_variant
+from gliomaseg.core.errors import GliomasegError
+from gliomaseg.inference.onnx_backend import OnnxPredictor
+from gliomaseg.export.quantization import QuantizationError, load_slices, write_variant
 
 
 @pytest.fixture(scope="module")
 def int8_export(trained_run: Path, tmp_path_factory) -> tuple[Path, dict]:
-    from gliomaseg.export import export_variant
+    from gliomaseg.export.onnx import export_variant
 
     out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
     result = export_variant(trained_run / "best.ckpt", out, "int8", calibration_slices=12)
@@ -155,7 +155,7 @@ def test_cli_predict_onnx_says_its_settings(int8_export, synth_root: Path, tmp_p
 def test_calibration_ranges_cover_every_batch(onnx_model: Path, tmp_path: Path):
     from onnx import numpy_helper
 
-    from gliomaseg.quantization import CALIBRATION_BATCH, quantize_int8
+    from gliomaseg.export.quantization import CALIBRATION_BATCH, quantize_int8
 
     # The first batch spans 0..255, the two after it are flat grey: the input's range must come from all three.
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import pytest
 
 from gliomaseg.data.sequences import COPY_TOLERANCE, describe, missing_sequences
 from gliomaseg.data.transforms import ChannelIntensity, MissingSequence, train_transforms
-from gliomaseg.errors import InputWarning
+from gliomaseg.core.errors import InputWarning
 
 
 def brain_slice(seed: int, size: int = 64) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_an_empty_slice_says_nothing():
 
 
 def test_predict_reports_missing_sequences(bright_predictor, tmp_path: Path):
-    from gliomaseg.inference.predict import predict
+    from gliomaseg.predict.files import predict
 
     root = tmp_path / "in"
     for patient, channels in (("P_full", ()), ("P_nopost", (2,))):
@@ -135,8 +135,8 @@ def test_train_transforms_default_is_the_case_studys():
 
 @pytest.mark.parametrize("option", [{"missing_sequence_p": 1.5}, {"intensity_augment_p": -0.1}, {"scale_min": 1.2, "scale_max": 1.1}])
 def test_augmentation_options_are_checked(option):
-    from gliomaseg.errors import ConfigError
-    from gliomaseg.training import TrainConfig
+    from gliomaseg.core.errors import ConfigError
+    from gliomaseg.training.config import TrainConfig
 
     with pytest.raises(ConfigError):
         TrainConfig(out="run", data="data", **option).validate()

@@ -19,8 +19,8 @@ pytest.importorskip("fastapi")
 
 from gliomaseg.cli import build_parser, main  # noqa: E402
 from gliomaseg.data.files import read_image  # noqa: E402
-from gliomaseg.inference.predict import predict  # noqa: E402
-from gliomaseg.inference.predictor import load_checkpoint  # noqa: E402
+from gliomaseg.predict.files import predict  # noqa: E402
+from gliomaseg.inference.torch_backend import load_checkpoint  # noqa: E402
 from gliomaseg.serve.app import STATIC, create_app  # noqa: E402
 from gliomaseg.serve.limits import ServeLimits  # noqa: E402
 from gliomaseg.serve.uploads import inside, safe_name  # noqa: E402

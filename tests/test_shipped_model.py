@@ -12,7 +12,7 @@ import pytest
 
 from gliomaseg.assets import SHIPPED_MODEL_CARD, shipped_model_path
 from gliomaseg.cli import main
-from gliomaseg.inference.runtime import OnnxPredictor
+from gliomaseg.inference.onnx_backend import OnnxPredictor
 from script_helpers import load_script
 
 
@@ -55,7 +55,7 @@ def test_ship_model_script_writes_model_and_card_without_machine_paths(trained_r
     """scripts/ship_model.py on a run trained from CSVs (no --data, as an experiment's runs are)."""
     import shutil
 
-    from gliomaseg.evaluation import evaluate
+    from gliomaseg.evaluation.evaluate import evaluate
 
     ship = load_script("ship_model")
     run = tmp_path / "run"

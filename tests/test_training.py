@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from gliomaseg.cli import main
-from gliomaseg.errors import ConfigError, TrainingDivergedError
-from gliomaseg.evaluation import evaluate
-from gliomaseg.training import SegmentationTask, TrainConfig, read_metrics, train
+from gliomaseg.core.errors import ConfigError, TrainingDivergedError
+from gliomaseg.evaluation.evaluate import evaluate
+from gliomaseg.training.task import SegmentationTask
+from gliomaseg.training.config import TrainConfig
+from gliomaseg.training.run import read_metrics, train
 
 
 def _config(prepared: Path, out: Path, **overrides) -> TrainConfig:
@@ -85,10 +87,10 @@ def test_restart_after_a_kill_before_last_ckpt_keeps_one_best(prepared: Path, tm
 
 
 def test_training_minutes_carry_over_a_resume(monkeypatch):
-    from gliomaseg.training import Throughput
+    from gliomaseg.training.callbacks import Throughput
 
     clock = iter([0.0, 30.0, 90.0])
-    monkeypatch.setattr("gliomaseg.training.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("gliomaseg.training.callbacks.time.perf_counter", lambda: next(clock))
     first = Throughput()
     first.on_train_epoch_start(None, None)
     first.on_train_batch_end(None, None, None, (torch.zeros(4),), 0)  # 30 s
@@ -100,10 +102,10 @@ def test_training_minutes_carry_over_a_resume(monkeypatch):
 
 
 def test_steady_throughput_leaves_out_the_first_batch(monkeypatch):
-    from gliomaseg.training import Throughput
+    from gliomaseg.training.callbacks import Throughput
 
     clock = iter([0.0, 10.0, 12.0, 14.0])
-    monkeypatch.setattr("gliomaseg.training.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("gliomaseg.training.callbacks.time.perf_counter", lambda: next(clock))
     speed = Throughput()
     speed.on_train_epoch_start(None, None)
     speed.on_train_batch_end(None, None, None, (torch.zeros(4),), 0)  # 10 s: start-up costs
@@ -139,7 +141,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good(prepared: Path, tmp_pat
         def forward(self, logits, masks):
             return (logits * float("nan")).mean()
 
-    monkeypatch.setattr("gliomaseg.training.build_loss", lambda spec: NanLoss())
+    monkeypatch.setattr("gliomaseg.training.task.build_loss", lambda spec: NanLoss())
     with pytest.raises(TrainingDivergedError, match="loss became nan"):
         train(_config(prepared, tmp_path, epochs=2, resume=True))
     kept = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
@@ -157,7 +159,7 @@ def test_bad_options_are_clear(prepared: Path, tmp_path: Path, capsys):
 
 
 def test_train_and_val_must_not_overlap(prepared: Path, tmp_path: Path):
-    from gliomaseg.errors import DataError
+    from gliomaseg.core.errors import DataError
 
     with pytest.raises(DataError, match="also in"):
         train(_config(prepared, tmp_path, val_csv=str(prepared / "data_train.csv")))
@@ -322,7 +324,7 @@ def test_best_checkpoint_is_picked_on_the_per_patient_dice_that_evaluate_reports
 
 
 def test_tumour_oversampling_draws_tumour_slices_more_often(prepared: Path):
-    from gliomaseg.training import tumour_sampler
+    from gliomaseg.training.loaders import tumour_sampler
 
     frame = pd.read_csv(prepared / "data_train.csv")
     assert tumour_sampler(frame, 1.0, seed=0) is None
@@ -386,7 +388,7 @@ def test_run_folder_has_a_model_card_in_markdown_and_checkpoint(trained_run: Pat
 
 DRIVER = """
 import sys
-from gliomaseg import training
+from gliomaseg.training import task as training
 from gliomaseg.cli import main
 
 validated = training.SegmentationTask.on_validation_epoch_end
@@ -473,10 +475,11 @@ def test_ddp_on_two_cpu_processes_matches_single_process_evaluation(small64: Pat
 
 def test_decoder_width_travels_with_the_model(prepared: Path, tmp_path: Path):
     """A lighter Unet decoder (issue 23): trained, stored in the checkpoint, rebuilt by predict, exported to ONNX."""
-    from gliomaseg.errors import CheckpointError, ConfigError
-    from gliomaseg.export import export_onnx
-    from gliomaseg.inference.predictor import ModelInfo, load_checkpoint
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.core.errors import CheckpointError, ConfigError
+    from gliomaseg.export.onnx import export_onnx
+    from gliomaseg.modeling.spec import ModelInfo
+    from gliomaseg.inference.torch_backend import load_checkpoint
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     result = train(_config(prepared, tmp_path / "run", epochs=1, limit_train_batches=1, decoder_channels="32,16,8,8,4"))
     predictor = load_checkpoint(result.best_checkpoint)

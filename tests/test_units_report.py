@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from gliomaseg.data.convert import convert_to_nifti
-from gliomaseg.errors import DataError
-from gliomaseg.evaluation import score
-from gliomaseg.inference.predict import predict
-from gliomaseg.units import volume_text
+from gliomaseg.core.errors import DataError
+from gliomaseg.evaluation.evaluate import score
+from gliomaseg.predict.files import predict
+from gliomaseg.core.units import volume_text
 
 
 def _patient(synth_root: Path) -> Path:
@@ -88,7 +88,7 @@ def test_report_has_the_numbers_key_slices_and_no_external_urls(synth_root, brig
 
 
 def test_missing_sequence_note():
-    from gliomaseg.inference.run_report import missing_note
+    from gliomaseg.predict.report import missing_note
 
     assert missing_note("pre-contrast") == "pre-contrast missing (a copy of FLAIR)"
     assert missing_note("pre-contrast+post-contrast") == "pre-contrast and post-contrast missing (a copy of FLAIR)"

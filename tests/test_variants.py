@@ -10,16 +10,16 @@ import onnx
 import pytest
 
 from gliomaseg.assets import shipped_model_path
-from gliomaseg.errors import CheckpointError
+from gliomaseg.core.errors import CheckpointError
 from gliomaseg.inference import variants
-from gliomaseg.inference.predictor import open_predictor
+from gliomaseg.inference.backend import open_predictor
 from gliomaseg.inference.variants import check_problem, open_fastest, variant_path
 
 
 @pytest.fixture(scope="module")
 def pair(onnx_model: Path, prepared: Path, tmp_path_factory) -> Path:
     """An fp32 export and its checked int8 variant beside it, named by the rule."""
-    from gliomaseg.export import quantize_model
+    from gliomaseg.export.onnx import quantize_model
 
     folder = tmp_path_factory.mktemp("pair")
     fp32 = folder / "model.onnx"

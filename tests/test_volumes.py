@@ -12,8 +12,8 @@ import pytest
 from gliomaseg.cli import main
 from gliomaseg.data.convert import convert_to_nifti
 from gliomaseg.data.sources import open_source
-from gliomaseg.errors import DataError
-from gliomaseg.inference.predict import predict
+from gliomaseg.core.errors import DataError
+from gliomaseg.predict.files import predict
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_convert_writes_volumes_that_read_back_as_the_slices(synth_root: Path, c
 
 
 def test_nifti_prediction_equals_slice_prediction(trained_run: Path, synth_root: Path, converted: Path, tmp_path: Path):
-    from gliomaseg.inference.predictor import load_checkpoint
+    from gliomaseg.inference.torch_backend import load_checkpoint
 
     predictor = load_checkpoint(trained_run / "best.ckpt")
     patient = sorted(synth_root.iterdir())[0]
@@ -124,7 +124,7 @@ def test_convert_and_predict_cli(synth_root: Path, tmp_path: Path, bright_predic
 # --- gliomaseg score -----------------------------------------------------------------------------
 
 def test_score_png_predictions_matches_predict(bright_predictor, synth_root: Path, tmp_path: Path):
-    from gliomaseg.evaluation import score
+    from gliomaseg.evaluation.evaluate import score
 
     patient = sorted(synth_root.iterdir())[1]
     predicted = predict(bright_predictor, patient, tmp_path / "pred", gifs=False, overlays=False)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gliomaseg.errors import GliomasegError, first_line
+from gliomaseg.core.errors import GliomasegError, first_line
 from gliomaseg.inference.variants import VARIANT_CHOICES
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -80,7 +80,8 @@ def _prepare(args: argparse.Namespace) -> None:
 
 @command("train")
 def _train(args: argparse.Namespace) -> None:
-    from gliomaseg.training import TrainConfig, train
+    from gliomaseg.training.config import TrainConfig
+    from gliomaseg.training.run import train
 
     result = train(TrainConfig.from_dict({k: v for k, v in vars(args).items() if k != "command"}))
     s = result.summary
@@ -95,9 +96,9 @@ def _train(args: argparse.Namespace) -> None:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> None:
-    from gliomaseg.evaluation import evaluate
+    from gliomaseg.evaluation.evaluate import evaluate
+    from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
-    from gliomaseg.inference.predictor import open_predictor
 
     predictor = open_predictor(args.checkpoint, args.model, device=args.device, variant=args.variant)
     if getattr(predictor, "choice", None) is not None:
@@ -111,11 +112,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 @command("predict")
 def _predict(args: argparse.Namespace) -> None:
+    from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
-    from gliomaseg.inference.predict import predict
-
-    from gliomaseg.inference.predictor import open_predictor
-    from gliomaseg.inference.run_report import model_summary
+    from gliomaseg.predict.files import predict
+    from gliomaseg.predict.report import model_summary
 
     started = time.perf_counter()
     inputs = _predict_inputs(args)
@@ -155,8 +155,8 @@ def _predict_inputs(args: argparse.Namespace):
 
 def patient_line(row: dict) -> str:
     """One line per patient: slices with tumour, volume (mL only with a known spacing), Dice against truth, missing sequences."""
-    from gliomaseg.inference.run_report import missing_note
-    from gliomaseg.units import UNKNOWN
+    from gliomaseg.core.units import UNKNOWN
+    from gliomaseg.predict.report import missing_note
 
     ml = row.get("tumour_volume_ml")
     volume = (f"{row['tumour_volume_voxels']} voxels ({UNKNOWN})" if ml is None or ml != ml
@@ -188,7 +188,7 @@ def closing_line(result, seconds: float, model: str | None = None) -> str:
 
 @command("score")
 def _score(args: argparse.Namespace) -> None:
-    from gliomaseg.evaluation import score
+    from gliomaseg.evaluation.evaluate import score
 
     summary = score(args.pred, args.truth, args.out, spacing=_spacing_xyz(args))
     print(score_table(summary))
@@ -230,7 +230,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 @command("export")
 def _export(args: argparse.Namespace) -> None:
-    from gliomaseg.export import export_onnx, export_variant, quantize_model
+    from gliomaseg.export.onnx import export_onnx, export_variant, quantize_model
 
     if (args.checkpoint is None) == (args.model is None):
         raise GliomasegError("export needs --checkpoint (a training checkpoint) or --model (an fp32 ONNX model), not both")
@@ -270,14 +270,15 @@ def _print_variant(v: dict) -> None:
 
 @command("gif")
 def _gif(args: argparse.Namespace) -> None:
-    from gliomaseg.inference.predict import gif_from_folder
+    from gliomaseg.predict.files import gif_from_folder
 
     print(f"wrote {gif_from_folder(args.input, args.out, fps=args.fps)}")
 
 
 @command("experiment")
 def _experiment(args: argparse.Namespace) -> None:
-    from gliomaseg.experiments import run_experiment, shipped_experiments
+    from gliomaseg.experiments.runner import run_experiment
+    from gliomaseg.experiments.spec import shipped_experiments
 
     if args.list:
         for experiment in shipped_experiments():
@@ -294,7 +295,7 @@ def _experiment(args: argparse.Namespace) -> None:
 
 @command("report")
 def _report(args: argparse.Namespace) -> None:
-    from gliomaseg.report import build_report
+    from gliomaseg.reporting.report import build_report
 
     print(f"wrote {build_report(args.runs, args.out)}")
 
@@ -303,8 +304,8 @@ def _report(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
+    from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
-    from gliomaseg.inference.predictor import open_predictor
     from gliomaseg.serve.app import run_server
     from gliomaseg.serve.limits import ServeLimits
     from gliomaseg.serve.pipeline import SegmentOptions
@@ -319,7 +320,7 @@ def _serve(args: argparse.Namespace) -> None:
         limits = replace(limits, max_image_side=args.max_image_side)
     label = str(args.checkpoint or args.model or "shipped default model")
     options = SegmentOptions(threshold=args.threshold, tta=args.tta, postprocess=PostProcess.parse(args.postprocess))
-    from gliomaseg.inference.run_report import model_summary
+    from gliomaseg.predict.report import model_summary
 
     info = model_summary(predictor, shipped=args.checkpoint is None and args.model is None)
     run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label, model_info=info,
@@ -373,7 +374,7 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from gliomaseg.training import TrainConfig  # imports torch: only done when the command is `train`
+    from gliomaseg.training.config import TrainConfig  # imports torch: only done when the command is `train`
 
     _add_dataclass_options(p, TrainConfig)
 
@@ -414,9 +415,8 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; the ``train`` options (generated from ``TrainConfig``, which imports torch) are added
     only when ``command_name`` is ``train``, so the other commands stay torch-free."""
-    from gliomaseg.choices import CALIBRATION_SLICES, DEFAULT_BATCH_SIZE, EXPORT_VARIANTS, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
-
     from gliomaseg import __version__
+    from gliomaseg.core.defaults import CALIBRATION_SLICES, DEFAULT_BATCH_SIZE, EXPORT_VARIANTS, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
 
     parser = argparse.ArgumentParser(prog="gliomaseg", formatter_class=_Help,
                                      description="Lower-grade glioma segmentation in brain MRI (research use only, not for diagnosis).")
@@ -565,7 +565,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True, type=Path, help="an experiments folder (or run folders) with results.csv files")
     p.add_argument("--out", required=True, type=Path, help="the HTML file to write")
 
-    from gliomaseg.choices import MAX_IMAGE_SIDE
+    from gliomaseg.core.limits import MAX_IMAGE_SIDE
     from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
     p = sub.add_parser("serve", help="a local web viewer: upload slices, a patient zip or a NIfTI volume, see and download masks")
@@ -591,7 +591,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    from gliomaseg.terminal import quiet_terminal
+    from gliomaseg.core.terminal import quiet_terminal
 
     quiet_terminal(args.command)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from gliomaseg.errors import CheckpointError
+from gliomaseg.core.errors import CheckpointError
 
 SHIPPED_MODEL = "gliomaseg-default.onnx"
 SHIPPED_MODEL_CARD = "MODEL_CARD.md"

@@ -1,1 +1,1 @@
-"""Data: reading and validating slices, the synthetic generator, prepare (CSV + split), the Dataset."""
+"""Slices, masks, volumes and series in; prepared, patient-split CSVs out. Imports only ``core``."""

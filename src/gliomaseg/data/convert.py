@@ -11,11 +11,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import run_folder, write_csv, write_text
+from gliomaseg.core.errors import DataError, InputWarning
+from gliomaseg.core.io import run_folder, write_csv, write_text
+from gliomaseg.core.units import check_spacing, spacing_text
 from gliomaseg.data.nifti import write_slices_volume
 from gliomaseg.data.sources import PatientInput, open_source
-from gliomaseg.errors import DataError, InputWarning
-from gliomaseg.units import check_spacing, spacing_text
 
 
 def _arrays(patient: PatientInput, *, need_masks: bool) -> tuple[list[np.ndarray], list[np.ndarray] | None]:

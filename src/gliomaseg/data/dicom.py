@@ -43,10 +43,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gliomaseg.choices import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
-from gliomaseg.data.files import atomic_write, safe_name, scale_volume
+from gliomaseg.core.errors import DataError, InputWarning
+from gliomaseg.core.io import atomic_write, safe_name
+from gliomaseg.core.limits import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
+from gliomaseg.data.files import scale_volume
 from gliomaseg.data.nifti import LPS, Geometry
-from gliomaseg.errors import DataError, InputWarning
 
 DICOM_ENDINGS = (".dcm", ".dicom")
 SEQUENCES_FILE = "sequences.txt"
@@ -583,7 +584,7 @@ def write_mr_series(volume: np.ndarray, folder: str | Path, *, spacing: tuple[fl
     """
     _pydicom(folder)
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
     from gliomaseg import __version__
 

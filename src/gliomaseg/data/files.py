@@ -6,24 +6,17 @@ never surfaces as an OpenCV or numpy traceback.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
-import os
 import re
-import secrets
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from gliomaseg.choices import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
-from gliomaseg.errors import DataError, GliomasegError
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.limits import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 SLICE_SIZE = (256, 256)
@@ -184,115 +177,6 @@ def read_slice_pair(
             f"{mask_path}: mask shape {mask.shape} does not match its image {image_path} of shape {image.shape[:2]}"
         )
     return image, mask
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh temporary file next to ``path`` and rename it into place.
-
-    A crash or an error mid-write leaves the previous file (or none) instead of half a file, and the
-    temporary file is removed on error. The temporary file is created with mode 0o666, so the process
-    umask gives it the usual permissions without the umask being read or changed (no race with threads).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-RUN_PREFIX = ".gliomaseg-run-"  # a run in progress writes here, inside its output folder
-
-
-@contextlib.contextmanager
-def run_folder(out: str | Path, command: str) -> Iterator[Path]:
-    """The rule for every command that writes a folder of outputs (README "Reruns"): yields a fresh hidden folder
-    inside ``out`` to write the run into; when the block ends without error, the files of this command's
-    previous run in ``out`` (listed in ``out/.gliomaseg-<command>.json``) are removed, the new files moved into
-    place and listed there.
-
-    So a folder holds one run's files, never a mix: a rerun with fewer folds, patients or skipped files leaves no
-    old file behind, a run that fails or is killed (even ``kill -9``) leaves the previous run as it was (its hidden
-    folder is removed by the next run), and files in ``out`` that no gliomaseg run wrote are never touched.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{RUN_PREFIX}*"):  # a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=out))
-    try:
-        yield work
-        manifest = out / f".gliomaseg-{command}.json"
-        new = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
-        old: list[str] = []
-        if manifest.is_file():
-            try:
-                old = [str(f) for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", [])]
-            except (ValueError, AttributeError):
-                old = []
-        root = out.resolve()
-        for rel in old:
-            target = (out / rel)
-            if rel not in new and target.resolve().is_relative_to(root) and target.is_file() and not target.is_symlink():
-                target.unlink()
-                for folder in target.parents:  # folders the old run made and that are empty now
-                    if folder.resolve() == root or any(folder.iterdir()):
-                        break
-                    folder.rmdir()
-        for rel in new:
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(work / rel, out / rel)
-        write_text(json.dumps({"command": command, "files": new}, indent=1), manifest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def moved(path: Path, work: Path, out: Path) -> Path:
-    """Where ``path``, written under a :func:`run_folder` ``work`` folder, lies once the run is in ``out``."""
-    return Path(out) / Path(path).relative_to(work)
-
-
-def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a CSV atomically (temp file, then rename)."""
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write bytes (an encoded PNG, for instance) atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def safe_name(name: str, what: str, source: str | Path, error: type[GliomasegError] = DataError) -> str:
-    """``name`` when it can be used as one file or folder name inside an output folder.
-
-    Refuses (with ``error``, naming ``source``) an empty name, an absolute path, a name
-    with a path separator, ``.`` / ``..`` or a leading dot, or a control character: such a name
-    would write outside the output folder or hide its files.
-    """
-    text = str(name)
-    bad = (
-        not text.strip() or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text
-        or Path(text).is_absolute() or any(ord(c) < 32 for c in text) or (len(text) > 1 and text[1] == ":")
-    )
-    if bad:
-        raise error(f"{source}: {what} {text!r} cannot name a file inside the output folder "
-                        "(absolute path, path separator, '..', leading dot or control character)")
-    return text
 
 
 REQUIRED_COLUMNS = ("patient", "image_path", "mask_path")

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.core.errors import ConfigError, InputWarning
 from gliomaseg.data.files import read_image
-from gliomaseg.errors import ConfigError, InputWarning
 
 # fixed: the encoder's statistics only (the case study's way); patient: z-score per patient first.
 INTENSITY_MODES = ("fixed", "patient")

@@ -31,8 +31,9 @@ from typing import Sequence
 
 import numpy as np
 
-from gliomaseg.data.files import DEEP_PERCENTILES, MAX_DECODED_BYTES
-from gliomaseg.errors import DataError, first_line
+from gliomaseg.core.errors import DataError, first_line
+from gliomaseg.core.limits import MAX_DECODED_BYTES
+from gliomaseg.data.files import DEEP_PERCENTILES
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 LPS = ("L", "P", "S")
@@ -88,7 +89,7 @@ class Geometry:
     def spacing(self) -> tuple[float, float, float] | None:
         """:attr:`voxel_mm` when the header's space unit is a length (mm, micron, meter), else ``None``: the
         size is unknown (``convert`` without ``--spacing`` writes units "unknown")."""
-        from gliomaseg.units import LENGTH_MM, check_spacing
+        from gliomaseg.core.units import LENGTH_MM, check_spacing
 
         unit = self.header.get_xyzt_units()[0]  # type: ignore[attr-defined]
         if unit not in LENGTH_MM:

@@ -18,10 +18,11 @@ from typing import Literal
 import pandas as pd
 from sklearn.model_selection import KFold, train_test_split
 
-from gliomaseg.data.files import SLICE_SIZE, moved, read_slice_pair, run_folder, write_csv
+from gliomaseg.core.errors import DataError, InputWarning
+from gliomaseg.core.io import moved, run_folder, write_csv
+from gliomaseg.data.files import SLICE_SIZE, read_slice_pair
 from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import open_source
-from gliomaseg.errors import DataError, InputWarning
 
 # The case study's columns, then the patient's sequences that are a copy of FLAIR (gliomaseg.data.sequences).
 INFO_COLUMNS = ["patient", "slice", "image_path", "mask_path", "diagnosis", "missing_sequences"]
@@ -199,7 +200,7 @@ def prepare(
         summary = summarize({"train": train, "val": val, "all": info})
         written.append(write_csv(summary, work / "summary.csv"))
         if plots:
-            from gliomaseg.visualization import plot_patient_slices, plot_sample_slices
+            from gliomaseg.data.charts import plot_patient_slices, plot_sample_slices
 
             written.append(plot_patient_slices(info, work / "slices_per_patient.png"))
             written.append(plot_sample_slices(info, work / "sample_slices.png"))

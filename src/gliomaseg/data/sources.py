@@ -19,11 +19,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.io import natural_key, safe_name
 from gliomaseg.data import dicom
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv, safe_name
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask, read_slices_csv
 from gliomaseg.data.nifti import NIFTI_ENDINGS, SEQUENCES, Geometry, case_name, read_mask_volume, read_volume
-from gliomaseg.errors import DataError
-from gliomaseg.visualization import natural_key
 
 _NUMBER = re.compile(r"_(\d+)$")
 Problems = list[tuple[str, str]]

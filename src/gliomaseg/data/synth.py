@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from gliomaseg.errors import DataError
+from gliomaseg.core.errors import DataError
 
 INSTITUTIONS = ("CS", "DU", "EZ", "FG", "HT")
 

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
 import numpy as np  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 from gliomaseg.data.intensity import brain_mask  # noqa: E402
 from gliomaseg.data.sequences import FLAIR_CHANNEL  # noqa: E402

@@ -1,4 +1,1 @@
-"""Inference: predictors (PyTorch checkpoint or ONNX Runtime), TTA, post-processing, the predict pipeline.
-
-Only ``predictor.load_checkpoint`` imports torch; the ONNX path (``runtime``) and the pipeline do not.
-"""
+"""Running a model: the backends (PyTorch, ONNX Runtime), test-time augmentation, post-processing, predict's files."""

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from gliomaseg.errors import ConfigError
+from gliomaseg.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

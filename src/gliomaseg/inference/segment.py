@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gliomaseg.choices import DEFAULT_BATCH_SIZE
+from gliomaseg.core.defaults import DEFAULT_BATCH_SIZE
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, standardize_patient
 from gliomaseg.data.resize import resize_pair, resize_probabilities
 from gliomaseg.inference.postprocess import PostProcess, process_patient

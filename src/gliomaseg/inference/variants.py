@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gliomaseg.errors import CheckpointError
+from gliomaseg.core.errors import CheckpointError
 
 VARIANT_CHOICES = ("auto", "fp32", "int8")
 # The fields a variant must share with its fp32 model to count as the same model.
@@ -43,7 +43,7 @@ def _metadata(path: Path) -> dict:
 
 def check_problem(model: Path, candidate: Path) -> str | None:
     """Why ``candidate`` may not stand in for ``model`` (``None``: it may)."""
-    from gliomaseg.inference.runtime import file_digest
+    from gliomaseg.inference.onnx_backend import file_digest
 
     try:
         base, meta = _metadata(model), _metadata(candidate)
@@ -95,7 +95,7 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
     ``fp32`` (``model`` itself) or ``int8`` (the variant, an error when it is missing or unchecked).
     The predictor's ``choice`` attribute says which ran and why.
     """
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     if variant not in VARIANT_CHOICES:
         raise CheckpointError(f"unknown variant {variant!r}; valid: {', '.join(VARIANT_CHOICES)}")

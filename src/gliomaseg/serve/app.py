@@ -42,12 +42,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gliomaseg.core.errors import ConfigError, GliomasegError, InputWarning
 from gliomaseg.data.nifti import mask_volume_bytes, slices_geometry
-from gliomaseg.errors import ConfigError, GliomasegError, InputWarning
+from gliomaseg.data.overlay import encode_png, gif_bytes, label_frame, overlay_contours
 from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, WILDCARD_HOSTS, ServeLimits, UploadError, UploadTooLarge
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
 from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
-from gliomaseg.visualization import encode_png, gif_bytes, label_frame, overlay_contours
 
 log = logging.getLogger("gliomaseg.serve")
 STATIC = Path(str(resources.files(__package__) / "static"))
@@ -265,10 +265,10 @@ def create_app(
         temp_root: where per-request temporary folders are made (the system's temporary folder when None).
         model_label: how the page names the model.
         allowed_hosts: the Host names answered (see :class:`Guard`); None answers any (a server bound to every address).
-        model_info: :func:`~gliomaseg.inference.run_report.model_summary` (name, validation, card) for the page and reports.
+        model_info: :func:`~gliomaseg.predict.report.model_summary` (name, validation, card) for the page and reports.
         spacing: voxel size (x, y, z in mm) of uploaded slices; ``None``: a volume's header's when in mm, else unknown.
     """
-    from gliomaseg.inference.run_report import model_summary
+    from gliomaseg.predict.report import model_summary
 
     model_info = model_info or model_summary(predictor)
     options = options or SegmentOptions()
@@ -407,7 +407,7 @@ def create_app(
 
     @app.get("/api/results/{result_id}/report.html")
     def report_html(result_id: str) -> Response:
-        from gliomaseg.inference.run_report import render_run_report
+        from gliomaseg.predict.report import render_run_report
 
         result = store.get(result_id)
         page = render_run_report([_patient_report(case) for case in result.cases], model_info, title="gliomaseg viewer report")
@@ -459,8 +459,8 @@ def _frames(case: CaseResult) -> list:
 
 
 def _patient_report(case: CaseResult):
-    """The :class:`~gliomaseg.inference.run_report.PatientReport` of a viewer result, as ``predict`` would write it."""
-    from gliomaseg.inference.run_report import PatientReport, key_slice_indices
+    """The :class:`~gliomaseg.predict.report.PatientReport` of a viewer result, as ``predict`` would write it."""
+    from gliomaseg.predict.report import PatientReport, key_slice_indices
 
     s = case.summary
     spacing = tuple(s["voxel_mm"]) if "voxel_mm" in s else None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gliomaseg.choices import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
-from gliomaseg.errors import DataError
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.limits import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

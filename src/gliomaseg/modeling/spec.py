@@ -1,30 +1,15 @@
-"""Predictors: uint8 RGB slices at the model's size in, tumour probabilities out.
+"""What a trained model is, as stored with it: architecture, encoder, size, normalization, threshold (:class:`ModelInfo`).
 
-``load_checkpoint`` reads a training checkpoint with ``torch.load(weights_only=True)``: the
-checkpoint carries its architecture, encoder, image size, normalization and threshold.
-"""
+``read_checkpoint`` reads a training checkpoint with ``torch.load(weights_only=True)``: no pickled code runs."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
+from gliomaseg.core.errors import CheckpointError, first_line
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES
-from gliomaseg.errors import CheckpointError, first_line
-
-
-class Predictor(Protocol):
-    image_size: int
-    threshold: float
-    info: "ModelInfo"  # intensity: what segment does to a patient's slices before they reach the model
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 RGB -> (N, S, S) float32 probabilities."""
-
 
 IMAGE_SIZE_RANGE = (32, 1024)  # the sizes a model description may claim (multiples of 32)
 
@@ -136,95 +121,3 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
         raise CheckpointError(f"{path}: weight {broken[0]}{more} holds NaN or infinite values; a model with broken weights "
                               "predicts meaningless masks")
     return state, info
-
-
-class TorchPredictor:
-    """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16`` (autocast)."""
-
-    def __init__(self, model, info: ModelInfo, device: str = "cpu", precision: str = "32", channels_last: bool = True,
-                 micro_batch: int | None = None):
-        import torch
-
-        self.torch = torch
-        self.info = info
-        self.image_size = info.image_size
-        self.threshold = info.threshold
-        self.device = torch.device(device)
-        self.precision = precision
-        self.channels_last = channels_last
-        # On CPU, batches of 2 ran fastest per slice here (docs/benchmarks.md); on GPU, run the batch whole.
-        self.micro_batch = micro_batch or (2 if self.device.type == "cpu" else 1 << 30)
-        self.model = model.to(self.device).eval()
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1) * 255.0
-
-    def logits(self, images: np.ndarray):
-        step = self.micro_batch
-        return self.torch.cat([self._logits(images[i : i + step]) for i in range(0, len(images), step)])
-
-    def _logits(self, images: np.ndarray):
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
-        x = (x - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(x).float()
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        logits = self.logits(images)
-        if not bool(self.torch.isfinite(logits).all()):
-            raise CheckpointError(f"{self.info.arch}-{self.info.encoder}: the model gives non-finite logits (NaN or infinite); "
-                                  "a mask from it would be meaningless")
-        return logits[:, 0].sigmoid().cpu().numpy()
-
-
-def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32", channels_last: bool = True) -> TorchPredictor:
-    """A :class:`TorchPredictor` from a training checkpoint (``best.ckpt`` / ``last.ckpt``)."""
-    from gliomaseg.models import build_model
-
-    from gliomaseg.errors import ConfigError
-
-    state, info = read_checkpoint(path)
-    try:
-        model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None,
-                            decoder_channels=info.decoder_channels)
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {info.arch}-{info.encoder} ({first_line(exc)})") from exc
-    return TorchPredictor(model, info, device=device, precision=precision, channels_last=channels_last)
-
-
-def open_predictor(checkpoint: str | Path | None = None, model: str | Path | None = None, *, backend: str | None = None,
-                   device: str = "cpu", precision: str = "32", variant: str = "auto", **onnx_options) -> Predictor:
-    """The predictor a user asked for: a training checkpoint (PyTorch), an exported ONNX model, or,
-    with neither, the model that ships with gliomaseg (ONNX, torch-free).
-
-    ``backend`` (``torch`` / ``onnx``), when given, must agree with what was passed.
-    ``onnx_options`` go to :class:`~gliomaseg.inference.runtime.OnnxPredictor` (e.g. ``threads``).
-    An ONNX model with a checked ``NAME.int8.onnx`` beside it (the shipped one has) runs as whichever of the two
-    is faster here, unless ``variant`` says ``fp32`` or ``int8`` (:mod:`gliomaseg.inference.variants`).
-    """
-    if checkpoint is not None and model is not None:
-        raise CheckpointError(f"give a checkpoint ({checkpoint}) or an ONNX model ({model}), not both")
-    if backend == "torch" and checkpoint is None:
-        raise CheckpointError("the torch backend needs --checkpoint CKPT")
-    if backend == "onnx" and checkpoint is not None:
-        raise CheckpointError(f"{checkpoint}: the onnx backend runs an exported model (--model MODEL.onnx), not a checkpoint")
-    if checkpoint is not None and (variant != "auto" or onnx_options.get("threads") is not None):
-        raise CheckpointError(f"{checkpoint}: --variant and --threads are for an ONNX model (--model or the shipped one), "
-                              "not a checkpoint")
-    if checkpoint is not None:
-        return load_checkpoint(checkpoint, device=device, precision=precision)
-    from gliomaseg.inference.variants import open_fastest
-
-    if model is None:
-        from gliomaseg.assets import shipped_model_path
-
-        model = shipped_model_path()
-    return open_fastest(model, variant, **onnx_options)

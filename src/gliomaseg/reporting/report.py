@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from gliomaseg.data.files import write_text
-from gliomaseg.errors import DataError
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.io import write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222;font-size:14px}
 .wrap{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:12px;margin:.6em 0}
@@ -98,8 +98,8 @@ def _img(path_or_png: Path | bytes, alt: str) -> str:
 
 
 def _curves(run: Path) -> bytes | None:
-    from gliomaseg.training import read_metrics
-    from gliomaseg.visualization import plot_curves
+    from gliomaseg.evaluation.charts import plot_curves
+    from gliomaseg.training.run import read_metrics
 
     metrics = read_metrics(run)
     if metrics.empty:
@@ -111,9 +111,9 @@ def _curves(run: Path) -> bytes | None:
 def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     """Overlays of the validation slices with the most tumour, predicted by the run's best checkpoint."""
     from gliomaseg.data.files import read_image, read_slice_pair
+    from gliomaseg.data.overlay import encode_png, overlay_contours
     from gliomaseg.inference.segment import segment
-    from gliomaseg.inference.predictor import load_checkpoint
-    from gliomaseg.visualization import encode_png, overlay_contours
+    from gliomaseg.inference.torch_backend import load_checkpoint
 
     slices_csv = run / "eval" / "slices.csv"
     if not (run / "best.ckpt").is_file() or not slices_csv.is_file():
@@ -183,7 +183,7 @@ def _description(folder: Path, name: str) -> str:
         heading = MARKDOWN_EXPERIMENT.match((folder / "results.md").read_text().split("\n", 1)[0])
         if heading:
             return heading[2]
-    from gliomaseg.experiments import CONFIG_DIR
+    from gliomaseg.experiments.spec import CONFIG_DIR
 
     for path in (folder / f"{name}.yaml", CONFIG_DIR / f"{name}.yaml"):
         if path.is_file():
@@ -329,7 +329,7 @@ def seed_pairs(section: Section) -> list[tuple[str, str, float, str]]:
 
 def _dice_chart(section: Section, table: pd.DataFrame) -> bytes | None:
     """Bars of per-patient Dice per run (best, and last where scored) with their noise as error bars, as PNG bytes."""
-    from gliomaseg.visualization import plot_bar_panels
+    from gliomaseg.evaluation.charts import plot_bar_panels
 
     series, errors = {}, {}
     for which, column in (("best.ckpt", "patient_dice_mean"), ("last.ckpt", "patient_dice_mean_last")):

@@ -29,11 +29,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gliomaseg.choices import CALIBRATION_SLICES, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
-from gliomaseg.choices import EXPORT_VARIANTS as VARIANTS
+from gliomaseg.core.defaults import CALIBRATION_SLICES, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
+from gliomaseg.core.defaults import EXPORT_VARIANTS as VARIANTS
+from gliomaseg.core.errors import DataError, GliomasegError
 from gliomaseg.data.files import read_image, read_mask, read_slices_csv
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, PatientStatistics, check_intensity, standardize
-from gliomaseg.errors import DataError, GliomasegError
 
 CALIBRATION_SEED = 0
 CALIBRATION_BATCH = 8
@@ -211,7 +211,7 @@ def compare_with_fp32(reference: str | Path, candidate: str | Path, check: Slice
     ``patient_dice_drop`` (fp32 mean minus variant mean; negative when the variant scores higher) and the
     largest single patient's drop, ``patient_dice_drop_max``.
     """
-    from gliomaseg.inference.runtime import OnnxPredictor
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
 
     assert check.truths is not None
     ref, cand = OnnxPredictor(reference, micro_batch=4), OnnxPredictor(candidate, micro_batch=4)
@@ -277,7 +277,7 @@ def write_variant(
     meta = _metadata(fp32_model)
     size = int(meta["image_size"])
     intensity = meta.get("intensity", DEFAULT_INTENSITY)
-    from gliomaseg.inference.runtime import file_digest
+    from gliomaseg.inference.onnx_backend import file_digest
 
     # fp32_digest pairs the variant with the file it was made from (gliomaseg.inference.variants)
     report: dict[str, Any] = {"weights": variant, "fp32_digest": file_digest(fp32_model), "max_dice_drop_allowed": max_dice_drop,

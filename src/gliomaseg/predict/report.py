@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gliomaseg.units import Spacing, spacing_text, volume_text
+from gliomaseg.core.units import Spacing, spacing_text, volume_text
 
 RESEARCH_ONLY = "Research use only, not for diagnosis."
 SEQUENCE_NOTE = "{} missing (a copy of FLAIR)"
@@ -137,6 +137,6 @@ def model_summary(predictor, shipped: bool = False) -> dict:
 
 
 def write_run_report(path: Path, patients: Sequence[PatientReport], model: dict, outputs: Sequence[tuple[str, str]] = ()) -> Path:
-    from gliomaseg.data.files import write_text
+    from gliomaseg.core.io import write_text
 
     return write_text(render_run_report(patients, model, outputs=outputs), path)

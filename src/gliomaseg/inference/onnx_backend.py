@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gliomaseg import machine
-from gliomaseg.errors import CheckpointError, first_line
-from gliomaseg.inference.predictor import ModelInfo
+from gliomaseg.core import machine
+from gliomaseg.core.errors import CheckpointError, first_line
+from gliomaseg.modeling.spec import ModelInfo
 
 MICRO_BATCHES = (1, 2, 4, 8)
 PROBE_SLICES = 8

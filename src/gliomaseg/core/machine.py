@@ -104,7 +104,7 @@ def cached(kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
 
 def store(kind: str, key: dict[str, Any], value: dict[str, Any]) -> Path | None:
     """Add ``value`` under ``key`` to the ``kind`` cache (atomically); a cache that cannot be written only warns."""
-    from gliomaseg.data.files import write_text
+    from gliomaseg.core.io import write_text
 
     path = cache_file(kind)
     entries = _read_all(path)
@@ -114,3 +114,7 @@ def store(kind: str, key: dict[str, Any], value: dict[str, Any]) -> Path | None:
     except OSError as exc:
         warnings.warn(f"{path}: cannot write the cache ({exc}); the choice will be measured again next time", stacklevel=2)
         return None
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)

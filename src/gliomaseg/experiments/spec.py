@@ -1,0 +1,136 @@
+"""Comparison experiments from YAML files: each run an ordinary training run in its own folder.
+
+An experiment file (``src/gliomaseg/configs/experiments/NAME.yaml``, shipped in the package)::
+
+    name: encoders
+    description: ...
+    base: {model: unet}                 # TrainConfig values shared by every run
+    compare_with: architectures         # optional: another experiment shown beside this one
+    runs:
+      - {name: resnet18, encoder: resnet18, reference: 0.82}   # reference: the case study's number
+      - {name: image, split: image}     # split: patient (default) or image
+      - {name: UPerNet, model: upernet, extra: true}           # only with --all
+      - {name: fold0, split: fold0}     # split: foldK, the CSVs of `prepare --folds`
+    score_last: true                    # optional: also score last.ckpt (the pick-free number)
+    score_variants: true                # optional: evaluate's TTA / post-processing table for best.ckpt
+
+Runs whose split is ``foldK`` make a cross-validation: ``results.md`` then adds the mean and spread over
+folds and the per-patient Dice pooled over every held-out patient (``crossval.json``).
+
+The runner skips finished runs, resumes interrupted ones from ``last.ckpt``, records a failing
+run as failed and goes on, then writes ``results.csv``, ``results.md`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gliomaseg.core.errors import ConfigError
+from gliomaseg.core.io import safe_name
+from gliomaseg.training.config import TrainConfig
+
+# The shipped experiment files are package data: found through importlib.resources in a wheel as in a source tree.
+CONFIG_DIR = Path(str(resources.files("gliomaseg") / "configs" / "experiments"))
+REFERENCE_LABEL = "case study (GPU, ImageNet encoder, mIoU picked and reported on val)"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The case study's setting.
+    "gpu": {"image_size": 256, "epochs": 100, "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "scheduler": "plateau",
+            "precision": "32", "workers": 4},
+    # The CPU recipe (docs/results/recipe.md): 256 px, 8 epochs, dice+bce, Adam + cosine, bf16 where it is faster,
+    # each patient's intensities standardized (crossval.md decided it on 65 held-out patients). With
+    # --encoder timm-tf_efficientnet_lite0 --encoder-weights imagenet it made the shipped model.
+    "cpu": {"image_size": 256, "epochs": 8, "batch_size": 16, "loss": "dice+bce", "optimizer": "adam", "lr": 0.002,
+            "scheduler": "cosine", "precision": "auto", "workers": 0, "cache": True, "intensity": "patient"},
+}
+RUN_KEYS = {"name", "reference", "split", "extra"}
+FILE_KEYS = {"name", "description", "base", "runs", "compare_with", "presets", "score_last", "score_variants"}
+FOLD_SPLIT = re.compile(r"fold(\d+)")
+
+
+@dataclass
+class RunSpec:
+    name: str
+    options: dict[str, Any]
+    split: str = "patient"
+    reference: float | None = None
+    extra: bool = False
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    runs: list[RunSpec]
+    path: Path
+    compare_with: str | None = None
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    score_last: bool = False
+    score_variants: bool = False
+
+
+def experiment_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"{path}: experiment file does not exist")
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown experiment {name_or_path!r}; known: {', '.join(known) or '(none: ' + str(CONFIG_DIR) + ' is empty)'} "
+                          "(or give a .yaml path)")
+    return candidate
+
+
+def shipped_experiments() -> list[Experiment]:
+    """Every experiment that ships with gliomaseg, loaded and checked, by name."""
+    return [load_experiment(p.stem) for p in sorted(CONFIG_DIR.glob("*.yaml"))]
+
+
+def load_experiment(name_or_path: str | Path) -> Experiment:
+    """Read and check an experiment file; every run's options are validated before anything runs."""
+    path = experiment_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("runs"), list) or not raw["runs"]:
+        raise ConfigError(f"{path}: an experiment needs a 'runs' list")
+    unknown = sorted(set(raw) - FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(FILE_KEYS))}")
+    base = raw.get("base") or {}
+    train_keys = set(TrainConfig.__dataclass_fields__) - {"out", "data", "train_csv", "val_csv", "resume"}
+    runs, names = [], set()
+    for index, entry in enumerate(raw["runs"]):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{path}: run {index + 1} needs a name")
+        bad = sorted(set(entry) - RUN_KEYS - train_keys) + sorted(set(base) - train_keys)
+        if bad:
+            raise ConfigError(f"{path}: run {entry['name']!r}: unknown option(s) {', '.join(bad)}; valid: "
+                              f"{', '.join(sorted(RUN_KEYS | train_keys))}")
+        name = safe_name(str(entry["name"]), "run name", path, ConfigError)
+        if name in names:
+            raise ConfigError(f"{path}: two runs are named {name!r}")
+        names.add(name)
+        split = entry.get("split", "patient")
+        if split not in ("patient", "image") and not FOLD_SPLIT.fullmatch(str(split)):
+            raise ConfigError(f"{path}: run {name!r}: split must be patient, image or foldK (K = 0, 1, ...), got {split!r}")
+        options = {**base, **{k: v for k, v in entry.items() if k not in RUN_KEYS}}
+        try:
+            TrainConfig.from_dict({"out": "-", "data": "-", **options}).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: run {name!r}: {exc}") from exc
+        runs.append(RunSpec(name=name, options=options, split=split, reference=entry.get("reference"), extra=bool(entry.get("extra"))))
+    compare_with = raw.get("compare_with")
+    return Experiment(name=safe_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
+                      runs=runs, path=path, compare_with=None if compare_with is None else safe_name(str(compare_with), "compare_with", path, ConfigError),
+                      presets=raw.get("presets") or {}, score_last=bool(raw.get("score_last", False)),
+                      score_variants=bool(raw.get("score_variants", False)))

@@ -1,0 +1,144 @@
+"""An experiment's results: results.csv, results.md, the cross-validation summary and the comparison chart."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gliomaseg.core.errors import DataError
+from gliomaseg.core.io import write_csv, write_text
+from gliomaseg.experiments.spec import FOLD_SPLIT, REFERENCE_LABEL, Experiment
+
+
+def _has_scores(row: dict, experiment: Experiment) -> bool:
+    """Whether a finished run's saved row carries what the experiment's flags ask for (else it is scored again)."""
+    return (not experiment.score_last or "patient_dice_mean_last" in row) and \
+        (not experiment.score_variants or any(key.startswith("variant_") for key in row))
+
+
+def _numbers(column: pd.Series) -> list[float | None]:
+    return [float(v) if isinstance(v, (int, float)) and not math.isnan(v) else None for v in column]
+
+
+def write_results(results: pd.DataFrame, root: Path, experiment: Experiment, preset: str, out: Path) -> None:
+    """``results.csv``, ``results.md`` and ``results.png`` (per-patient Dice, and image-wise IoU beside the case study)."""
+    from gliomaseg.evaluation.charts import plot_bar_panels
+
+    other = experiment.compare_with
+    if other and (out / other / "results.csv").is_file() and "patient_dice_mean" in results:
+        # Each run beside the same-named run of the other experiment (lowlr beside architectures), with the difference.
+        beside = pd.read_csv(out / other / "results.csv").set_index("run")
+        for column in ("patient_dice_mean", "iou_imagewise"):
+            if column in beside:
+                results[f"{other}_{column}"] = results["run"].map(beside[column])
+        if f"{other}_patient_dice_mean" in results:
+            results[f"patient_dice_mean_minus_{other}"] = (pd.to_numeric(results["patient_dice_mean"], errors="coerce")
+                                                           - pd.to_numeric(results[f"{other}_patient_dice_mean"], errors="coerce"))
+    write_csv(results, root / "results.csv")
+    folds = crossval_summary(results, root)
+    write_text(results_markdown(results, experiment, preset, folds), root / "results.md")
+    if "patient_dice_mean" in results:
+        labels = list(results["run"])
+        dice = {"mean": _numbers(results["patient_dice_mean"]), "median": _numbers(results["patient_dice_median"])}
+        if other and f"{other}_patient_dice_mean" in results:
+            dice = {"this experiment": dice["mean"], other: _numbers(results[f"{other}_patient_dice_mean"])}
+        iou = {"ours": _numbers(results["iou_imagewise"])}
+        if results["reference_iou"].notna().any():
+            iou["case study"] = _numbers(results["reference_iou"])
+        plot_bar_panels(labels, [("per-patient Dice (validation patients)", dice), ("image-wise IoU (empty slice = 1)", iou)],
+                        root / "results.png", title=f"{experiment.name}: {experiment.description}")
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
+    """Mean and spread over the ``foldK`` runs, and per-patient Dice pooled over all their held-out patients.
+
+    Written to ``crossval.json``; None when the experiment has no fold runs. Failed folds are named, and
+    each mean says over how many folds it is. ``best`` numbers come from the epoch its own held-out patients
+    picked; ``last`` numbers involve no pick.
+    """
+    if "split" not in results or "status" not in results:
+        return None
+    is_fold = results["split"].astype(str).str.fullmatch(FOLD_SPLIT.pattern)
+    folds = results[is_fold & (results["status"] == "done")]
+    if not is_fold.any():
+        return None
+    summary: dict[str, Any] = {"folds": list(folds["run"]), "failed_folds": list(results.loc[is_fold & (results["status"] != "done"), "run"]),
+                               "note": "best: best.ckpt, picked on the fold's own held-out patients (optimistic); last: last.ckpt, no pick; "
+                                       "variant_*: best.ckpt with that TTA or post-processing step"}
+    scored = ["patient_dice_mean", "patient_dice_mean_last", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise"]
+    for column in scored + [c for c in folds if c.startswith("variant_")]:
+        if column in folds:
+            values = pd.to_numeric(folds[column], errors="coerce").dropna()
+            if len(values):
+                summary[column] = {"mean": float(values.mean()), "sd_over_folds": _finite(values.std(ddof=1)) if len(values) > 1 else None,
+                                   "folds": int(len(values))}
+    for name, folder in (("best", "eval"), ("last", "eval_last")):
+        files = [root / run / folder / "patients.csv" for run in folds["run"]]
+        if files and all(f.is_file() for f in files):
+            patients = pd.concat([pd.read_csv(f) for f in files])
+            repeated = sorted(patients.loc[patients["patient"].duplicated(), "patient"].unique())
+            if repeated:  # folds from different `prepare --folds` runs: the pooled number would count patients twice
+                raise DataError(f"{root}: patients held out by more than one fold ({', '.join(repeated[:5])}); were the folds re-made?")
+            dice = patients["dice_3d"]
+            summary[f"pooled_patient_dice_{name}"] = {"patients": int(len(dice)), "mean": float(dice.mean()),
+                                                      "median": float(dice.median()), "sd": _finite(dice.std(ddof=1))}
+    write_text(json.dumps(summary, indent=2), root / "crossval.json")
+    return summary
+
+
+COLUMNS = ["run", "patient_dice_mean", "patient_dice_median", "patient_dice_mean_last", "iou_imagewise_tumour_slices", "iou_micro",
+           "iou_imagewise", "reference_iou", "dice_imagewise", "best_epoch", "epochs", "train_seconds", "images_per_s", "parameters_M",
+           "gflops", "status"]
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str] | None = None) -> list[str]:
+    """Lines of a Markdown table; floats with 3 decimals, missing values as ``-``."""
+    columns = columns or list(frame.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in columns:
+            v = row.get(c)
+            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def results_markdown(results: pd.DataFrame, experiment: Experiment, preset: str, folds: dict | None = None) -> str:
+    other = experiment.compare_with
+    compared = [c for c in (f"{other}_patient_dice_mean", f"patient_dice_mean_minus_{other}", f"{other}_iou_imagewise") if other and c in results]
+    columns = [c for c in COLUMNS if c in results] + compared + [c for c in results if c.startswith("variant_")]
+    lines = [f"# Experiment `{experiment.name}`: {experiment.description}", "",
+             f"Preset `{preset}`. Scores are on each run's validation CSV, the same CSV that picked `best.ckpt`.", ""]
+    lines += markdown_table(results, columns)
+    if folds:
+        failed = f" ({', '.join(folds['failed_folds'])} failed)" if folds["failed_folds"] else ""
+        lines += ["", f"## Over the {len(folds['folds'])} finished folds{failed}", "",
+                  "Each fold's patients are held out of its training; `best` is still picked on them, `last` is not.", ""]
+        for key, value in folds.items():
+            if key.startswith("pooled_"):
+                sd = "-" if value["sd"] is None else f"{value['sd']:.3f}"
+                lines.append(f"- `{key}`: {value['mean']:.3f} mean, {value['median']:.3f} median, sd {sd} over {value['patients']} patients")
+            elif isinstance(value, dict):
+                spread = "-" if value["sd_over_folds"] is None else f"{value['sd_over_folds']:.3f}"
+                lines.append(f"- `{key}`: {value['mean']:.3f} mean over {value['folds']} folds, sd {spread}")
+    lines += ["", "- `iou_imagewise`: mean per-slice IoU, an empty slice predicted empty scores 1 (the case study's mIoU).",
+              "- `iou_imagewise_tumour_slices`: the same over slices with tumour only (no free 1s).",
+              "- `iou_micro`: dataset-wise IoU from counts summed over all slices.",
+              "- `patient_dice_*`: 3D Dice of each validation patient's slices as one volume, mean and median over patients.",
+              f"- `reference_iou`: {REFERENCE_LABEL}.",
+              "- `patient_dice_mean_last`: the same for `last.ckpt`, which no validation score picked.",
+              "- `variant_*`: per-patient Dice mean of `best.ckpt` with that TTA or post-processing step (evaluate's table).",
+              "- `best_epoch`: the epoch (from 1) that picked `best.ckpt`; `epochs`: epochs trained (fewer under `max_time`).",
+              "- `images_per_s`: training images per second, data loading included; `gflops`: forward pass of one image."]
+    if compared:
+        lines.append(f"- `{other}_*`: the same-named run of experiment `{other}`; `patient_dice_mean_minus_{other}`: this run's minus that one.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""The PyTorch backend: a training checkpoint (loaded with ``weights_only=True``) as a :class:`Predictor`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gliomaseg.core.errors import CheckpointError, first_line
+from gliomaseg.modeling.spec import ModelInfo, read_checkpoint
+
+
+class TorchPredictor:
+    """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16`` (autocast)."""
+
+    def __init__(self, model, info: ModelInfo, device: str = "cpu", precision: str = "32", channels_last: bool = True,
+                 micro_batch: int | None = None):
+        import torch
+
+        self.torch = torch
+        self.info = info
+        self.image_size = info.image_size
+        self.threshold = info.threshold
+        self.device = torch.device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+        # On CPU, batches of 2 ran fastest per slice here (docs/benchmarks.md); on GPU, run the batch whole.
+        self.micro_batch = micro_batch or (2 if self.device.type == "cpu" else 1 << 30)
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1) * 255.0
+
+    def logits(self, images: np.ndarray):
+        step = self.micro_batch
+        return self.torch.cat([self._logits(images[i : i + step]) for i in range(0, len(images), step)])
+
+    def _logits(self, images: np.ndarray):
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(x).float()
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        logits = self.logits(images)
+        if not bool(self.torch.isfinite(logits).all()):
+            raise CheckpointError(f"{self.info.arch}-{self.info.encoder}: the model gives non-finite logits (NaN or infinite); "
+                                  "a mask from it would be meaningless")
+        return logits[:, 0].sigmoid().cpu().numpy()
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32", channels_last: bool = True) -> TorchPredictor:
+    """A :class:`TorchPredictor` from a training checkpoint (``best.ckpt`` / ``last.ckpt``)."""
+    from gliomaseg.core.errors import ConfigError
+    from gliomaseg.modeling.models import build_model
+
+    state, info = read_checkpoint(path)
+    try:
+        model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None,
+                            decoder_channels=info.decoder_channels)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {info.arch}-{info.encoder} ({first_line(exc)})") from exc
+    return TorchPredictor(model, info, device=device, precision=precision, channels_last=channels_last)

@@ -1,0 +1,1 @@
+"""What a model is: smp architectures and encoders, losses, the model spec stored with every model, its card."""

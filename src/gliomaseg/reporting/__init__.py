@@ -1,0 +1,1 @@
+"""The HTML report of committed results and run folders."""

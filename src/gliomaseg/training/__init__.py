@@ -1,0 +1,1 @@
+"""Training with Lightning: one ``train(TrainConfig)`` call per run folder (``training.run``)."""

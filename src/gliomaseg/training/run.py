@@ -1,0 +1,179 @@
+"""Training with Lightning: one ``train(TrainConfig)`` call per run folder.
+
+The run folder holds ``config.json``, ``best.ckpt`` (by validation mean per-patient 3D Dice at the masks'
+native resolution, the number ``evaluate`` reports), ``last.ckpt``,
+TensorBoard and CSV logs, and ``summary.json``. ``resume=True`` continues from ``last.ckpt``.
+Checkpoints hold only tensors and plain data, so they load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from gliomaseg.core.defaults import PRECISIONS
+from gliomaseg.core.errors import ConfigError
+from gliomaseg.core.io import write_text
+from gliomaseg.data.files import read_slices_csv
+from gliomaseg.modeling.models import canonical_architecture, count_parameters, encoder_normalization, parse_decoder_channels
+from gliomaseg.modeling.precision import choose_precision
+from gliomaseg.training.callbacks import LastCheckpoint, Throughput
+from gliomaseg.training.config import MONITOR, TrainConfig
+from gliomaseg.training.loaders import build_loaders
+from gliomaseg.training.task import SegmentationTask
+
+
+def _max_time(value: str | None) -> str | None:
+    """HH:MM:SS (or DD:HH:MM:SS) for Lightning, which wants DD:HH:MM:SS."""
+    if not value:
+        return None
+    parts = value.split(":")
+    if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--max-time must be HH:MM:SS or DD:HH:MM:SS, got {value!r}")
+    return ":".join(["00"] * (4 - len(parts)) + parts)
+
+
+def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> SegmentationTask:
+    from gliomaseg import __version__
+
+    mean, std = encoder_normalization(config.encoder, config.encoder_weights)
+    task = SegmentationTask(
+        arch=canonical_architecture(config.model), encoder=config.encoder, loss=config.loss, optimizer=config.optimizer,
+        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, scheduler=config.scheduler,
+        epochs=config.epochs, lowlr=config.lowlr, image_size=config.image_size, threshold=config.threshold,
+        channels_last=config.channels_last, encoder_weights=config.encoder_weights, weights_dir=config.weights_dir,
+        train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()), gliomaseg_version=__version__,
+        mean=list(mean), std=list(std), intensity=config.intensity,
+        decoder_channels=parse_decoder_channels(config.decoder_channels),
+    )
+    task.val_patients = list(read_slices_csv(val_csv)["patient"])
+    return task
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    summary: dict = field(default_factory=dict)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one run into ``config.out``; resume from ``last.ckpt`` when ``config.resume``."""
+    config.validate()
+    out = Path(config.out)
+    last = out / "last.ckpt"
+    resume_from = last if config.resume and last.is_file() else None
+    if not config.resume and last.exists():
+        raise ConfigError(f"{out}: holds a run already (last.ckpt); pass --resume to continue it or pick another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        # A session killed after its first best.ckpt but before any last.ckpt starts again from scratch: its
+        # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
+        (out / "best.ckpt").unlink(missing_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    train_loader, val_loader, train_csv, val_csv = build_loaders(config)
+    precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
+                                 batch_size=config.batch_size, accelerator=config.accelerator)
+    print(precision.message(), flush=True)
+    write_text(json.dumps(asdict(config), indent=2), out / "config.json")
+    task = task_from_config(config, train_csv, val_csv)
+    throughput = Throughput()
+    # No version counter: Lightning would write best-v1.ckpt beside a best.ckpt it does not track, and every
+    # reader of the run takes best.ckpt.
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1,
+                                 enable_version_counter=False)
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=config.epochs,
+        max_time=_max_time(config.max_time),
+        accelerator=config.accelerator,
+        devices=config.devices if config.devices == "auto" else int(config.devices),
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=PRECISIONS[precision.precision],
+        # A new log version per session: Lightning's loggers would delete the interrupted session's logs.
+        logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="logs")],
+        callbacks=[checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput],
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(50, len(train_loader))),
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
+        num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    seconds = time.perf_counter() - started
+    best_score = checkpoint.best_model_score
+    summary = {
+        "model": canonical_architecture(config.model),
+        "encoder": config.encoder,
+        "loss": config.loss,
+        "image_size": config.image_size,
+        "precision": precision.precision,
+        "precision_choice": asdict(precision),
+        "epochs_completed": int(trainer.current_epoch),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "stopped_by": "max_time" if trainer.current_epoch < config.epochs else "epochs",
+        "train_seconds_this_session": round(seconds, 2),
+        "train_images_this_session": throughput.images,
+        # None when no session trained anything; a resumed run with no epochs left keeps the earlier speed.
+        "train_images_per_second": round(throughput.images_per_second, 2) if throughput.images else None,
+        "train_images_per_second_after_first_batch": (None if math.isnan(throughput.steady_images_per_second)
+                                                      else round(throughput.steady_images_per_second, 2)),
+        # Training batches only (no validation), every session of the run: what the Dice-vs-minutes curves use.
+        "train_minutes": round(throughput.minutes, 2),
+        "parameters": count_parameters(task.model),
+        f"best_{MONITOR}": None if best_score is None else float(best_score),
+        "best_checkpoint": str(out / "best.ckpt"),
+        "train_csv": str(train_csv),
+        "model_selection_csv": str(val_csv),
+        "note": "best.ckpt is picked on model_selection_csv: its scores are validation scores, not a held-out test",
+        "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+    }
+    previous = out / "summary.json"
+    if resume_from and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        summary["train_seconds"] = round(earlier.get("train_seconds", 0.0) + seconds, 2)
+        if not throughput.images:
+            summary["train_images_per_second"] = earlier.get("train_images_per_second")
+    else:
+        summary["train_seconds"] = round(seconds, 2)
+        if resume_from:  # the interrupted session(s) wrote no summary: their time is only in train_minutes
+            summary["train_seconds_note"] = "this session only; train_minutes counts the training batches of every session"
+    write_text(json.dumps(summary, indent=2), previous)
+    if (out / "best.ckpt").is_file() and trainer.is_global_zero:
+        from gliomaseg.modeling.card import write_run_card
+
+        write_run_card(out)
+    return TrainResult(out=out, best_checkpoint=out / "best.ckpt", last_checkpoint=last, summary=summary)
+
+
+def read_metrics(run: str | Path) -> pd.DataFrame:
+    """The CSV logs of every session of a run (resumed runs have several), one table by step."""
+    files = sorted(Path(run).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files:
+        return pd.DataFrame(columns=["epoch", "step"])
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def best_epoch(run: str | Path) -> int | None:
+    """The epoch (counted from 1) that ``best.ckpt`` holds; None when there is none."""
+    path = Path(run) / "best.ckpt"
+    if not path.is_file():
+        return None
+    try:  # mmap: only the small "epoch" entry is read, not the tensors of a 60 MB file
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state["epoch"]) + 1

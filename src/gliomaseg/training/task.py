@@ -1,0 +1,148 @@
+"""The LightningModule: the smp model, its loss and optimizer, and validation by mean per-patient 3D Dice."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from gliomaseg.core.errors import TrainingDivergedError
+from gliomaseg.data.intensity import DEFAULT_INTENSITY
+from gliomaseg.data.resize import resize_probabilities
+from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from gliomaseg.evaluation.metrics import confusion, patient_table, slice_table
+from gliomaseg.modeling.losses import build_loss
+from gliomaseg.modeling.models import build_model
+from gliomaseg.training.config import MONITOR
+
+
+class SegmentationTask(L.LightningModule):
+    """An smp model, its loss and the validation metrics. Hyperparameters are plain data only."""
+
+    def __init__(
+        self,
+        arch: str = "Unet",
+        encoder: str = "resnet18",
+        in_channels: int = 3,
+        classes: int = 1,
+        loss: str = "dice",
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        scheduler: str = "plateau",
+        epochs: int = 100,
+        lowlr: bool = False,
+        image_size: int = 256,
+        mean: list[float] = list(IMAGENET_MEAN),
+        std: list[float] = list(IMAGENET_STD),
+        threshold: float = 0.5,
+        intensity: str = DEFAULT_INTENSITY,
+        channels_last: bool = True,
+        encoder_weights: str | None = None,
+        weights_dir: str | None = None,
+        train_csv: str | None = None,
+        val_csv: str | None = None,
+        gliomaseg_version: str = "",
+        decoder_channels: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        # In the checkpoint only: the loggers' hparams.yaml would carry the training machine's CSV paths.
+        self.save_hyperparameters(logger=False)
+        self.model = build_model(arch, encoder, in_channels, classes, encoder_weights, weights_dir, decoder_channels)
+        self.loss_fn = build_loss(loss)
+        self._val_stats: list[torch.Tensor] = []
+        # Patient of each validation slice, in the validation dataset's order (set by ``train``);
+        # without it every slice counts as its own patient.
+        self.val_patients: list[str] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.loss_fn(self(images), masks)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                "training stopped, last.ckpt and best.ckpt hold the last good weights (try a lower --lr)"
+            )
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Batch: images (N, 3, S, S), masks (N, 1, H, W) at their own size, dataset indices (N,)."""
+        images, masks, index = batch
+        logits = self(images).float()
+        small = masks if masks.shape[-2:] == logits.shape[-2:] else F.interpolate(masks, size=logits.shape[-2:], mode="nearest")
+        self.log("val_loss", self.loss_fn(logits, small), on_epoch=True, prog_bar=True, batch_size=len(images))
+        probabilities = logits.sigmoid()
+        if probabilities.shape[-2:] != masks.shape[-2:]:
+            # Back to the masks' resolution exactly as ``evaluate`` does it, so the pick scores what users read.
+            size = tuple(masks.shape[-2:])
+            resized = [resize_probabilities(p, size) for p in probabilities[:, 0].cpu().numpy()]
+            probabilities = torch.from_numpy(np.stack(resized))[:, None].to(masks.device)
+        prediction = (probabilities > self.hparams.threshold).long()
+        self._val_stats.append(torch.cat([index.view(-1, 1).long(), *confusion(prediction, masks.long())], dim=1))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_stats:
+            return
+        stats = self.all_gather(torch.cat(self._val_stats)).reshape(-1, 5).cpu().numpy()
+        self._val_stats.clear()
+        # A distributed sampler pads with repeated slices: count each slice once.
+        _, first = np.unique(stats[:, 0], return_index=True)
+        stats = stats[first]
+        patients = [self.val_patients[i] for i in stats[:, 0]] if self.val_patients is not None else [str(i) for i in stats[:, 0]]
+        slices = slice_table(pd.DataFrame({"patient": patients, "tp": stats[:, 1], "fp": stats[:, 2], "fn": stats[:, 3], "tn": stats[:, 4]}))
+        per_patient = patient_table(slices)
+        tp, fp, fn = (float(slices[c].sum()) for c in ("tp", "fp", "fn"))
+        self.log_dict(
+            {
+                MONITOR: float(per_patient["dice_3d"].mean()),
+                "val_patient_dice_median": float(per_patient["dice_3d"].median()),
+                "val_iou_imagewise": float(slices["iou"].mean()),
+                "val_dice_imagewise": float(slices["dice"].mean()),
+                "val_iou_tumour_slices": float(slices.loc[slices["has_tumour"], "iou"].mean()) if slices["has_tumour"].any() else float("nan"),
+                "val_iou_micro": tp / max(tp + fp + fn, 1.0),
+                "val_dice_micro": 2 * tp / max(2 * tp + fp + fn, 1.0),
+            },
+            prog_bar=True,
+            sync_dist=False,
+        )
+
+    def parameter_groups(self) -> list[dict]:
+        """One group, or with ``lowlr`` the encoder at 0.1x the learning rate and the rest at 1x."""
+        lr = self.hparams.lr
+        if not self.hparams.lowlr:
+            return [{"params": list(self.model.parameters()), "lr": lr, "name": "all"}]
+        encoder = list(self.model.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": encoder, "lr": 0.1 * lr, "name": "encoder"}, {"params": rest, "lr": lr, "name": "decoder"}]
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = self.parameter_groups()
+        if h.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        elif h.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=h.lr, weight_decay=h.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+        if h.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=10, cooldown=5)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR}}
+        if h.scheduler == "step":
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.1)}
+        if h.scheduler == "cosine":
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=h.epochs)}
+        return optimizer
