@@ -23,7 +23,8 @@ from gliomaseg.predict.files import predict  # noqa: E402
 from gliomaseg.inference.torch_backend import load_checkpoint  # noqa: E402
 from gliomaseg.serve.app import STATIC, create_app  # noqa: E402
 from gliomaseg.serve.limits import ServeLimits  # noqa: E402
-from gliomaseg.serve.uploads import inside, safe_name  # noqa: E402
+from gliomaseg.core.io import clean_name  # noqa: E402
+from gliomaseg.serve.uploads import inside  # noqa: E402
 
 LIMITS = ServeLimits(max_upload_bytes=2 << 20, max_unpacked_bytes=4 << 20, max_files=60, max_image_side=512, max_results=3)
 
@@ -74,11 +75,11 @@ def _as_slices(volume: np.ndarray) -> list[np.ndarray]:
 
 
 def test_safe_names_stay_inside_the_folder(tmp_path: Path):
-    assert safe_name("../../etc/passwd") == "passwd"
-    assert safe_name("..\\..\\win.ini") == "win.ini"
-    assert safe_name("..") == "upload" and safe_name("") == "upload" and safe_name(".hidden.tif") == "hidden.tif"
-    assert safe_name("a b/ä$.tif") == "_.tif"
-    assert len(safe_name("x" * 500 + ".nii.gz")) <= 120 and safe_name("x" * 500 + ".nii.gz").endswith(".nii.gz")
+    assert clean_name("../../etc/passwd") == "passwd"
+    assert clean_name("..\\..\\win.ini") == "win.ini"
+    assert clean_name("..") == "upload" and clean_name("") == "upload" and clean_name(".hidden.tif") == "hidden.tif"
+    assert clean_name("a b/ä$.tif") == "_.tif"
+    assert len(clean_name("x" * 500 + ".nii.gz")) <= 120 and clean_name("x" * 500 + ".nii.gz").endswith(".nii.gz")
     assert inside(tmp_path, "a", "b.tif") == tmp_path.resolve() / "a" / "b.tif"
     with pytest.raises(Exception, match="outside"):
         inside(tmp_path, "..", "x.tif")

@@ -1,4 +1,10 @@
-"""Atomic writes, the rerun rule (:func:`run_folder`) and the name rules of every output file and folder."""
+"""Atomic writes, the rerun rule (:func:`run_folder`) and the name rule of every output file and folder.
+
+The name rule, one for the package: a name that arrives from outside (a patient in a CSV, a DICOM case, a run in
+an experiment, an uploaded file) becomes one path component inside an output folder, never a path out of it.
+Refuse in the CLI, rename in the viewer: :func:`check_name` refuses a bad name with an error naming its source
+(the user can fix the input), :func:`clean_name` rewrites it into a safe one (an upload cannot be asked to).
+"""
 
 from __future__ import annotations
 
@@ -108,8 +114,8 @@ def write_bytes(data: bytes, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def safe_name(name: str, what: str, source: str | Path, error: type[GliomasegError] = DataError) -> str:
-    """``name`` when it can be used as one file or folder name inside an output folder.
+def check_name(name: str, what: str, source: str | Path, error: type[GliomasegError] = DataError) -> str:
+    """``name`` when it can be used as one file or folder name inside an output folder (the CLI's half of the name rule).
 
     Refuses (with ``error``, naming ``source``) an empty name, an absolute path, a name
     with a path separator, ``.`` / ``..`` or a leading dot, or a control character: such a name
@@ -124,6 +130,24 @@ def safe_name(name: str, what: str, source: str | Path, error: type[GliomasegErr
         raise error(f"{source}: {what} {text!r} cannot name a file inside the output folder "
                         "(absolute path, path separator, '..', leading dot or control character)")
     return text
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME = 120  # characters of a name made by clean_name
+
+
+def clean_name(name: str, fallback: str = "upload") -> str:
+    """``name`` rewritten into one path component of ``A-Z a-z 0-9 . _ -`` (the viewer's half of the name rule): no
+    folders (only the last component is kept), no leading dot, at most :data:`MAX_NAME` characters (the ending kept),
+    ``fallback`` for a name left empty."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = _UNSAFE.sub("_", base).lstrip(".").strip()
+    if base in ("", ".", ".."):
+        base = fallback
+    if len(base) > MAX_NAME:
+        suffix = "".join(Path(base).suffixes[-2:])[-20:]
+        base = base[: MAX_NAME - len(suffix)] + suffix
+    return base
 
 
 def natural_key(text: str | Path) -> list:

@@ -14,6 +14,8 @@ import pandas as pd
 from gliomaseg.core.errors import DataError, InputWarning
 from gliomaseg.core.io import run_folder, write_csv, write_text
 from gliomaseg.core.units import check_spacing, spacing_text
+from gliomaseg.data.formats.dicom_series import DICOM
+from gliomaseg.data.formats.nifti_volumes import NIFTI
 from gliomaseg.data.nifti import write_slices_volume
 from gliomaseg.data.sources import PatientInput, open_source
 
@@ -73,7 +75,8 @@ def _convert(patients, work: Path, spacing: Sequence[float] | None, layout: str)
         if patient.geometry is not None:
             raise DataError(f"{patient.slices[0].image_path}: already a volume (NIfTI or DICOM case)")
         images, masks = _arrays(patient, need_masks=True)
-        image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}.nii.gz", work / f"{patient.name}_mask.nii.gz",
+        image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}{NIFTI.prediction_ending}",
+                                                  work / NIFTI.mask_name(patient.name),
                                                   spacing=spacing, layout=layout)
         rows.append({"patient": patient.name, "slices": len(images), "tumour_slices": sum(int(m.any()) for m in masks),
                      "image": ";".join(p.relative_to(work).as_posix() for p in image_out),
@@ -137,7 +140,7 @@ def _convert_dicom(patients, work: Path, spacing: tuple[float, float, float] | N
         seg = None
         if masks is not None:
             case = dicom.read_sequences({role: folder / role for role in dicom.ROLES}, name=patient.name)
-            seg = dicom.write_segmentation(masks, case.geometry, folder / f"{patient.name}_seg.dcm").relative_to(work).as_posix()
+            seg = DICOM.write_mask(masks, folder / DICOM.mask_name(patient.name), case.geometry).relative_to(work).as_posix()
         rows.append({"patient": patient.name, "slices": len(images),
                      "tumour_slices": sum(int(m.any()) for m in masks) if masks else None, "folder": folder.relative_to(work).as_posix(),
                      "segmentation": seg, "spacing_mm": " x ".join(f"{v:g}" for v in (between[1], between[0], between[2])),

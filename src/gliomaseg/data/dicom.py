@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from gliomaseg.core.errors import DataError, InputWarning
-from gliomaseg.core.io import atomic_write, safe_name
+from gliomaseg.core.io import atomic_write, check_name
 from gliomaseg.core.limits import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 from gliomaseg.data.files import scale_volume
 from gliomaseg.data.nifti import LPS, Geometry
@@ -211,7 +211,7 @@ def _series(folder: Path, uid: str, members: list) -> Series:
     spacings = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for _, ds in members}
     if len(sizes) > 1 or len(spacings) > 1:
         raise DataError(where(f"slices of different sizes {sorted(sizes)} or pixel spacings {sorted(spacings)}"))
-    # The limits every reader holds (gliomaseg.choices), checked from the headers before any pixel is decoded.
+    # The limits every reader holds (gliomaseg.core.limits), checked from the headers before any pixel is decoded.
     (rows, cols), = sizes
     if max(rows, cols) > MAX_IMAGE_SIDE:
         raise DataError(where(f"slices of {rows}x{cols} pixels, over the {MAX_IMAGE_SIDE} px limit"))
@@ -406,7 +406,7 @@ def read_folder(folder: Path, files: Sequence[Path], mapping_file: Path | None =
     if len(series) > 1:
         raise DataError(f"{folder}: holds {len(series)} MR series ({', '.join(s.label for s in series)}); say which is which "
                         f"with --sequences pre=DIR@SERIES flair=DIR@SERIES post=DIR@SERIES or a {SEQUENCES_FILE}")
-    return [_build_case(safe_name(folder.name, "case name", folder), folder, {"flair": series[0]}, segs, single=True)]
+    return [_build_case(check_name(folder.name, "case name", folder), folder, {"flair": series[0]}, segs, single=True)]
 
 
 def read_mapping_file(path: Path) -> dict[str, str]:
@@ -466,7 +466,7 @@ def read_sequences(roles: Mapping[str, str | Path], *, name: str | None = None, 
             segs.extend(_read_datasets(common, beside)[1])
     case = name or common.name
     folder = chosen["flair"].folder if len(read) == 1 and name is None else common
-    return _build_case(safe_name(case, "case name", folder), folder, chosen, segs)
+    return _build_case(check_name(case, "case name", folder), folder, chosen, segs)
 
 
 def segmentation_file_case(path: Path) -> DicomCase:
@@ -499,7 +499,7 @@ def segmentation_file_case(path: Path) -> DicomCase:
     if not candidates:
         raise DataError(f"{path}: the series it segments ({', '.join(sorted(wanted))}) is not in {path.parent} or below; "
                         "put the source series beside the SEG")
-    return _build_case(safe_name(name, "case name", path), candidates[0].folder, {"flair": candidates[0]}, [(path, ds)], single=True)
+    return _build_case(check_name(name, "case name", path), candidates[0].folder, {"flair": candidates[0]}, [(path, ds)], single=True)
 
 
 def is_segmentation(path: Path) -> bool:

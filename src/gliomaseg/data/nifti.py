@@ -40,10 +40,6 @@ LPS = ("L", "P", "S")
 CONVERT_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_ENDINGS)
-
-
 def case_name(path: Path) -> str:
     """``case.nii.gz`` -> ``case``."""
     name = path.name

@@ -22,8 +22,9 @@ import pandas as pd
 
 from gliomaseg.core.errors import DataError
 from gliomaseg.core.io import write_csv, write_text
-from gliomaseg.data.files import read_mask, read_slices_csv
-from gliomaseg.data.nifti import NIFTI_ENDINGS, read_mask_case
+from gliomaseg.data.files import read_slices_csv
+from gliomaseg.data.formats.nifti_volumes import NIFTI
+from gliomaseg.data.formats.slice_files import SLICES
 from gliomaseg.data.sources import PatientInput, open_source
 from gliomaseg.evaluation.metrics import (
     NEUTRAL_MEANING,
@@ -235,23 +236,23 @@ def evaluate(
 
 
 def _prediction_slices(pred: Path, patient: PatientInput) -> list[np.ndarray]:
-    """The predicted masks of one truth patient, from a NIfTI volume or from PNG / image slices in ``pred``."""
-    for name in (f"{patient.name}_mask", f"{patient.name}_pred", patient.name):
-        for ending in NIFTI_ENDINGS:
-            volume = pred / f"{name}{ending}"
-            if volume.is_file():
-                masks = read_mask_case(volume)
-                if len(masks) != len(patient.slices):
-                    raise DataError(f"{volume}: {len(masks)} axial slices, but the truth of {patient.name} has {len(patient.slices)}")
-                return masks
+    """The predicted masks of one truth patient, from a NIfTI volume or from PNG / image slices in ``pred``
+    (the names are the formats': :meth:`NiftiVolumes.prediction_candidates`, :meth:`SliceFiles.prediction_candidates`)."""
+    for volume in NIFTI.prediction_candidates(pred, patient.name):
+        if volume.is_file():
+            masks = NIFTI.read_mask(volume)
+            if len(masks) != len(patient.slices):
+                raise DataError(f"{volume}: {len(masks)} axial slices, but the truth of {patient.name} has {len(patient.slices)}")
+            return masks
     masks = []
     for item in patient.slices:
-        candidates = [folder / f"{item.name}{tail}" for folder in (pred / patient.name, pred) for tail in ("_pred.png", ".png")]
+        candidates = SLICES.prediction_candidates((pred / patient.name, pred), item.name)
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise DataError(f"{candidates[0]}: no prediction for slice {item.name} of {patient.name} "
-                            f"(looked for {pred}/{patient.name}_mask.nii.gz and <slice>_pred.png / <slice>.png)")
-        masks.append(read_mask(found))
+                            f"(looked for {pred}/{NIFTI.prediction_name(patient.name)} and {SLICES.prediction_name('<slice>')} / "
+                            f"<slice>{SLICES.prediction_ending})")
+        masks.append(SLICES.read_mask(found))
     return masks
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from gliomaseg.core.errors import ConfigError
-from gliomaseg.core.io import safe_name
+from gliomaseg.core.io import check_name
 from gliomaseg.training.config import TrainConfig
 
 # The shipped experiment files are package data: found through importlib.resources in a wheel as in a source tree.
@@ -116,7 +116,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         if bad:
             raise ConfigError(f"{path}: run {entry['name']!r}: unknown option(s) {', '.join(bad)}; valid: "
                               f"{', '.join(sorted(RUN_KEYS | train_keys))}")
-        name = safe_name(str(entry["name"]), "run name", path, ConfigError)
+        name = check_name(str(entry["name"]), "run name", path, ConfigError)
         if name in names:
             raise ConfigError(f"{path}: two runs are named {name!r}")
         names.add(name)
@@ -130,7 +130,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
             raise ConfigError(f"{path}: run {name!r}: {exc}") from exc
         runs.append(RunSpec(name=name, options=options, split=split, reference=entry.get("reference"), extra=bool(entry.get("extra"))))
     compare_with = raw.get("compare_with")
-    return Experiment(name=safe_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
-                      runs=runs, path=path, compare_with=None if compare_with is None else safe_name(str(compare_with), "compare_with", path, ConfigError),
+    return Experiment(name=check_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
+                      runs=runs, path=path, compare_with=None if compare_with is None else check_name(str(compare_with), "compare_with", path, ConfigError),
                       presets=raw.get("presets") or {}, score_last=bool(raw.get("score_last", False)),
                       score_variants=bool(raw.get("score_variants", False)))

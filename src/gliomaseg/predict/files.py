@@ -18,9 +18,11 @@ import pandas as pd
 from gliomaseg.core.errors import DataError, InputWarning
 from gliomaseg.core.io import natural_key, run_folder, write_bytes, write_csv
 from gliomaseg.core.units import Spacing, check_spacing, spacing_text, volume_ml
-from gliomaseg.data.dicom import DicomGeometry, write_segmentation
+from gliomaseg.data.dicom import DicomGeometry
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume
-from gliomaseg.data.nifti import write_mask_volume
+from gliomaseg.data.formats.dicom_series import DICOM
+from gliomaseg.data.formats.nifti_volumes import NIFTI
+from gliomaseg.data.formats.slice_files import SLICES
 from gliomaseg.data.overlay import encode_png, label_frame, overlay_contours, write_gif
 from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
@@ -136,13 +138,14 @@ def _predict(predictor, patients, skipped, out: Path, *, threshold, batch_size, 
             write_csv(frame, work / name)
             written.append(out / name)
         if reports:
-            outputs = [("masks and overlays", "<patient>/<slice>_pred.png, <slice>_overlay.png"), ("tables", "predictions.csv, patients.csv")]
+            outputs = [("masks and overlays", f"<patient>/{SLICES.prediction_name('<slice>')}, {SLICES.overlay_name('<slice>')}"),
+                       ("tables", "predictions.csv, patients.csv")]
             if any("gif" in r for r in patient_rows):
                 outputs.append(("GIFs", "<patient>/<patient>.gif"))
             if any("mask_volume" in r for r in patient_rows):
-                outputs.append(("mask volumes", "<case>_mask.nii.gz"))
+                outputs.append(("mask volumes", NIFTI.prediction_name("<case>")))
             if any("segmentation" in r for r in patient_rows):
-                outputs.append(("DICOM segmentations", "<case>_seg.dcm"))
+                outputs.append(("DICOM segmentations", DICOM.prediction_name("<case>")))
             write_run_report(work / "report.html", reports, model or {"name": "unknown model"}, outputs)
             report_path = out / "report.html"
             written.append(report_path)
@@ -198,10 +201,10 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         folder = work / patient.name
         volume_out = None
         if patient.geometry is not None:
-            volume_out = rel(write_mask_volume(masks, patient.geometry, work / f"{patient.name}_mask.nii.gz"))
+            volume_out = rel(NIFTI.write_mask(masks, work / NIFTI.prediction_name(patient.name), patient.geometry))
         seg_out = None
         if isinstance(patient.geometry, DicomGeometry):
-            seg_out = rel(write_segmentation(masks, patient.geometry, work / f"{patient.name}_seg.dcm", model=model_name(predictor)))
+            seg_out = rel(DICOM.write_mask(masks, work / DICOM.prediction_name(patient.name), patient.geometry, model=model_name(predictor)))
         frames = []
         first = len(rows)
         patient_spacing = spacing or (patient.geometry.spacing if patient.geometry is not None else None)
@@ -210,13 +213,13 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
                 "tumour_pixels": int(mask.sum()), "max_probability": float(prob.max()),
                 "missing_sequences": describe(check.missing()),
-                "mask_out": volume_out or rel(_write_png(folder / f"{item.name}_pred.png", mask * 255)),
+                "mask_out": volume_out or rel(SLICES.write_mask(mask, folder / SLICES.prediction_name(item.name))),
             }
             if overlays or gifs:
                 overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
                 frames.append(label_frame(overlay, f"slice {item.slice if item.slice is not None else len(frames) + 1}"))
             if overlays:
-                row["overlay_out"] = rel(_write_png(folder / f"{item.name}_overlay.png", overlay))
+                row["overlay_out"] = rel(_write_png(folder / SLICES.overlay_name(item.name), overlay))
             if truth is not None:
                 tp, fp, fn, _ = confusion_numpy(mask, truth)
                 row.update(true_pixels=int(truth.sum()), tp=tp, fp=fp, fn=fn, dice=dice(tp, fp, fn), iou=iou(tp, fp, fn))

@@ -43,11 +43,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gliomaseg.core.errors import ConfigError, GliomasegError, InputWarning
+from gliomaseg.core.io import clean_name
+from gliomaseg.data.formats.nifti_volumes import NIFTI
+from gliomaseg.data.formats.slice_files import SLICES
 from gliomaseg.data.nifti import mask_volume_bytes, slices_geometry
 from gliomaseg.data.overlay import encode_png, gif_bytes, label_frame, overlay_contours
 from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, WILDCARD_HOSTS, ServeLimits, UploadError, UploadTooLarge
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
-from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, safe_name, save_uploads
+from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, save_uploads
 
 log = logging.getLogger("gliomaseg.serve")
 STATIC = Path(str(resources.files(__package__) / "static"))
@@ -390,7 +393,7 @@ def create_app(
         if not _gif_ready(case):
             raise UploadError(f"{case.case.name}: a GIF needs two or more slices of one size")
         return Response(gif_bytes(_frames(case)), media_type="image/gif",
-                        headers={"Content-Disposition": f'attachment; filename="{safe_name(case.case.name)}.gif"'})
+                        headers={"Content-Disposition": f'attachment; filename="{clean_name(case.case.name)}.gif"'})
 
     @app.get("/api/results/{result_id}/overlays.zip")
     def overlays_zip(result_id: str) -> Response:
@@ -398,9 +401,9 @@ def create_app(
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for c, case in enumerate(result.cases):
-                folder = f"{c + 1}_{safe_name(case.case.name)}"
+                folder = f"{c + 1}_{clean_name(case.case.name)}"
                 for name, image, truth, mask in zip(case.case.slice_names, case.case.images, case.case.truths, case.masks):
-                    archive.writestr(f"{folder}/{safe_name(name.replace(' ', '_'))}_overlay.png",
+                    archive.writestr(f"{folder}/{SLICES.overlay_name(clean_name(name.replace(' ', '_')))}",
                                      encode_png(overlay_contours(image, prediction=mask, truth=truth, legend=True)))
         return Response(buffer.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": 'attachment; filename="gliomaseg_overlays.zip"'})
@@ -426,12 +429,12 @@ def create_app(
         case = _case(result_id, c)
         if len({m.shape for m in case.masks}) != 1:
             raise UploadError(f"{case.case.name}: slices of different sizes do not form one volume; download the PNG zip instead")
-        name = safe_name(case.case.name)
+        name = clean_name(case.case.name)
         height, width = case.masks[0].shape
         # slices have no header: the server's --spacing, when given, is their voxel size (else units "unknown")
         geometry = case.case.geometry or slices_geometry(Path(name), height, width, len(case.masks), spacing)
         return Response(mask_volume_bytes(case.masks, geometry), media_type="application/gzip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}_mask.nii.gz"'})
+                        headers={"Content-Disposition": f'attachment; filename="{NIFTI.prediction_name(name)}"'})
 
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
     app.add_middleware(Guard, allowed_hosts=allowed_hosts)  # added last: outermost
@@ -478,14 +481,14 @@ def _zip_masks(cases: list[CaseResult]) -> bytes:
     rows = []
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for case in cases:
-            folder = safe_name(case.case.name)
+            folder = clean_name(case.case.name)
             k = 2
             while folder in used:
-                folder, k = f"{safe_name(case.case.name)}-{k}", k + 1
+                folder, k = f"{clean_name(case.case.name)}-{k}", k + 1
             used.add(folder)
             for name, mask in zip(case.case.slice_names, case.masks):
-                stem = safe_name(name if case.case.kind == "slices" else f"{folder}_{name.replace(' ', '_')}")
-                archive.writestr(f"{folder}/{stem}_pred.png", encode_png(mask * 255))
+                stem = clean_name(name if case.case.kind == "slices" else f"{folder}_{name.replace(' ', '_')}")
+                archive.writestr(f"{folder}/{SLICES.prediction_name(stem)}", SLICES.encode_mask(mask))
             rows.append({"folder": folder, **{k: v for k, v in case.summary.items() if not isinstance(v, list)}})
         text = io.StringIO()
         columns = list(dict.fromkeys(k for row in rows for k in row))

@@ -1,4 +1,7 @@
-"""Defaults and safety limits of ``gliomaseg serve``, each defined once here, and the errors a request gets."""
+"""Defaults and safety limits of ``gliomaseg serve``, each defined once here, and the errors a request gets.
+
+The image side and the decoded bytes are not set here: they derive from :mod:`gliomaseg.core.limits`, the one
+place the readers' limits are set (a server may lower them, never raise them)."""
 
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ class ServeLimits:
         max_files: files in one upload, counting the members of a zip.
         max_unpacked_bytes: bytes a zip may unpack to (guards against zip bombs).
         max_image_side: the largest height or width of a slice or of a volume's slice, in pixels (at most
-            :data:`gliomaseg.choices.MAX_IMAGE_SIDE`, the limit of every reader).
+            :data:`gliomaseg.core.limits.MAX_IMAGE_SIDE`, the limit of every reader, its default).
         max_decoded_bytes: what one request's images, masks and volumes may decode to, all together, checked
-            from each file's header before its pixels are read (:data:`gliomaseg.choices.MAX_DECODED_BYTES`).
+            from each file's header before its pixels are read (:data:`gliomaseg.core.limits.MAX_DECODED_BYTES`).
         max_slices: slices in one request (all patients and volumes together).
         max_results: finished results kept in memory for viewing and download; the oldest goes first.
         max_result_bytes: bytes of the results kept in memory (slices and masks); the oldest go first past it.

@@ -1,7 +1,9 @@
 """Uploaded files into cases, inside one per-request temporary folder.
 
 Every name that arrives with an upload (the file name, the paths inside a zip) goes through
-:func:`safe_name` and :func:`inside`, so it can only ever name a file under the request's folder.
+:func:`~gliomaseg.core.io.clean_name` (the name rule's viewer half: rename, never refuse) and :func:`inside`, so it
+can only ever name a file under the request's folder. What a file is (a slice, a volume, a truth mask) is decided by
+its format (:func:`gliomaseg.data.formats.registry.format_for`), as in ``gliomaseg predict``.
 Sizes are checked before anything is decoded: the bytes of each file and of each zip member as they
 are copied, and the height and width of each image from its header.
 """
@@ -19,20 +21,22 @@ from typing import BinaryIO, Iterable
 import numpy as np
 
 from gliomaseg.core.errors import DataError
+from gliomaseg.core.io import clean_name
 from gliomaseg.core.limits import MAX_IMAGE_SIDE
-from gliomaseg.data.dicom import ROLES, SEQUENCES_FILE, DicomGeometry, is_dicom
-from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, read_mask
-from gliomaseg.data.nifti import NIFTI_ENDINGS, Geometry, axial_shape, read_mask_volume, volume_bytes
+from gliomaseg.data.dicom import ROLES, SEQUENCES_FILE, DicomGeometry
+from gliomaseg.data.formats.base import UPLOAD_TRUTH_MARKERS, is_truth_stem, patient_of_stem
+from gliomaseg.data.formats.dicom_series import DICOM
+from gliomaseg.data.formats.nifti_volumes import NIFTI
+from gliomaseg.data.formats.registry import format_for, split_name
+from gliomaseg.data.formats.slice_files import SLICES
+from gliomaseg.data.nifti import Geometry, axial_shape, volume_bytes
 from gliomaseg.data.sources import open_source, read_sequences
 from gliomaseg.serve.limits import ServeLimits, UploadError, UploadTooLarge
 
-NIFTI_SUFFIXES = NIFTI_ENDINGS
-ZIP_SUFFIXES = (".zip",)
-ACCEPTED_SUFFIXES = IMAGE_SUFFIXES + NIFTI_SUFFIXES + ZIP_SUFFIXES
-TRUTH_MARKERS = ("_mask", "_seg")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+ZIP_SUFFIXES = (".zip",)  # a container of uploads, not a format: its members are read by their formats
+UPLOAD_FORMATS = {SLICES: "image", NIFTI: "nifti"}  # the formats uploaded as files (DICOM comes in a zip)
+ACCEPTED_SUFFIXES = SLICES.endings + NIFTI.endings + ZIP_SUFFIXES
 _CHUNK = 1 << 20
-_MAX_NAME = 120
 
 
 @dataclass
@@ -62,18 +66,6 @@ class Gathered:
     notes: list[str] = field(default_factory=list)
 
 
-def safe_name(name: str, fallback: str = "upload") -> str:
-    """One path component made of ``A-Z a-z 0-9 . _ -``: no folders, no leading dot, at most 120 characters."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = _UNSAFE.sub("_", base).lstrip(".").strip()
-    if base in ("", ".", ".."):
-        base = fallback
-    if len(base) > _MAX_NAME:
-        suffix = "".join(Path(base).suffixes[-2:])[-20:]
-        base = base[: _MAX_NAME - len(suffix)] + suffix
-    return base
-
-
 def inside(folder: Path, *parts: str) -> Path:
     """``folder / parts``, refusing anything that would resolve outside ``folder``."""
     root = folder.resolve()
@@ -86,7 +78,7 @@ def inside(folder: Path, *parts: str) -> Path:
 def _unique(path: Path) -> Path:
     if not path.exists():
         return path
-    stem, suffix = _split_suffix(path.name)
+    stem, suffix = split_name(path.name)
     for k in range(2, 100000):
         candidate = path.with_name(f"{stem}-{k}{suffix}")
         if not candidate.exists():
@@ -94,25 +86,11 @@ def _unique(path: Path) -> Path:
     raise UploadError(f"{path.name}: too many files of the same name")
 
 
-def _split_suffix(name: str) -> tuple[str, str]:
-    lower = name.lower()
-    for suffix in (".nii.gz",):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix):]
-    path = Path(name)
-    return path.stem, path.suffix
-
-
 def kind_of(name: str) -> str:
-    """``image``, ``nifti``, ``zip`` or ``other``, by the name's ending."""
-    lower = name.lower()
-    if lower.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if lower.endswith(ZIP_SUFFIXES):
+    """``image``, ``nifti``, ``zip`` or ``other``: the upload kind of the name's format (:data:`UPLOAD_FORMATS`)."""
+    if name.lower().endswith(ZIP_SUFFIXES):
         return "zip"
-    if lower.endswith(IMAGE_SUFFIXES):
-        return "image"
-    return "other"
+    return UPLOAD_FORMATS.get(format_for(name), "other")  # type: ignore[arg-type]
 
 
 class _Budget:
@@ -165,7 +143,7 @@ def save_uploads(files: Iterable[tuple[str, BinaryIO]], folder: Path, limits: Se
     saved = []
     for name, handle in files:
         budget.add_file(name)
-        target = _unique(inside(incoming, safe_name(name)))
+        target = _unique(inside(incoming, clean_name(name)))
         budget.copy(handle, target, name, limits.max_upload_bytes, "file")
         saved.append((name, target))
     if not saved:
@@ -203,7 +181,7 @@ def extract_zip(path: Path, name: str, dest: Path, limits: ServeLimits) -> Path:
             parent = tuple(parts[:-1])
             if parent not in folders:
                 folders[parent] = _zip_folder(dest, parent, set(folders.values()))
-            target = _unique(inside(folders[parent], safe_name(parts[-1])))
+            target = _unique(inside(folders[parent], clean_name(parts[-1])))
             target.parent.mkdir(parents=True, exist_ok=True)
             budget.add_file(f"{name}: {member.filename}")
             try:
@@ -219,11 +197,11 @@ def _zip_folder(dest: Path, parent: tuple[str, ...], used: set[Path]) -> Path:
     """The folder of ``dest`` for a zip folder ``parent``: its last name made safe, else its whole path, else numbered."""
     if not parent:
         return dest
-    for candidate in (safe_name(parent[-1]), safe_name("_".join(parent))):
+    for candidate in (clean_name(parent[-1]), clean_name("_".join(parent))):
         folder = inside(dest, candidate)
         if folder not in used and not folder.exists():
             return folder
-    return _unique(inside(dest, safe_name("_".join(parent))))
+    return _unique(inside(dest, clean_name("_".join(parent))))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -249,7 +227,7 @@ def _check_side(path: Path, shape: tuple[int, ...], limits: ServeLimits) -> None
 
 
 def _patient_of(stems: list[str]) -> str:
-    names = {re.sub(r"_\d+$", "", re.sub(r"(_mask|_seg)$", "", s)) for s in stems}
+    names = {patient_of_stem(s) for s in stems}
     return names.pop() if len(names) == 1 else "upload"
 
 
@@ -280,10 +258,10 @@ def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: 
                     memory.take(item.mask_path, shape[0] * shape[1], "the mask")
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    image = read_image(item.image_path, lenient=True, max_side=limits.max_image_side)
+                    image = SLICES.read_image(item.image_path, lenient=True, max_side=limits.max_image_side)
                 out.notes.extend(str(w.message) for w in caught)
                 if item.mask_path is not None:
-                    truth = read_mask(item.mask_path, max_side=limits.max_image_side)
+                    truth = SLICES.read_mask(item.mask_path, max_side=limits.max_image_side)
                     if truth.shape != image.shape[:2]:
                         raise DataError(f"{item.mask_path}: mask shape {truth.shape} does not match its image of shape {image.shape[:2]}")
             except UploadTooLarge:
@@ -322,7 +300,7 @@ def _volume_case(path: Path, truth_path: Path | None, limits: ServeLimits, out: 
     if truth_path is not None and patient.slices[0].mask_path == truth_path:
         truths = [item.mask() for item in patient.slices]
     elif truth_path is not None and patient.geometry is not None:
-        truths = list(read_mask_volume(truth_path, patient.geometry))
+        truths = list(NIFTI.read_mask(truth_path, patient.geometry))
     out.cases.append(Case(patient.name, "volume", [f"slice {k + 1}" for k in range(len(images))], images, truths, patient.geometry))
     return len(images)
 
@@ -338,8 +316,8 @@ def _dicom_cases(folder: Path, name: str, limits: ServeLimits, out: Gathered, sl
         warnings.simplefilter("always")
         roles = {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and p.name.lower() in ROLES}
         if roles:
-            truth = [p for p in folder.rglob("*") if p.is_file() and p.parent not in roles.values() and is_dicom(p)]
-            patients, skipped = read_sequences(roles, name=safe_name(_split_suffix(name)[0]), truth_files=truth), []
+            truth = [p for p in folder.rglob("*") if p.is_file() and p.parent not in roles.values() and DICOM.is_file(p)]
+            patients, skipped = read_sequences(roles, name=clean_name(split_name(name)[0]), truth_files=truth), []
         else:
             patients, skipped = open_source(folder)
     out.notes.extend(str(w.message) for w in caught)
@@ -374,7 +352,7 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
         elif kind == "nifti":
             volumes.append(path)
         elif kind == "zip":
-            dest = extract_zip(path, name, _unique(folder / f"zip-{_split_suffix(path.name)[0]}"), limits)
+            dest = extract_zip(path, name, _unique(folder / f"zip-{split_name(path.name)[0]}"), limits)
             path.unlink()
             for member in sorted(dest.rglob("*")):
                 if member.is_file() and kind_of(member.name) == "nifti":
@@ -382,17 +360,17 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
             # A zip holds slices at its top, in patient folders below it, or both: each folder is one patient.
             slice_folders.extend(f for f in [dest, *sorted(p for p in dest.iterdir() if p.is_dir())]
                                  if any(kind_of(m.name) == "image" for m in f.iterdir()))
-            if any(m.is_file() and (m.name == SEQUENCES_FILE or is_dicom(m)) for m in dest.rglob("*")):
+            if any(m.is_file() and (m.name == SEQUENCES_FILE or DICOM.is_file(m)) for m in dest.rglob("*")):
                 dicom_roots.append((name, dest))
         else:
             if len(saved) == 1:
-                raise UploadError(f"{name}: unsupported file type; upload slices ({', '.join(IMAGE_SUFFIXES)}), "
+                raise UploadError(f"{name}: unsupported file type; upload slices ({', '.join(SLICES.endings)}), "
                                   f"a .zip of a patient folder or a NIfTI volume (.nii, .nii.gz)")
             out.notes.append(f"skipped {name}: unsupported file type")
-    if loose and not slice_folders and not volumes and all(re.search(r"(_mask|_seg)$", p.stem) for p in loose):
+    if loose and not slice_folders and not volumes and all(is_truth_stem(p.stem, UPLOAD_TRUTH_MARKERS) for p in loose):
         raise UploadError(f"{loose[0].name}: this is a mask; give the image it belongs to (upload the slice and its _mask file together)")
     if loose:
-        patient = safe_name(_patient_of([p.stem for p in loose]))
+        patient = clean_name(_patient_of([p.stem for p in loose]))
         target = folder / "slices" / patient
         target.mkdir(parents=True)
         for path in loose:
@@ -414,11 +392,11 @@ def gather(saved: list[tuple[str, Path]], folder: Path, limits: ServeLimits) -> 
             raise
         except DataError as exc:
             out.notes.append(str(exc))
-    stems = {_split_suffix(p.name)[0]: p for p in volumes}
+    stems = {split_name(p.name)[0]: p for p in volumes}
     for stem, path in stems.items():
-        if any(stem.endswith(marker) and stem[: -len(marker)] in stems for marker in TRUTH_MARKERS):
+        if any(stem.endswith(marker) and stem[: -len(marker)] in stems for marker in UPLOAD_TRUTH_MARKERS):
             continue  # the truth of another volume
-        truth = next((stems[stem + marker] for marker in TRUTH_MARKERS if stem + marker in stems), None)
+        truth = next((stems[stem + marker] for marker in UPLOAD_TRUTH_MARKERS if stem + marker in stems), None)
         try:
             left -= _volume_case(path, truth, limits, out, left, memory)
         except UploadTooLarge:
