@@ -17,6 +17,7 @@ import numpy as np
 import tifffile
 
 from gliomaseg.core.errors import DataError
+from gliomaseg.data.formats.slice_files import SLICES
 
 INSTITUTIONS = ("CS", "DU", "EZ", "FG", "HT")
 
@@ -138,7 +139,7 @@ def generate(
             depth = (k - 0.5) / n
             image, mask = _slice_arrays(prng, size, depth, tumour, texture)
             tifffile.imwrite(folder / f"{name}_{k}.tif", image, photometric="rgb", compression="zlib")
-            tifffile.imwrite(folder / f"{name}_{k}_mask.tif", mask, photometric="minisblack", compression="zlib")
+            tifffile.imwrite(folder / SLICES.mask_name(f"{name}_{k}", ".tif"), mask, photometric="minisblack", compression="zlib")
             total += 1
             tumour_total += int(mask.any())
     return SynthSummary(patients=patients, slices=total, tumour_slices=tumour_total, out=out)
