@@ -127,7 +127,7 @@ def _predict(args: argparse.Namespace) -> None:
     choice = getattr(predictor, "choice", None)  # which variant of an ONNX model runs (fp32 / int8) and why
     if args.verbose and choice is not None:
         print(choice.message(verbose=True))
-    if args.verbose and hasattr(predictor, "settings"):  # ONNX Runtime: which threads and micro-batch it chose
+    if args.verbose and getattr(predictor, "backend", None) == "onnx":  # ONNX Runtime: which threads and micro-batch it chose
         print(predictor.settings.message())
     result = predict(predictor, inputs, args.out, threshold=args.threshold, batch_size=args.batch_size,
                      tta=args.tta, postprocess=PostProcess.parse(args.postprocess), fps=args.fps,

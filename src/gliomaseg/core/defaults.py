@@ -15,3 +15,8 @@ EXPORT_VARIANTS = ("int8", "fp16")
 CALIBRATION_SLICES = 128  # training slices that calibrate int8 activation ranges
 MAX_DICE_DROP = 0.005  # the largest drop of the mean per-patient Dice against fp32 that an exported variant may show
 MAX_PATIENT_DICE_DROP = 0.05  # ... and of any one patient's Dice (small tumours swing with a few pixels)
+DEFAULT_THRESHOLD = 0.5  # probability above which a pixel is tumour, unless a model or the user says otherwise
+# ImageNet statistics (0-1 pixel units, RGB): the normalization of smp's pretrained encoders and of models trained from
+# scratch (data's default transforms and modeling's encoder_normalization read them here; neither owns the other).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -28,12 +28,9 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from gliomaseg.core.defaults import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from gliomaseg.data.intensity import brain_mask  # noqa: E402
 from gliomaseg.data.sequences import FLAIR_CHANNEL  # noqa: E402
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 # The case study's scale range (ShiftScaleRotate scale_limit 0.04) and nnU-Net's (0.7-1.4).
 CASE_STUDY_SCALE = (0.96, 1.04)

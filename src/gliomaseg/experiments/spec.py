@@ -33,15 +33,15 @@ import yaml
 
 from gliomaseg.core.errors import ConfigError
 from gliomaseg.core.io import check_name
-from gliomaseg.training.config import TrainConfig
+from gliomaseg.training.config import TrainConfig, train_default
 
 # The shipped experiment files are package data: found through importlib.resources in a wheel as in a source tree.
 CONFIG_DIR = Path(str(resources.files("gliomaseg") / "configs" / "experiments"))
 REFERENCE_LABEL = "case study (GPU, ImageNet encoder, mIoU picked and reported on val)"
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The case study's setting.
-    "gpu": {"image_size": 256, "epochs": 100, "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "scheduler": "plateau",
+    # The case study's setting: TrainConfig's defaults (named, so experiment.json records them), fp32 and 4 workers.
+    "gpu": {**{k: train_default(k) for k in ("image_size", "epochs", "batch_size", "optimizer", "lr", "scheduler")},
             "precision": "32", "workers": 4},
     # The CPU recipe (docs/results/recipe.md): 256 px, 8 epochs, dice+bce, Adam + cosine, bf16 where it is faster,
     # each patient's intensities standardized (crossval.md decided it on 65 held-out patients). With

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -92,6 +91,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
     from gliomaseg.inference.onnx_backend import OnnxPredictor
     from gliomaseg.inference.torch_backend import load_checkpoint
     from gliomaseg.modeling.card import CARD_KEY, checkpoint_card, export_card_path, render_markdown
+    from gliomaseg.modeling.spec import set_onnx_metadata
 
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
@@ -112,9 +112,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
         proto = onnx.load(str(tmp))
         meta = {**predictor.info.portable(), "input": input_meaning(predictor.info.intensity),
                 "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
-        for key, value in (("gliomaseg", meta), (CARD_KEY, card)):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
+        set_onnx_metadata(proto, meta)
+        set_onnx_metadata(proto, card, CARD_KEY)
         onnx.save(proto, str(tmp))
         result.update(compare_logits(expected, OnnxPredictor(tmp, micro_batch=4).logits(images), predictor.threshold))
         # Written so that NaN fails: `nan > rtol` is False, `not nan <= rtol` is True.

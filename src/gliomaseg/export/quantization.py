@@ -18,7 +18,6 @@ Torch-free: needs onnx, onnxruntime, numpy and OpenCV.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -34,10 +33,10 @@ from gliomaseg.core.defaults import EXPORT_VARIANTS as VARIANTS
 from gliomaseg.core.errors import DataError, GliomasegError
 from gliomaseg.data.files import read_image, read_mask, read_slices_csv
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, PatientStatistics, check_intensity, standardize
+from gliomaseg.modeling.spec import normalize, read_onnx_metadata, write_onnx_metadata
 
 CALIBRATION_SEED = 0
 CALIBRATION_BATCH = 8
-METADATA_KEY = "gliomaseg"
 
 
 class QuantizationError(GliomasegError):
@@ -84,30 +83,11 @@ def load_slices(csv: str | Path, size: int, *, limit: int | None = None, seed: i
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if METADATA_KEY not in props:
+    """The fp32 model's description (:func:`gliomaseg.modeling.spec.read_onnx_metadata`), required here."""
+    meta = read_onnx_metadata(path)
+    if meta is None:
         raise QuantizationError(f"{path}: no gliomaseg metadata (export it with `gliomaseg export`)")
-    return json.loads(props[METADATA_KEY])
-
-
-def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-    onnx.save(proto, str(path))
-
-
-def _normalized(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    mean = np.asarray(meta["mean"], np.float32).reshape(1, 3, 1, 1) * 255.0
-    std = np.asarray(meta["std"], np.float32).reshape(1, 3, 1, 1) * 255.0
-    return np.ascontiguousarray((images.transpose(0, 3, 1, 2).astype(np.float32) - mean) / std)
+    return meta
 
 
 def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray) -> None:
@@ -131,7 +111,7 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray) -> 
         outputs = {o.name for o in graph.output}
         head = [node.name for node in graph.node if set(node.output) & outputs]
         input_name = graph.input[0].name
-        batches = [_normalized(calibration[i : i + CALIBRATION_BATCH], meta) for i in range(0, len(calibration), CALIBRATION_BATCH)]
+        batches = [normalize(calibration[i : i + CALIBRATION_BATCH], meta["mean"], meta["std"]) for i in range(0, len(calibration), CALIBRATION_BATCH)]
 
         class Reader(CalibrationDataReader):
             """The calibration batches; ``set_range`` lets ONNX Runtime reduce them to min/max one at a time."""
@@ -316,7 +296,7 @@ def write_variant(
                 f"{out}: not written: with {variant} the {problem}; mask pixel agreement with fp32 "
                 f"{report['mask_agreement']:.5f} on {report['check_slices']} slices of {report['check_csv']}"
             )
-        _set_metadata(tmp, {**meta, "variant": report})
+        write_onnx_metadata(tmp, {**meta, "variant": report})
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is read by whoever runs it
         os.replace(tmp, out)
     finally:

@@ -13,6 +13,7 @@ from gliomaseg.modeling.spec import ModelInfo
 
 
 class Predictor(Protocol):
+    backend: str  # "torch" (TorchPredictor, a checkpoint) or "onnx" (OnnxPredictor, with its runtime settings)
     image_size: int
     threshold: float
     info: "ModelInfo"  # intensity: what segment does to a patient's slices before they reach the model

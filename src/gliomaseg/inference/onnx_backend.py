@@ -11,7 +11,6 @@ cached per machine, ONNX Runtime version, model file and threads (see :mod:`glio
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from gliomaseg.core import machine
 from gliomaseg.core.errors import CheckpointError, first_line
-from gliomaseg.modeling.spec import ModelInfo
+from gliomaseg.modeling.spec import onnx_model_info
 
 MICRO_BATCHES = (1, 2, 4, 8)
 PROBE_SLICES = 8
@@ -134,6 +133,8 @@ class OnnxPredictor:
     ``threads`` / ``micro_batch`` force a setting; left out, they are chosen for this machine (see the module).
     """
 
+    backend = "onnx"
+
     def __init__(self, path: str | Path, threads: int | None = None, micro_batch: int | None = None, use_cache: bool = True) -> None:
         import onnxruntime as ort
 
@@ -146,18 +147,9 @@ class OnnxPredictor:
         cpus = machine.available_cpus()
         thread_options = [threads] if threads else sorted({cpus, max(1, cpus // 2)} if cpus >= 4 else {cpus}, reverse=True)
         self.session = _session(path, thread_options[0])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "gliomaseg" not in meta:
-            raise CheckpointError(f"{path}: ONNX model has no gliomaseg metadata (export it with `gliomaseg export`)")
-        try:
-            self.meta = json.loads(meta["gliomaseg"])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: gliomaseg metadata is not valid JSON ({exc})") from exc
-        self.info = ModelInfo.from_dict(self.meta, path)
+        self.meta, self.info = onnx_model_info(self.session.get_modelmeta().custom_metadata_map, path)
         self.image_size = self.info.image_size
         self.threshold = self.info.threshold
-        self.mean = np.asarray(self.info.mean, np.float32).reshape(1, 3, 1, 1) * 255.0
-        self.std = np.asarray(self.info.std, np.float32).reshape(1, 3, 1, 1) * 255.0
         self.path = path
         self.input_name = check_graph(self.session, path, self.image_size)
         if micro_batch is not None:
@@ -190,8 +182,7 @@ class OnnxPredictor:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB -> (N, 1, S, S) float32 logits, in micro-batches."""
-        x = images.transpose(0, 3, 1, 2).astype(np.float32)
-        x = np.ascontiguousarray((x - self.mean) / self.std)
+        x = self.info.normalize(images)
         step = self.micro_batch
         return np.concatenate([_run(self.session, self.path, self.input_name, x[i : i + step], self.image_size)
                                for i in range(0, len(x), step)])

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from gliomaseg.core.errors import CheckpointError, first_line
-from gliomaseg.modeling.spec import ModelInfo, read_checkpoint
+from gliomaseg.modeling.spec import ModelInfo, pixel_normalization, read_checkpoint
 
 
 class TorchPredictor:
     """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16`` (autocast)."""
+
+    backend = "torch"
 
     def __init__(self, model, info: ModelInfo, device: str = "cpu", precision: str = "32", channels_last: bool = True,
                  micro_batch: int | None = None):
@@ -29,8 +31,8 @@ class TorchPredictor:
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        # The float32 constants of modeling.spec.normalize, applied on the device in the same order.
+        self.mean, self.std = (torch.from_numpy(c).to(self.device) for c in pixel_normalization(info.mean, info.std))
 
     def logits(self, images: np.ndarray):
         step = self.micro_batch

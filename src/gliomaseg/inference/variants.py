@@ -13,12 +13,12 @@ its slices/s; the fastest wins.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gliomaseg.core.errors import CheckpointError
+from gliomaseg.modeling.spec import read_onnx_metadata
 
 VARIANT_CHOICES = ("auto", "fp32", "int8")
 # The fields a variant must share with its fp32 model to count as the same model.
@@ -32,11 +32,11 @@ def variant_path(model: str | Path, variant: str = "int8") -> Path:
 
 
 def _metadata(path: Path) -> dict:
-    import onnx
-
+    """``path``'s description (:func:`gliomaseg.modeling.spec.read_onnx_metadata`; ``{}`` when it has none); any
+    failure to read it is one :class:`CheckpointError`."""
     try:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props.get("gliomaseg", "{}"))
+        meta = read_onnx_metadata(path)
+        return {} if meta is None else meta
     except Exception as exc:  # a damaged sibling is not a reason to fail the model the user asked for
         raise CheckpointError(f"{path}: unreadable ONNX metadata ({type(exc).__name__})") from exc
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from gliomaseg.core.io import write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
+from gliomaseg.modeling.spec import ModelInfo, load_checkpoint_file
 
 CARD_FILE = "MODEL_CARD.md"  # beside a run's checkpoints; an export's card is named after its model (export_card_path)
 CARD_KEY = "model_card"
@@ -93,35 +94,36 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def card_fields(hyper_parameters: dict, summary: dict | None = None, evaluation: dict | None = None,
+def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = None, evaluation: dict | None = None,
                 torch_version: str | None = None) -> dict:
     """The card as plain data (JSON-safe).
 
     Args:
-        hyper_parameters: a checkpoint's ``hyper_parameters`` (arch, encoder, image_size, mean, std,
-            threshold, encoder_weights, train_csv, val_csv, gliomaseg_version, ...).
+        info: what the model is (architecture, encoder, size, intensity, normalization, threshold, CSVs).
+        hyper_parameters: a checkpoint's ``hyper_parameters``, for how it was trained (encoder_weights, loss,
+            optimizer, lr, scheduler, epochs, lowlr, gliomaseg_version).
         summary: the run's ``summary.json`` (training), if there is one.
         evaluation: the ``summary.json`` of ``gliomaseg evaluate``, if there is one.
         torch_version: the torch version the model was trained or exported with.
     """
     h = hyper_parameters
-    train_csv, val_csv = h.get("train_csv"), h.get("val_csv")
+    train_csv, val_csv = info.train_csv, info.val_csv
     card: dict[str, Any] = {
-        "architecture": h.get("arch"),
-        "encoder": h.get("encoder"),
-        "encoder_weights": _weights_origin(h.get("encoder_weights"), h.get("encoder")),
-        "decoder_channels": h.get("decoder_channels") or "smp's default (256, 128, 64, 32, 16)",
+        "architecture": info.arch,
+        "encoder": info.encoder,
+        "encoder_weights": _weights_origin(h.get("encoder_weights"), info.encoder),
+        "decoder_channels": info.decoder_channels or "smp's default (256, 128, 64, 32, 16)",
         "input": "uint8 RGB axial slice (H, W, 3), channels pre-contrast, FLAIR, post-contrast",
         "output": "per-pixel tumour probability; tumour where probability > threshold",
         "preprocessing": {
-            "image_size": h.get("image_size"),
-            "resize": f"slices are resized to {h.get('image_size')}x{h.get('image_size')} (area interpolation) and "
+            "image_size": info.image_size,
+            "resize": f"slices are resized to {info.image_size}x{info.image_size} (area interpolation) and "
                       "probabilities back to the slice's size (linear)",
-            "intensity": intensity_text(h.get("intensity", DEFAULT_INTENSITY)),
-            "normalization": {"mean": list(h.get("mean", [])), "std": list(h.get("std", [])),
+            "intensity": intensity_text(info.intensity),
+            "normalization": {"mean": list(info.mean), "std": list(info.std),
                               "formula": "(pixel / 255 - mean) / std, per RGB channel"},
         },
-        "threshold": h.get("threshold"),
+        "threshold": info.threshold,
         "training_data": {"train": _data_counts(train_csv), "model_selection": _data_counts(val_csv),
                           "split": _split(train_csv, val_csv)},
         "training": {k: h.get(k) for k in ("loss", "optimizer", "lr", "scheduler", "epochs", "lowlr") if k in h},
@@ -207,15 +209,16 @@ def _read_json(path: Path) -> dict | None:
 
 
 def checkpoint_card(path: str | Path) -> tuple[dict, dict]:
-    """``(checkpoint, card)``: a checkpoint loaded with ``weights_only=True`` and its card, built from its
-    hyperparameters, the ``summary.json`` beside it and, when present, ``eval/summary.json`` beside it."""
+    """``(checkpoint, card)``: a checkpoint loaded with ``weights_only=True`` and its card, built from its model
+    description (:class:`~gliomaseg.modeling.spec.ModelInfo`) and hyperparameters, the ``summary.json`` beside it
+    and, when present, ``eval/summary.json`` beside it."""
     import torch
 
     path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint, info = load_checkpoint_file(path)
     run = path.parent
-    card = card_fields(checkpoint["hyper_parameters"], _read_json(run / "summary.json"), _read_json(run / "eval" / "summary.json"),
-                       torch_version=str(torch.__version__))
+    card = card_fields(info, checkpoint["hyper_parameters"], _read_json(run / "summary.json"),
+                       _read_json(run / "eval" / "summary.json"), torch_version=str(torch.__version__))
     # A JSON round trip keeps only plain data, so the checkpoint still loads with weights_only=True.
     return checkpoint, json.loads(json.dumps(card, default=str))
 

@@ -19,8 +19,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from gliomaseg.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 from gliomaseg.core.errors import CheckpointError, ConfigError
-from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURES: dict[str, str] = {cls.__name__.lower(): cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
 ALIASES = {"unetpp": "unetplusplus", "unet++": "unetplusplus", "deeplabv3p": "deeplabv3plus", "deeplabv3+": "deeplabv3plus"}

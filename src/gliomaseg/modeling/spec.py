@@ -1,17 +1,45 @@
 """What a trained model is, as stored with it: architecture, encoder, size, normalization, threshold (:class:`ModelInfo`).
 
-``read_checkpoint`` reads a training checkpoint with ``torch.load(weights_only=True)``: no pickled code runs."""
+This module is the one reader of a model's description, wherever it is stored:
+
+- a training checkpoint: :func:`read_checkpoint` reads it with ``torch.load(weights_only=True)`` (no pickled code
+  runs) and its ``hyper_parameters`` become a :class:`ModelInfo` (the training side writes them with
+  Lightning's ``save_hyperparameters``);
+- an exported ONNX model: the JSON under :data:`METADATA_KEY` in its metadata, read with :func:`read_onnx_metadata`
+  (the onnx package) or :func:`onnx_model_info` (ONNX Runtime's metadata map) and written with
+  :func:`write_onnx_metadata` / :func:`set_onnx_metadata`.
+
+:func:`normalize` is the one place where uint8 pixels become the model's input.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from gliomaseg.core.defaults import DEFAULT_THRESHOLD
 from gliomaseg.core.errors import CheckpointError, first_line
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES
 
 IMAGE_SIZE_RANGE = (32, 1024)  # the sizes a model description may claim (multiples of 32)
+METADATA_KEY = "gliomaseg"  # the ONNX metadata entry holding a model's description (JSON)
+
+
+def pixel_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``mean * 255`` and ``std * 255`` as float32 (1, 3, 1, 1): the normalization in 0-255 pixel units."""
+    return (np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0,
+            np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0)
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB -> (N, 3, S, S) float32 model input, ``(pixel - mean * 255) / (std * 255)``, contiguous."""
+    scaled_mean, scaled_std = pixel_normalization(mean, std)
+    return np.ascontiguousarray((images.transpose(0, 3, 1, 2).astype(np.float32) - scaled_mean) / scaled_std)
 
 
 @dataclass
@@ -68,7 +96,7 @@ class ModelInfo:
             stats[field] = [float(v) for v in value]
         if min(stats["std"]) <= 0:
             raise bad("std", "3 positive numbers")
-        threshold = number("threshold", float, 0.5)
+        threshold = number("threshold", float, DEFAULT_THRESHOLD)
         if not 0.0 < threshold < 1.0:
             raise bad("threshold", "a probability strictly between 0 and 1")
         if number("in_channels", int, 3) != 3:
@@ -89,6 +117,10 @@ class ModelInfo:
                    threshold=threshold, train_csv=values.get("train_csv"), val_csv=values.get("val_csv"), intensity=intensity,
                    decoder_channels=None if widths is None else [int(v) for v in widths])
 
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB -> the model's (N, 3, S, S) float32 input (:func:`normalize` with this model's mean and std)."""
+        return normalize(images, self.mean, self.std)
+
     def portable(self) -> dict:
         """The description without the training machine's paths (CSV file names only), for exported models."""
         values = asdict(self)
@@ -97,8 +129,9 @@ class ModelInfo:
         return values
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
-    """The model state dict and its description, loaded without executing pickled code."""
+def load_checkpoint_file(path: str | Path) -> tuple[dict, ModelInfo]:
+    """The whole checkpoint (plain data, loaded without executing pickled code) and the description of its model,
+    read from its ``hyper_parameters``."""
     import torch
 
     path = Path(path)
@@ -111,7 +144,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(
             checkpoint.get("hyper_parameters"), dict):
         raise CheckpointError(f"{path}: not a gliomaseg checkpoint (no state_dict with model hyperparameters)")
-    info = ModelInfo.from_dict(checkpoint["hyper_parameters"], path)
+    return checkpoint, ModelInfo.from_dict(checkpoint["hyper_parameters"], path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
+    """The model state dict and its description, loaded without executing pickled code."""
+    import torch
+
+    path = Path(path)
+    checkpoint, info = load_checkpoint_file(path)
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if isinstance(k, str) and k.startswith("model.")}
     if not state:
         raise CheckpointError(f"{path}: checkpoint holds no model weights (no 'model.*' entries in its state_dict)")
@@ -121,3 +162,47 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
         raise CheckpointError(f"{path}: weight {broken[0]}{more} holds NaN or infinite values; a model with broken weights "
                               "predicts meaningless masks")
     return state, info
+
+
+def onnx_metadata(props: Mapping[str, str]) -> Any:
+    """The model description stored under :data:`METADATA_KEY` in an ONNX model's metadata ``props`` (key -> value),
+    parsed from JSON; ``None`` when there is none. Invalid JSON raises :class:`json.JSONDecodeError`."""
+    return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else None
+
+
+def read_onnx_metadata(path: str | Path) -> Any:
+    """:func:`onnx_metadata` of the ONNX file ``path``, read with the onnx package (external weights not loaded)."""
+    import onnx
+
+    return onnx_metadata({p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props})
+
+
+def onnx_model_info(props: Mapping[str, str], source: str | Path) -> tuple[dict, ModelInfo]:
+    """The raw description and the :class:`ModelInfo` in an ONNX model's metadata ``props`` (e.g. ONNX Runtime's
+    ``custom_metadata_map``); one :class:`CheckpointError` naming ``source`` when it is missing, not JSON or invalid."""
+    try:
+        meta = onnx_metadata(props)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{source}: gliomaseg metadata is not valid JSON ({exc})") from exc
+    if meta is None:
+        raise CheckpointError(f"{source}: ONNX model has no gliomaseg metadata (export it with `gliomaseg export`)")
+    return meta, ModelInfo.from_dict(meta, source)
+
+
+def set_onnx_metadata(proto, value: Any, key: str = METADATA_KEY) -> None:
+    """Store ``value`` as JSON under ``key`` in a loaded ONNX ``ModelProto``'s metadata, after its other entries
+    (an earlier entry of ``key`` is replaced)."""
+    kept = [p for p in proto.metadata_props if p.key != key]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = key, json.dumps(value)
+
+
+def write_onnx_metadata(path: str | Path, meta: Any) -> None:
+    """Replace the model description (:data:`METADATA_KEY`) of the ONNX file ``path`` with ``meta``."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    set_onnx_metadata(proto, meta)
+    onnx.save(proto, str(path))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gliomaseg.core.defaults import DEFAULT_TRAIN_PRECISION, OPTIMIZERS, SCHEDULERS, TRAIN_PRECISIONS
+from gliomaseg.core.defaults import DEFAULT_THRESHOLD, DEFAULT_TRAIN_PRECISION, OPTIMIZERS, SCHEDULERS, TRAIN_PRECISIONS
 from gliomaseg.core.errors import ConfigError
 from gliomaseg.core.machine import default_workers
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES, check_intensity
@@ -24,6 +24,8 @@ class TrainConfig:
 
     The ``gliomaseg train`` options are generated from these fields (``metadata["help"]``,
     ``metadata["choices"]``, ``metadata["hidden"]``): a new field is a new option, with this default.
+    These defaults are the training defaults: :class:`~gliomaseg.training.task.SegmentationTask` and the
+    experiment presets read them from here (:func:`train_default`).
     """
 
     out: str = field(metadata={"help": "run folder"})
@@ -76,7 +78,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "no progress bar"})
     limit_train_batches: float | int | None = field(default=None, metadata={"hidden": True})
     limit_val_batches: float | int | None = field(default=None, metadata={"hidden": True})
-    threshold: float = field(default=0.5, metadata={"help": "probability above which a pixel is tumour (stored in the checkpoint)"})
+    threshold: float = field(default=DEFAULT_THRESHOLD, metadata={"help": "probability above which a pixel is tumour (stored in the checkpoint)"})
 
     def csv_paths(self) -> tuple[Path, Path]:
         """The training and validation CSVs: explicit ones, else ``data/data_train.csv`` and ``data/data_val.csv``.
@@ -128,3 +130,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+def train_default(name: str) -> Any:
+    """The default of :class:`TrainConfig`'s field ``name`` (its factory's value for a ``default_factory`` field)."""
+    spec = TrainConfig.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default  # type: ignore[misc]

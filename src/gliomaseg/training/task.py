@@ -8,41 +8,44 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from gliomaseg.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 from gliomaseg.core.errors import TrainingDivergedError
-from gliomaseg.data.intensity import DEFAULT_INTENSITY
 from gliomaseg.data.resize import resize_probabilities
-from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from gliomaseg.evaluation.metrics import confusion, patient_table, slice_table
 from gliomaseg.modeling.losses import build_loss
-from gliomaseg.modeling.models import build_model
-from gliomaseg.training.config import MONITOR
+from gliomaseg.modeling.models import build_model, canonical_architecture
+from gliomaseg.training.config import MONITOR, train_default
 
 
 class SegmentationTask(L.LightningModule):
-    """An smp model, its loss and the validation metrics. Hyperparameters are plain data only."""
+    """An smp model, its loss and the validation metrics. Hyperparameters are plain data only.
+
+    The training defaults are :class:`~gliomaseg.training.config.TrainConfig`'s (``train`` passes every value;
+    the defaults serve a task built by hand); mean and std default to ImageNet's, as for an encoder trained from scratch.
+    """
 
     def __init__(
         self,
-        arch: str = "Unet",
-        encoder: str = "resnet18",
+        arch: str = canonical_architecture(train_default("model")),
+        encoder: str = train_default("encoder"),
         in_channels: int = 3,
         classes: int = 1,
-        loss: str = "dice",
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        scheduler: str = "plateau",
-        epochs: int = 100,
-        lowlr: bool = False,
-        image_size: int = 256,
+        loss: str = train_default("loss"),
+        optimizer: str = train_default("optimizer"),
+        lr: float = train_default("lr"),
+        momentum: float = train_default("momentum"),
+        weight_decay: float = train_default("weight_decay"),
+        scheduler: str = train_default("scheduler"),
+        epochs: int = train_default("epochs"),
+        lowlr: bool = train_default("lowlr"),
+        image_size: int = train_default("image_size"),
         mean: list[float] = list(IMAGENET_MEAN),
         std: list[float] = list(IMAGENET_STD),
-        threshold: float = 0.5,
-        intensity: str = DEFAULT_INTENSITY,
-        channels_last: bool = True,
-        encoder_weights: str | None = None,
-        weights_dir: str | None = None,
+        threshold: float = train_default("threshold"),
+        intensity: str = train_default("intensity"),
+        channels_last: bool = train_default("channels_last"),
+        encoder_weights: str | None = train_default("encoder_weights"),
+        weights_dir: str | None = train_default("weights_dir"),
         train_csv: str | None = None,
         val_csv: str | None = None,
         gliomaseg_version: str = "",
