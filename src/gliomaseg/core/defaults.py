@@ -15,3 +15,7 @@ EXPORT_VARIANTS = ("int8", "fp16")
 CALIBRATION_SLICES = 128  # training slices that calibrate int8 activation ranges
 MAX_DICE_DROP = 0.005  # the largest drop of the mean per-patient Dice against fp32 that an exported variant may show
 MAX_PATIENT_DICE_DROP = 0.05  # ... and of any one patient's Dice (small tumours swing with a few pixels)
+GIF_FPS = 2.0  # frames per second of a patient's GIF (predict, gif, the viewer's download)
+ONNX_OPSET = 17  # the ONNX opset `export` writes
+# Test-time augmentation (gliomaseg.inference.tta): none; flip (identity, horizontal, vertical); d4 (the 8 flips and rotations).
+TTA_MODES = ("none", "flip", "d4")
