@@ -323,6 +323,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
         MAX_DICE_DROP,
         MAX_PATIENT_DICE_DROP,
         ONNX_OPSET,
+        SPLIT_SEED,
+        SYNTH_PATIENTS,
+        SYNTH_SIZE,
+        SYNTH_SLICES,
+        TRAIN_SIZE,
         TTA_MODES,
     )
 
@@ -341,18 +346,18 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic MRI-like dataset in the kaggle_3m layout")
     p.add_argument("--out", required=True, type=Path, help="folder to write <patient>/<patient>_<k>.tif into")
-    p.add_argument("--patients", type=POSITIVE_INT, default=12, help="number of patients")
-    p.add_argument("--slices", type=POSITIVE_INT, default=20, help="about this many slices per patient")
+    p.add_argument("--patients", type=POSITIVE_INT, default=SYNTH_PATIENTS, help="number of patients")
+    p.add_argument("--slices", type=POSITIVE_INT, default=SYNTH_SLICES, help="about this many slices per patient")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--size", type=_ranged(int, 8, 4096), default=256, help="slice size in pixels (kaggle_3m: 256)")
+    p.add_argument("--size", type=_ranged(int, 8, 4096), default=SYNTH_SIZE, help="slice size in pixels (kaggle_3m: 256)")
 
     p = sub.add_parser("prepare", help="scan a kaggle_3m folder into CSVs and split it by patient")
     p.add_argument("--data-path", required=True, type=Path, help="a kaggle_3m root (patient folders of <patient>_<k>.tif and _mask.tif)")
     p.add_argument("--out", required=True, type=Path, help="folder for the CSVs and plots")
     p.add_argument("--split", choices=["patient", "image"], default="patient",
                    help="patient, or image: slices at random, the leakage experiment")
-    p.add_argument("--train-size", type=PROBABILITY, default=0.8, help="fraction of the patients (or slices) in the training CSV")
-    p.add_argument("--seed", type=int, default=42, help="random_state of the split (the case study's: 42)")
+    p.add_argument("--train-size", type=PROBABILITY, default=TRAIN_SIZE, help="fraction of the patients (or slices) in the training CSV")
+    p.add_argument("--seed", type=int, default=SPLIT_SEED, help="random_state of the split (the case study's: 42)")
     p.add_argument("--folds", type=_ranged(int, 2), default=None, help="also write K patient-grouped folds (data_folds.csv)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad slices with a warning; list them in skipped.csv")
     p.add_argument("--no-plots", action="store_true", help="skip slices_per_patient.png and sample_slices.png")

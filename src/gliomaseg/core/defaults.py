@@ -19,3 +19,10 @@ GIF_FPS = 2.0  # frames per second of a patient's GIF (predict, gif, the viewer'
 ONNX_OPSET = 17  # the ONNX opset `export` writes
 # Test-time augmentation (gliomaseg.inference.tta): none; flip (identity, horizontal, vertical); d4 (the 8 flips and rotations).
 TTA_MODES = ("none", "flip", "d4")
+# `synth`: a synthetic MRI-like dataset in the kaggle_3m layout (gliomaseg.data.synth).
+SYNTH_PATIENTS = 12
+SYNTH_SLICES = 20  # about this many slices per patient
+SYNTH_SIZE = 256  # slice side in pixels (kaggle_3m's)
+# `prepare`: the case study's split, by patient.
+TRAIN_SIZE = 0.8  # fraction of the patients (or slices) in the training CSV
+SPLIT_SEED = 42  # random_state of the split and of the folds
