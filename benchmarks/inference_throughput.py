@@ -217,7 +217,7 @@ def main() -> None:
 
     print()
     print(f"{len(raw)} validation slices; data: {source}")
-    print(f"machine: {machine()}; onnxruntime settings as chosen by `predict --backend onnx`")
+    print(f"machine: {machine()}; onnxruntime settings as chosen by `predict --model` (ONNX)")
     for note in notes:
         print(note)
     print_table(rows, ["path", "slices_per_s", "mask_agreement_vs_first_row", "seconds_per_patient", "stages_s", "patient_dice"])

@@ -19,7 +19,7 @@ $G predict --checkpoint "$OUT/run/best.ckpt" --input "$OUT/data/data_val.csv" --
 echo "== 6/7 export to ONNX (checked against PyTorch)"
 $G export --checkpoint "$OUT/run/best.ckpt" --out "$OUT/model.onnx"
 echo "== 7/7 predict again with ONNX Runtime, no torch"
-$G predict --backend onnx --model "$OUT/model.onnx" --input "$OUT/data/data_val.csv" --out "$OUT/predictions_onnx"
+$G predict --model "$OUT/model.onnx" --input "$OUT/data/data_val.csv" --out "$OUT/predictions_onnx"
 echo
 echo "demo finished in $(( $(date +%s) - start )) s; outputs under $OUT/:"
 echo "  data/        CSVs, slices_per_patient.png, sample_slices.png"

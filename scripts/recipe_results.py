@@ -19,7 +19,7 @@ import pandas as pd
 
 from gliomaseg.experiments.summary import markdown_table
 from gliomaseg.training.config import TrainConfig
-from gliomaseg.training.run import read_metrics
+from gliomaseg.training.records import read_metrics
 
 FLAGS = ("model", "encoder", "encoder_weights", "image_size", "epochs", "batch_size", "loss", "oversample", "optimizer", "lr",
          "scheduler", "precision", "max_time")

@@ -10,7 +10,7 @@ from gliomaseg.cli import main
 from gliomaseg.core.errors import ConfigError, DataError
 from gliomaseg.experiments.spec import load_experiment
 from gliomaseg.experiments.runner import run_experiment, split_csvs
-from gliomaseg.training.run import read_metrics
+from gliomaseg.training.records import read_metrics
 
 TINY = {"batch_size": 4, "limit_train_batches": 2, "workers": 0}
 

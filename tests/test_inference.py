@@ -107,7 +107,7 @@ def test_onnx_agrees_with_pytorch_and_skips_torch(onnx_model: Path, predictor, s
     assert np.mean([(a == b).mean() for a, b in zip(torch_masks, onnx_masks)]) >= 0.999
     code = (
         "import sys; from gliomaseg.cli import main; "
-        f"rc = main(['predict', '--backend', 'onnx', '--model', r'{onnx_model}', '--input', r'{patient}', '--out', r'{tmp_path / 'cli'}']); "
+        f"rc = main(['predict', '--model', r'{onnx_model}', '--input', r'{patient}', '--out', r'{tmp_path / 'cli'}']); "
         "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -146,7 +146,7 @@ def test_runtime_settings_are_measured_cached_and_overridable(int8_export, monke
 def test_cli_predict_onnx_says_its_settings(int8_export, synth_root: Path, tmp_path: Path, capsys):
     model, _ = int8_export
     patient = sorted(synth_root.iterdir())[0]
-    assert main(["predict", "--backend", "onnx", "--model", str(model), "--input", str(patient), "--out", str(tmp_path / "p"),
+    assert main(["predict", "--model", str(model), "--input", str(patient), "--out", str(tmp_path / "p"),
                  "--threads", "1", "--verbose"]) == 0  # the settings are said with --verbose only (issue 24)
     text = capsys.readouterr().out
     assert "onnxruntime: 1 thread(s), micro-batch" in text and (tmp_path / "p" / "predictions.csv").is_file()

@@ -105,7 +105,7 @@ def test_browser_upload_view_and_download(served: str, onnx_model: Path, synth_r
 
     patient = sorted(synth_root.iterdir())[0]
     slices = _slices(patient)
-    assert main(["predict", "--backend", "onnx", "--model", str(onnx_model), "--input", str(patient), "--out", str(tmp_path / "pred")]) == 0
+    assert main(["predict", "--model", str(onnx_model), "--input", str(patient), "--out", str(tmp_path / "pred")]) == 0
     expected = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (tmp_path / "pred" / patient.name).glob("*_pred.png")}
     one = max(slices, key=lambda p: int((expected[f"{p.stem}_pred.png"] > 0).sum()))  # a slice with predicted tumour
     assert expected[f"{one.stem}_pred.png"].any(), "the test model predicts no tumour anywhere: nothing to compare"

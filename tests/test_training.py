@@ -13,7 +13,8 @@ from gliomaseg.core.errors import ConfigError, TrainingDivergedError
 from gliomaseg.evaluation.evaluate import evaluate
 from gliomaseg.training.task import SegmentationTask
 from gliomaseg.training.config import TrainConfig
-from gliomaseg.training.run import read_metrics, train
+from gliomaseg.training.records import read_metrics
+from gliomaseg.training.run import train
 
 
 def _config(prepared: Path, out: Path, **overrides) -> TrainConfig:

@@ -96,7 +96,7 @@ def _train(args: argparse.Namespace) -> None:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> None:
-    from gliomaseg.evaluation.evaluate import evaluate
+    from gliomaseg.evaluation.evaluate import SCORE_FILES, evaluate, summary_markdown
     from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
 
@@ -106,23 +106,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     summary = evaluate(args.checkpoint, args.csv, args.out, batch_size=args.batch_size, compare=not args.no_compare,
                        postprocess=PostProcess.parse(args.postprocess), tta=args.tta, device=args.device, spacing=_spacing_xyz(args),
                        predictor=predictor)
-    print((Path(args.out) / "summary.md").read_text().split("## All smp metrics")[0])
-    print(f"wrote {args.out}/slices.csv, patients.csv, summary.json, summary.md, patient_dice.png")
+    print(summary_markdown(summary, headline_only=True))
+    print(f"wrote {args.out}/" + ", ".join(SCORE_FILES))
 
 
 @command("predict")
 def _predict(args: argparse.Namespace) -> None:
     from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
-    from gliomaseg.predict.files import predict
+    from gliomaseg.predict.files import closing_line, patient_line, predict, resolve_inputs
     from gliomaseg.predict.report import model_summary
 
     started = time.perf_counter()
-    inputs = _predict_inputs(args)
-    for path in args.input or []:  # before the model is opened (and ONNX Runtime probed)
-        if not path.exists():
-            raise GliomasegError(f"{path}: input does not exist")
-    predictor = open_predictor(args.checkpoint, args.model, backend=args.backend, device=args.device, precision=args.precision,
+    inputs = resolve_inputs(args.input, args.sequences)  # before the model is opened (and ONNX Runtime probed)
+    predictor = open_predictor(args.checkpoint, args.model, device=args.device, precision=args.precision,
                                variant=args.variant, threads=args.threads)
     choice = getattr(predictor, "choice", None)  # which variant of an ONNX model runs (fp32 / int8) and why
     if args.verbose and choice is not None:
@@ -140,75 +137,13 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"skipped {len(result.skipped)} file(s), listed in {result.out / 'skipped.csv'}", file=sys.stderr)
 
 
-def _predict_inputs(args: argparse.Namespace):
-    """``--input`` paths, or the DICOM series that ``--sequences`` names by role (``role=DIR`` entries or one mapping file)."""
-    if (args.input is None) == (args.sequences is None):
-        raise GliomasegError("predict needs --input PATH ... or --sequences pre=DIR flair=DIR post=DIR (or a mapping file), not both")
-    if args.sequences is None:
-        return args.input
-    from gliomaseg.data.dicom import parse_sequences, read_mapping_file
-
-    if len(args.sequences) == 1 and "=" not in args.sequences[0]:
-        return read_mapping_file(Path(args.sequences[0]))
-    return parse_sequences(args.sequences)
-
-
-def patient_line(row: dict) -> str:
-    """One line per patient: slices with tumour, volume (mL only with a known spacing), Dice against truth, missing sequences."""
-    from gliomaseg.core.units import UNKNOWN
-    from gliomaseg.predict.report import missing_note
-
-    ml = row.get("tumour_volume_ml")
-    volume = (f"{row['tumour_volume_voxels']} voxels ({UNKNOWN})" if ml is None or ml != ml
-              else f"{ml:g} mL ({row['tumour_volume_voxels']} voxels)")
-    text = f"{row['patient']}: tumour predicted on {row['slices_with_tumour']} of {row['slices']} slice(s), volume {volume}"
-    if row.get("dice_3d") is not None and row.get("dice_3d") == row.get("dice_3d"):
-        text += f"; 3D Dice {row['dice_3d']:.3f} against the truth (tumour on {row['slices_with_true_tumour']} slice(s))"
-    note = missing_note(row.get("missing_sequences"))
-    return text + (f"; {note}" if note else "")
-
-
-def closing_line(result, seconds: float, model: str | None = None) -> str:
-    """How long it took, where each kind of output went, and (``model``) which model file ran."""
-    out = result.out
-    parts = [f"report {out / 'report.html'}"] if result.report else []
-    parts.append(f"masks and overlays in {out}/<patient>/")
-    if "gif" in result.patients:
-        parts.append(f"GIFs {out}/<patient>/<patient>.gif")
-    if "mask_volume" in result.patients:
-        parts.append(f"mask volumes {out}/<case>_mask.nii.gz")
-    if "segmentation" in result.patients:
-        parts.append(f"DICOM SEG {out}/<case>_seg.dcm")
-    parts.append(f"tables {out / 'predictions.csv'}, {out / 'patients.csv'}")
-    if model:
-        parts.append(model)
-    return (f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) in {seconds:.1f} s: "
-            + "; ".join(parts))
-
-
 @command("score")
 def _score(args: argparse.Namespace) -> None:
-    from gliomaseg.evaluation.evaluate import score
+    from gliomaseg.evaluation.evaluate import PATIENTS_CSV, SLICES_CSV, SUMMARY_MD, score, score_table
 
     summary = score(args.pred, args.truth, args.out, spacing=_spacing_xyz(args))
     print(score_table(summary))
-    print(f"all numbers and their meaning: {Path(args.out) / 'summary.md'}; per slice and per patient: slices.csv, patients.csv")
-
-
-def score_table(summary: dict) -> str:
-    """The few numbers of a score run a reader looks at first, one a line."""
-    def number(key: str) -> str:
-        value = summary.get(key)
-        return "-" if value is None or value != value else f"{value:.4f}"
-
-    lines = [f"{summary['patients']} patient(s), {summary['slices']} slice(s) ({summary['tumour_slices']} with tumour)",
-             f"  per-patient 3D Dice   mean {number('patient_dice_mean')}  median {number('patient_dice_median')}",
-             f"  dataset Dice (micro)  {number('dice_micro')}",
-             f"  tumour-slice IoU      {number('iou_imagewise_tumour_slices')}"]
-    if summary.get("volumes"):
-        lines.append(f"  per-patient HD95      mean {number('patient_hd95_mean')}  median {number('patient_hd95_median')} "
-                     f"({summary['hd95_unit']})")
-    return "\n".join(lines)
+    print(f"all numbers and their meaning: {Path(args.out) / SUMMARY_MD}; per slice and per patient: {SLICES_CSV}, {PATIENTS_CSV}")
 
 
 @command("convert")
@@ -230,42 +165,13 @@ def _convert(args: argparse.Namespace) -> None:
 
 @command("export")
 def _export(args: argparse.Namespace) -> None:
-    from gliomaseg.export.onnx import export_onnx, export_variant, quantize_model
+    from gliomaseg.export.onnx import export_messages, export_model
 
-    if (args.checkpoint is None) == (args.model is None):
-        raise GliomasegError("export needs --checkpoint (a training checkpoint) or --model (an fp32 ONNX model), not both")
-    if args.model is not None:
-        if not (args.quantize and args.check_csv):
-            raise GliomasegError("export --model needs --quantize and --check-csv (validation slices; for int8 also --calibration-csv, "
-                                 "training slices): an ONNX model does not name its CSVs")
-        result = quantize_model(args.model, args.out, args.quantize, check_csv=args.check_csv, calibration_csv=args.calibration_csv,
-                                calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop)
-        _print_variant(result["variant"])
-        print(f"wrote {result['path']} from {result['model']}")
-        return
-    if args.quantize:
-        result = export_variant(args.checkpoint, args.out, args.quantize, opset=args.opset, calibration_csv=args.calibration_csv,
-                                check_csv=args.check_csv, calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop,
-                                sample=args.sample)
-    else:
-        result = export_onnx(args.checkpoint, args.out, opset=args.opset, sample=args.sample)
-    print(f"fp32: ONNX Runtime vs PyTorch on {result['inputs']}: max abs logit difference {result['max_abs_diff']:.2e}, relative "
-          f"{result['max_rel_diff']:.2e} (limit {result['rtol']:.0e}); masks agree on {result['mask_agreement']:.4%} of the pixels "
-          f"(limit {result['min_agreement']:.2%}, {result['positive_pixels']} tumour pixels)")
-    if result.get("variant"):
-        _print_variant(result["variant"])
-    print(f"wrote {result['path']}; model card {result['model_card']}")
-
-
-def _print_variant(v: dict) -> None:
-    if "calibration" in v:
-        print(f"{v['weights']}: calibrated on {v['calibration_slices']} slices of {v['calibration_csv']} ({v['calibration']})")
-    print(f"{v['weights']} vs fp32 on {v['check_slices']} slices of {v['check_patients']} patients ({v['check_csv']}): "
-          f"mask pixel agreement {v['mask_agreement']:.5f}, {v['slices_with_different_masks']} slice(s) differ; "
-          f"per-patient Dice mean {v['patient_dice_mean']:.4f} vs {v['patient_dice_fp32_mean']:.4f} "
-          f"(drop {v['patient_dice_drop']:.4f}, limit {v['max_dice_drop_allowed']}), one patient's largest drop "
-          f"{v['patient_dice_drop_max']:.4f} ({v['worst_patient']}; limit {v['max_single_patient_dice_drop_allowed']}); "
-          f"{v['file_bytes'] / 1e6:.1f} MB vs {v['fp32_file_bytes'] / 1e6:.1f} MB")
+    result = export_model(args.out, checkpoint=args.checkpoint, model=args.model, quantize=args.quantize, opset=args.opset,
+                          sample=args.sample, calibration_csv=args.calibration_csv, check_csv=args.check_csv,
+                          calibration_slices=args.calibration_slices, max_dice_drop=args.max_dice_drop)
+    for line in export_messages(result):
+        print(line)
 
 
 @command("gif")
@@ -302,10 +208,9 @@ def _report(args: argparse.Namespace) -> None:
 
 @command("serve")
 def _serve(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
+    from gliomaseg.predict.report import model_summary
     from gliomaseg.serve.app import run_server
     from gliomaseg.serve.limits import ServeLimits
     from gliomaseg.serve.pipeline import SegmentOptions
@@ -313,15 +218,9 @@ def _serve(args: argparse.Namespace) -> None:
     predictor = open_predictor(args.checkpoint, args.model, device=args.device, variant=args.variant)
     if getattr(predictor, "choice", None) is not None:
         print(predictor.choice.message())
-    limits = ServeLimits()
-    if args.max_upload_mb is not None:
-        limits = replace(limits, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-    if args.max_image_side is not None:
-        limits = replace(limits, max_image_side=args.max_image_side)
+    limits = ServeLimits().overridden(max_upload_mb=args.max_upload_mb, max_image_side=args.max_image_side)
     label = str(args.checkpoint or args.model or "shipped default model")
     options = SegmentOptions(threshold=args.threshold, tta=args.tta, postprocess=PostProcess.parse(args.postprocess))
-    from gliomaseg.predict.report import model_summary
-
     info = model_summary(predictor, shipped=args.checkpoint is None and args.model is None)
     run_server(predictor, host=args.host, port=args.port, options=options, limits=limits, model_label=label, model_info=info,
                spacing=_spacing_xyz(args))
@@ -416,7 +315,21 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; the ``train`` options (generated from ``TrainConfig``, which imports torch) are added
     only when ``command_name`` is ``train``, so the other commands stay torch-free."""
     from gliomaseg import __version__
-    from gliomaseg.core.defaults import CALIBRATION_SLICES, DEFAULT_BATCH_SIZE, EXPORT_VARIANTS, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
+    from gliomaseg.core.defaults import (
+        CALIBRATION_SLICES,
+        DEFAULT_BATCH_SIZE,
+        EXPORT_VARIANTS,
+        GIF_FPS,
+        MAX_DICE_DROP,
+        MAX_PATIENT_DICE_DROP,
+        ONNX_OPSET,
+        SPLIT_SEED,
+        SYNTH_PATIENTS,
+        SYNTH_SIZE,
+        SYNTH_SLICES,
+        TRAIN_SIZE,
+        TTA_MODES,
+    )
 
     parser = argparse.ArgumentParser(prog="gliomaseg", formatter_class=_Help,
                                      description="Lower-grade glioma segmentation in brain MRI (research use only, not for diagnosis).")
@@ -433,18 +346,18 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic MRI-like dataset in the kaggle_3m layout")
     p.add_argument("--out", required=True, type=Path, help="folder to write <patient>/<patient>_<k>.tif into")
-    p.add_argument("--patients", type=POSITIVE_INT, default=12, help="number of patients")
-    p.add_argument("--slices", type=POSITIVE_INT, default=20, help="about this many slices per patient")
+    p.add_argument("--patients", type=POSITIVE_INT, default=SYNTH_PATIENTS, help="number of patients")
+    p.add_argument("--slices", type=POSITIVE_INT, default=SYNTH_SLICES, help="about this many slices per patient")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--size", type=_ranged(int, 8, 4096), default=256, help="slice size in pixels (kaggle_3m: 256)")
+    p.add_argument("--size", type=_ranged(int, 8, 4096), default=SYNTH_SIZE, help="slice size in pixels (kaggle_3m: 256)")
 
     p = sub.add_parser("prepare", help="scan a kaggle_3m folder into CSVs and split it by patient")
     p.add_argument("--data-path", required=True, type=Path, help="a kaggle_3m root (patient folders of <patient>_<k>.tif and _mask.tif)")
     p.add_argument("--out", required=True, type=Path, help="folder for the CSVs and plots")
     p.add_argument("--split", choices=["patient", "image"], default="patient",
                    help="patient, or image: slices at random, the leakage experiment")
-    p.add_argument("--train-size", type=PROBABILITY, default=0.8, help="fraction of the patients (or slices) in the training CSV")
-    p.add_argument("--seed", type=int, default=42, help="random_state of the split (the case study's: 42)")
+    p.add_argument("--train-size", type=PROBABILITY, default=TRAIN_SIZE, help="fraction of the patients (or slices) in the training CSV")
+    p.add_argument("--seed", type=int, default=SPLIT_SEED, help="random_state of the split (the case study's: 42)")
     p.add_argument("--folds", type=_ranged(int, 2), default=None, help="also write K patient-grouped folds (data_folds.csv)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad slices with a warning; list them in skipped.csv")
     p.add_argument("--no-plots", action="store_true", help="skip slices_per_patient.png and sample_slices.png")
@@ -460,7 +373,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, type=Path, help="a CSV of prepare (or any input with masks: kaggle_3m folder, NIfTI cases)")
     p.add_argument("--out", required=True, type=Path, help="folder for slices.csv, patients.csv, summary.json/.md, patient_dice.png")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE, help="slices per model call")
-    p.add_argument("--tta", default="flip", choices=["flip", "d4"], help="TTA measured in the comparison table")
+    p.add_argument("--tta", default="flip", choices=[m for m in TTA_MODES if m != "none"], help="TTA measured in the comparison table")
     p.add_argument("--postprocess", default="all", help="steps measured in the comparison table (see predict --help)")
     p.add_argument("--no-compare", action="store_true", help="skip the TTA / post-processing table")
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
@@ -472,8 +385,6 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
                    help="for an ONNX model with a checked NAME.int8.onnx beside it (the shipped model has one): auto (default) "
                         "runs whichever is faster on this machine, by a short cached probe; fp32 or int8 force one")
-    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
-                   help="kept for older scripts: the backend follows from --checkpoint (torch) or --model / the shipped model (onnx)")
     p.add_argument("--input", type=Path, nargs="+", default=None,
                    help="a slice, a patient folder, a kaggle_3m root, a CSV, a NIfTI case (X, Y, Z, 3), "
                         "three NIfTI channel files (pre-contrast, FLAIR, post-contrast), a folder of NIfTI cases, a DICOM "
@@ -486,11 +397,11 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
                    help="output folder: report.html (open it first), masks, overlays, GIFs, predictions.csv, patients.csv")
     p.add_argument("--threshold", type=PROBABILITY, default=None, help="probability above which a pixel is tumour (default: the model's own)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULT_BATCH_SIZE, help="slices per model call")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"],
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
                    help="test-time augmentation: none, flip (mean over a horizontal flip), d4 (the 8 flips and rotations)")
     p.add_argument("--postprocess", default="none",
                    help="none, all, or steps: min_size=64,fill_holes,largest_3d,opening=3,closing=3")
-    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0, help="frames per second of each patient's GIF")
+    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=GIF_FPS, help="frames per second of each patient's GIF")
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
     p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
     p.add_argument("--precision", choices=["32", "bf16"], default="32", help="--checkpoint: inference precision")
@@ -530,9 +441,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None,
                    help="instead of --checkpoint: an fp32 ONNX model to quantize (`shipped`: the model inside gliomaseg); "
                         "needs --quantize, --check-csv and, for int8, --calibration-csv")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
     p.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. model.onnx (an int8 variant: model.int8.onnx)")
-    p.add_argument("--opset", type=_ranged(int, 7, 30), default=17, help="ONNX opset")
+    p.add_argument("--opset", type=_ranged(int, 7, 30), default=ONNX_OPSET, help="ONNX opset")
     p.add_argument("--quantize", choices=EXPORT_VARIANTS, default=None,
                    help="int8: static QDQ quantization (per-channel weights) calibrated on training slices, ~2x faster on "
                         "CPUs with VNNI; fp16: weights stored in float16 (half the file, fp32 arithmetic). Either is "
@@ -573,7 +483,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this computer only)")
     p.add_argument("--port", type=_ranged(int, 1, 65535), default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--threshold", type=PROBABILITY, default=None, help="probability above which a pixel is tumour (default: the model's)")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"], help="test-time augmentation, as for predict")
+    p.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation, as for predict")
     p.add_argument("--postprocess", default="none", help="as for predict: none, all, or steps")
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="voxel size in mm of uploaded slices (default: a NIfTI header's when in mm, else unknown)")
@@ -584,7 +494,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("gif", help="a folder of images into an animated GIF, in numeric order")
     p.add_argument("--input", required=True, type=Path, help="a folder of images (.png, .jpg, .tif)")
     p.add_argument("--out", required=True, type=Path, help="the GIF to write")
-    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=2.0, help="frames per second")
+    p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=GIF_FPS, help="frames per second")
     return parser
 
 

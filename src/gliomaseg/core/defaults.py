@@ -20,3 +20,14 @@ DEFAULT_THRESHOLD = 0.5  # probability above which a pixel is tumour, unless a m
 # scratch (data's default transforms and modeling's encoder_normalization read them here; neither owns the other).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GIF_FPS = 2.0  # frames per second of a patient's GIF (predict, gif, the viewer's download)
+ONNX_OPSET = 17  # the ONNX opset `export` writes
+# Test-time augmentation (gliomaseg.inference.tta): none; flip (identity, horizontal, vertical); d4 (the 8 flips and rotations).
+TTA_MODES = ("none", "flip", "d4")
+# `synth`: a synthetic MRI-like dataset in the kaggle_3m layout (gliomaseg.data.synth).
+SYNTH_PATIENTS = 12
+SYNTH_SLICES = 20  # about this many slices per patient
+SYNTH_SIZE = 256  # slice side in pixels (kaggle_3m's)
+# `prepare`: the case study's split, by patient.
+TRAIN_SIZE = 0.8  # fraction of the patients (or slices) in the training CSV
+SPLIT_SEED = 42  # random_state of the split and of the folds

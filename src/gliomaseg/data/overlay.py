@@ -8,6 +8,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from gliomaseg.core.defaults import GIF_FPS
 from gliomaseg.core.io import atomic_write
 
 # On a grey FLAIR slice (where the tumour is bright), yellow and red stay apart from the image and from each other;
@@ -71,7 +72,7 @@ def encode_png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = 2.0) -> Path:
+def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = GIF_FPS) -> Path:
     """Write (H, W, 3) RGB uint8 frames as an endlessly looping GIF at ``fps`` frames per second, atomically.
 
     Each frame gets its own 256-colour palette by Pillow's fast octree quantizer, without dithering: on a
@@ -92,7 +93,7 @@ def _gif_images(frames: Iterable[np.ndarray], name: str) -> list:
     return [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for f in frames]
 
 
-def gif_bytes(frames: Iterable[np.ndarray], fps: float = 2.0, name: str = "GIF") -> bytes:
+def gif_bytes(frames: Iterable[np.ndarray], fps: float = GIF_FPS, name: str = "GIF") -> bytes:
     """The bytes of the GIF that :func:`write_gif` writes (for the viewer's download)."""
     import io
 

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 from sklearn.model_selection import KFold, train_test_split
 
+from gliomaseg.core.defaults import SPLIT_SEED, TRAIN_SIZE
 from gliomaseg.core.errors import DataError, InputWarning
 from gliomaseg.core.io import moved, run_folder, write_csv
 from gliomaseg.data.files import SLICE_SIZE, read_slice_pair
@@ -107,7 +108,7 @@ def _split_problem(exc: DataError, fallback: Path) -> tuple[str, str]:
     return (path, problem) if sep else (str(fallback), text)
 
 
-def split_by_patient(info: pd.DataFrame, train_size: float = 0.8, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_patient(info: pd.DataFrame, train_size: float = TRAIN_SIZE, seed: int = SPLIT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The case study's split: ``train_test_split`` over the sorted patient groups.
 
     On the full 110-patient kaggle_3m this gives 88/22 patients and 3151/778 slices.
@@ -121,7 +122,7 @@ def split_by_patient(info: pd.DataFrame, train_size: float = 0.8, seed: int = 42
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def split_by_image(info: pd.DataFrame, train_size: float = 0.8, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_by_image(info: pd.DataFrame, train_size: float = TRAIN_SIZE, seed: int = SPLIT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Slices at random, ignoring patients: slices of one patient land on both sides (leakage, on purpose)."""
     train, val = train_test_split(info, train_size=train_size, random_state=seed)
     return train.sort_index().reset_index(drop=True), val.sort_index().reset_index(drop=True)
@@ -130,7 +131,7 @@ def split_by_image(info: pd.DataFrame, train_size: float = 0.8, seed: int = 42) 
 FOLD_CSV = "data_fold{fold}_{part}.csv"  # part: train or val; train with --train-csv / --val-csv
 
 
-def assign_folds(info: pd.DataFrame, folds: int, seed: int = 42) -> pd.DataFrame:
+def assign_folds(info: pd.DataFrame, folds: int, seed: int = SPLIT_SEED) -> pd.DataFrame:
     """Add a ``fold`` column: K patient-grouped folds, each patient in exactly one fold."""
     patients = sorted(info["patient"].unique())
     if folds < 2 or folds > len(patients):
@@ -167,8 +168,8 @@ def prepare(
     out: str | Path,
     *,
     split: Literal["patient", "image"] = "patient",
-    train_size: float = 0.8,
-    seed: int = 42,
+    train_size: float = TRAIN_SIZE,
+    seed: int = SPLIT_SEED,
     folds: int | None = None,
     skip_bad: bool = False,
     plots: bool = True,

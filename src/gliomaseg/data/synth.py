@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from gliomaseg.core.defaults import SYNTH_PATIENTS, SYNTH_SIZE, SYNTH_SLICES
 from gliomaseg.core.errors import DataError
 from gliomaseg.data.formats.slice_files import SLICES
 
@@ -107,7 +108,7 @@ def sample_slices(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def generate(
-    out: str | Path, patients: int = 12, slices: int = 20, seed: int = 0, size: int = 256, tumour_fraction: float = 0.7
+    out: str | Path, patients: int = SYNTH_PATIENTS, slices: int = SYNTH_SLICES, seed: int = 0, size: int = SYNTH_SIZE, tumour_fraction: float = 0.7
 ) -> SynthSummary:
     """Write ``patients`` synthetic patients of about ``slices`` slices each under ``out``.
 

@@ -40,6 +40,9 @@ from gliomaseg.evaluation.metrics import (
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
 
+# What write_scores puts in an output folder, in the order the terminal lists them.
+SCORE_FILES = SLICES_CSV, PATIENTS_CSV, SUMMARY_JSON, SUMMARY_MD, DICE_CHART = (
+    "slices.csv", "patients.csv", "summary.json", "summary.md", "patient_dice.png")
 HEADLINE = [
     "iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "dice_imagewise_tumour_slices", "iou_micro",
     "dice_micro", "patient_dice_mean", "patient_dice_median", "patient_hd95_mean", "patient_hd95_median",
@@ -153,12 +156,12 @@ def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients:
         if column in slices:
             slices[column] = [v if not isinstance(v, str) or not v else os.path.relpath(Path(v).resolve(), out.resolve())
                               for v in slices[column]]
-    write_csv(slices, out / "slices.csv")
-    write_csv(patients, out / "patients.csv")
-    write_text(json.dumps(summary, indent=2, default=_json_number), out / "summary.json")
-    write_text(summary_markdown(summary), out / "summary.md")
+    write_csv(slices, out / SLICES_CSV)
+    write_csv(patients, out / PATIENTS_CSV)
+    write_text(json.dumps(summary, indent=2, default=_json_number), out / SUMMARY_JSON)
+    write_text(summary_markdown(summary), out / SUMMARY_MD)
     ordered = patients.sort_values("dice_3d")
-    plot_bars(list(ordered["patient"]), list(ordered["dice_3d"]), out / "patient_dice.png",
+    plot_bars(list(ordered["patient"]), list(ordered["dice_3d"]), out / DICE_CHART,
               title="Per-patient 3D Dice (all slices of a patient as one volume)", ylabel="Dice")
 
 
@@ -302,7 +305,9 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def summary_markdown(summary: dict) -> str:
+def summary_markdown(summary: dict, headline_only: bool = False) -> str:
+    """``summary.md``: the evaluated data, the headline numbers and their meaning, the TTA / post-processing table, then
+    every smp metric by reduction; ``headline_only``: the text before that last section (what the terminal shows)."""
     lines = [f"# Evaluation of {summary['model']}", ""]
     if summary.get("checkpoint"):
         lines.append(f"- checkpoint: `{summary['checkpoint']}`")
@@ -344,6 +349,8 @@ def summary_markdown(summary: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for name, scores in summary["variants"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(scores[k]) for k in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro", "patient_dice_mean")) + " |")
+    if headline_only:
+        return "\n".join(lines) + "\n\n"
     lines += ["", "## All smp metrics by reduction", "", "| metric | " + " | ".join(summary["reductions"]) + " |",
               "|---|" + "---|" * len(summary["reductions"])]
     for metric, values in summary["smp"].items():
@@ -351,3 +358,19 @@ def summary_markdown(summary: dict) -> str:
     lines += ["", "Reductions:"] + [f"- `{k}`: {v}" for k, v in summary["reductions"].items()]
     lines.append(f"- 0/0: {NEUTRAL_MEANING}.")
     return "\n".join(lines) + "\n"
+
+
+def score_table(summary: dict) -> str:
+    """The few numbers of a score run a reader looks at first, one a line."""
+    def number(key: str) -> str:
+        value = summary.get(key)
+        return "-" if value is None or value != value else f"{value:.4f}"
+
+    lines = [f"{summary['patients']} patient(s), {summary['slices']} slice(s) ({summary['tumour_slices']} with tumour)",
+             f"  per-patient 3D Dice   mean {number('patient_dice_mean')}  median {number('patient_dice_median')}",
+             f"  dataset Dice (micro)  {number('dice_micro')}",
+             f"  tumour-slice IoU      {number('iou_imagewise_tumour_slices')}"]
+    if summary.get("volumes"):
+        lines.append(f"  per-patient HD95      mean {number('patient_hd95_mean')}  median {number('patient_hd95_median')} "
+                     f"({summary['hd95_unit']})")
+    return "\n".join(lines)

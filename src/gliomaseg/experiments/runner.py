@@ -73,7 +73,8 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
     from gliomaseg.modeling.card import write_run_card
     from gliomaseg.modeling.models import build_model, gflops, parse_decoder_channels
     from gliomaseg.modeling.precision import probe_device
-    from gliomaseg.training.run import best_epoch, train
+    from gliomaseg.training.records import best_epoch
+    from gliomaseg.training.run import train
 
     train_csv, val_csv = split_csvs(data, spec.split)
     options = {**spec.options, **overrides}

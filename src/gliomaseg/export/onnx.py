@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomaseg.core.defaults import ONNX_OPSET
 from gliomaseg.core.errors import GliomasegError
 from gliomaseg.core.io import atomic_write, write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
@@ -73,7 +74,7 @@ def without_paths(value: object) -> object:
     return value
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sample: str | Path | None = None,
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = ONNX_OPSET, sample: str | Path | None = None,
                 rtol: float = RTOL, min_agreement: float = MIN_MASK_AGREEMENT, write_card: bool = True) -> dict:
     """Write ``out`` (dynamic batch; normalization, threshold and model card as metadata) once it agrees with PyTorch.
 
@@ -130,7 +131,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, sam
     return result
 
 
-def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, opset: int = 17,
+def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, opset: int = ONNX_OPSET,
                    calibration_csv: str | Path | None = None, check_csv: str | Path | None = None,
                    calibration_slices: int | None = None, max_dice_drop: float | None = None,
                    sample: str | Path | None = None) -> dict:
@@ -195,3 +196,54 @@ def quantize_model(model: str | Path, out: str | Path, variant: str, *, check_cs
     report = quantization.write_variant(model, out, variant, check_csv=check_csv, calibration_csv=calibration_csv,
                                         **{k: v for k, v in options.items() if v is not None})
     return {"path": str(out), "model": str(model), "variant": report}
+
+
+def export_model(out: str | Path, *, checkpoint: str | Path | None = None, model: str | Path | None = None,
+                 quantize: str | None = None, opset: int = ONNX_OPSET, sample: str | Path | None = None,
+                 calibration_csv: str | Path | None = None, check_csv: str | Path | None = None,
+                 calibration_slices: int | None = None, max_dice_drop: float | None = None) -> dict:
+    """``gliomaseg export``: which inputs go together, and which of the functions above writes ``out``.
+
+    A ``checkpoint`` is exported as fp32 (:func:`export_onnx`) or, with ``quantize``, as that variant
+    (:func:`export_variant`); an fp32 ONNX ``model`` can only be quantized, and names no CSVs, so it needs
+    ``quantize`` and ``check_csv`` (:func:`quantize_model`). Exactly one of ``checkpoint`` and ``model``.
+    Returns the result of the function that ran (:func:`export_messages` says it in words).
+    """
+    if (checkpoint is None) == (model is None):
+        raise GliomasegError("export needs --checkpoint (a training checkpoint) or --model (an fp32 ONNX model), not both")
+    if model is not None:
+        if not (quantize and check_csv):
+            raise GliomasegError("export --model needs --quantize and --check-csv (validation slices; for int8 also --calibration-csv, "
+                                 "training slices): an ONNX model does not name its CSVs")
+        return quantize_model(model, out, quantize, check_csv=check_csv, calibration_csv=calibration_csv,
+                              calibration_slices=calibration_slices, max_dice_drop=max_dice_drop)
+    if quantize:
+        return export_variant(checkpoint, out, quantize, opset=opset, calibration_csv=calibration_csv, check_csv=check_csv,
+                              calibration_slices=calibration_slices, max_dice_drop=max_dice_drop, sample=sample)
+    return export_onnx(checkpoint, out, opset=opset, sample=sample)
+
+
+def variant_lines(v: dict) -> list[str]:
+    """A variant's check report (:func:`gliomaseg.export.quantization.write_variant`) in words: calibration, agreement, Dice, size."""
+    lines = []
+    if "calibration" in v:
+        lines.append(f"{v['weights']}: calibrated on {v['calibration_slices']} slices of {v['calibration_csv']} ({v['calibration']})")
+    lines.append(f"{v['weights']} vs fp32 on {v['check_slices']} slices of {v['check_patients']} patients ({v['check_csv']}): "
+                 f"mask pixel agreement {v['mask_agreement']:.5f}, {v['slices_with_different_masks']} slice(s) differ; "
+                 f"per-patient Dice mean {v['patient_dice_mean']:.4f} vs {v['patient_dice_fp32_mean']:.4f} "
+                 f"(drop {v['patient_dice_drop']:.4f}, limit {v['max_dice_drop_allowed']}), one patient's largest drop "
+                 f"{v['patient_dice_drop_max']:.4f} ({v['worst_patient']}; limit {v['max_single_patient_dice_drop_allowed']}); "
+                 f"{v['file_bytes'] / 1e6:.1f} MB vs {v['fp32_file_bytes'] / 1e6:.1f} MB")
+    return lines
+
+
+def export_messages(result: dict) -> list[str]:
+    """What :func:`export_model` did, one line each: the fp32 check (a checkpoint's export), the variant's, the files written."""
+    if "inputs" not in result:  # quantize_model: an ONNX model's variant, no fp32 export of a checkpoint
+        return [*variant_lines(result["variant"]), f"wrote {result['path']} from {result['model']}"]
+    lines = [f"fp32: ONNX Runtime vs PyTorch on {result['inputs']}: max abs logit difference {result['max_abs_diff']:.2e}, relative "
+             f"{result['max_rel_diff']:.2e} (limit {result['rtol']:.0e}); masks agree on {result['mask_agreement']:.4%} of the pixels "
+             f"(limit {result['min_agreement']:.2%}, {result['positive_pixels']} tumour pixels)"]
+    if result.get("variant"):
+        lines += variant_lines(result["variant"])
+    return [*lines, f"wrote {result['path']}; model card {result['model_card']}"]

@@ -22,22 +22,17 @@ class Predictor(Protocol):
         """(N, S, S, 3) uint8 RGB -> (N, S, S) float32 probabilities."""
 
 
-def open_predictor(checkpoint: str | Path | None = None, model: str | Path | None = None, *, backend: str | None = None,
-                   device: str = "cpu", precision: str = "32", variant: str = "auto", **onnx_options) -> Predictor:
+def open_predictor(checkpoint: str | Path | None = None, model: str | Path | None = None, *, device: str = "cpu",
+                   precision: str = "32", variant: str = "auto", **onnx_options) -> Predictor:
     """The predictor a user asked for: a training checkpoint (PyTorch), an exported ONNX model, or,
     with neither, the model that ships with gliomaseg (ONNX, torch-free).
 
-    ``backend`` (``torch`` / ``onnx``), when given, must agree with what was passed.
     ``onnx_options`` go to :class:`~gliomaseg.inference.runtime.OnnxPredictor` (e.g. ``threads``).
     An ONNX model with a checked ``NAME.int8.onnx`` beside it (the shipped one has) runs as whichever of the two
     is faster here, unless ``variant`` says ``fp32`` or ``int8`` (:mod:`gliomaseg.inference.variants`).
     """
     if checkpoint is not None and model is not None:
         raise CheckpointError(f"give a checkpoint ({checkpoint}) or an ONNX model ({model}), not both")
-    if backend == "torch" and checkpoint is None:
-        raise CheckpointError("the torch backend needs --checkpoint CKPT")
-    if backend == "onnx" and checkpoint is not None:
-        raise CheckpointError(f"{checkpoint}: the onnx backend runs an exported model (--model MODEL.onnx), not a checkpoint")
     if checkpoint is not None and (variant != "auto" or onnx_options.get("threads") is not None):
         raise CheckpointError(f"{checkpoint}: --variant and --threads are for an ONNX model (--model or the shipped one), "
                               "not a checkpoint")

@@ -6,10 +6,11 @@ from typing import Callable
 
 import numpy as np
 
+from gliomaseg.core.defaults import TTA_MODES
+
 # Each transform is (rotations k, transpose): forward on images (N, H, W, C), inverse on maps (N, H, W).
 FLIPS = [("none", None), ("hflip", 2), ("vflip", 1)]
 D4 = [(k, t) for t in (False, True) for k in range(4)]
-MODES = ("none", "flip", "d4")
 
 
 def _d4_forward(images: np.ndarray, k: int, transpose: bool) -> np.ndarray:
@@ -45,4 +46,4 @@ def tta_probabilities(probabilities: Callable[[np.ndarray], np.ndarray], images:
             out = probabilities(np.ascontiguousarray(_d4_forward(images, k, transpose)))
             total += _d4_inverse(out, k, transpose)
         return total / len(D4)
-    raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(MODES)}")
+    raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(TTA_MODES)}")

@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from gliomaseg.core.errors import DataError, InputWarning
+from gliomaseg.core.defaults import GIF_FPS
+from gliomaseg.core.errors import DataError, GliomasegError, InputWarning
 from gliomaseg.core.io import natural_key, run_folder, write_bytes, write_csv
-from gliomaseg.core.units import Spacing, check_spacing, spacing_text, volume_ml
+from gliomaseg.core.units import UNKNOWN, Spacing, check_spacing, spacing_text, volume_ml
 from gliomaseg.data.dicom import DicomGeometry
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume
 from gliomaseg.data.formats.dicom_series import DICOM
@@ -29,7 +30,7 @@ from gliomaseg.data.sources import SliceInput, open_source
 from gliomaseg.evaluation.metrics import confusion_numpy, dice, iou
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
-from gliomaseg.predict.report import PatientReport, key_slice_indices, write_run_report
+from gliomaseg.predict.report import PatientReport, key_slice_indices, missing_note, write_run_report
 
 
 @dataclass
@@ -42,6 +43,53 @@ class PredictResult:
     out: Path
     written: list[Path] = field(default_factory=list)
     report: Path | None = None
+
+
+def resolve_inputs(paths: Sequence[Path] | None, sequences: Sequence[str] | None):
+    """What ``predict --input`` / ``--sequences`` asks for: the paths (each must exist; checked before a model is opened),
+    or the DICOM series that ``sequences`` names by role (``role=DIR`` entries or one mapping file); exactly one of the two."""
+    if (paths is None) == (sequences is None):
+        raise GliomasegError("predict needs --input PATH ... or --sequences pre=DIR flair=DIR post=DIR (or a mapping file), not both")
+    if sequences is None:
+        for path in paths:  # type: ignore[union-attr]
+            if not Path(path).exists():
+                raise GliomasegError(f"{path}: input does not exist")
+        return paths
+    from gliomaseg.data.dicom import parse_sequences, read_mapping_file
+
+    if len(sequences) == 1 and "=" not in sequences[0]:
+        return read_mapping_file(Path(sequences[0]))
+    return parse_sequences(sequences)
+
+
+def patient_line(row: dict) -> str:
+    """One line per patient: slices with tumour, volume (mL only with a known spacing), Dice against truth, missing sequences."""
+    ml = row.get("tumour_volume_ml")
+    volume = (f"{row['tumour_volume_voxels']} voxels ({UNKNOWN})" if ml is None or ml != ml
+              else f"{ml:g} mL ({row['tumour_volume_voxels']} voxels)")
+    text = f"{row['patient']}: tumour predicted on {row['slices_with_tumour']} of {row['slices']} slice(s), volume {volume}"
+    if row.get("dice_3d") is not None and row.get("dice_3d") == row.get("dice_3d"):
+        text += f"; 3D Dice {row['dice_3d']:.3f} against the truth (tumour on {row['slices_with_true_tumour']} slice(s))"
+    note = missing_note(row.get("missing_sequences"))
+    return text + (f"; {note}" if note else "")
+
+
+def closing_line(result: PredictResult, seconds: float, model: str | None = None) -> str:
+    """How long it took, where each kind of output went, and (``model``) which model file ran."""
+    out = result.out
+    parts = [f"report {out / 'report.html'}"] if result.report else []
+    parts.append(f"masks and overlays in {out}/<patient>/")
+    if "gif" in result.patients:
+        parts.append(f"GIFs {out}/<patient>/<patient>.gif")
+    if "mask_volume" in result.patients:
+        parts.append(f"mask volumes {out}/<case>_mask.nii.gz")
+    if "segmentation" in result.patients:
+        parts.append(f"DICOM SEG {out}/<case>_seg.dcm")
+    parts.append(f"tables {out / 'predictions.csv'}, {out / 'patients.csv'}")
+    if model:
+        parts.append(model)
+    return (f"predicted {len(result.predictions)} slice(s) of {len(result.patients)} patient(s) in {seconds:.1f} s: "
+            + "; ".join(parts))
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
@@ -70,7 +118,7 @@ def predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     tta: str = "none",
     postprocess: PostProcess | None = None,
-    fps: float = 2.0,
+    fps: float = GIF_FPS,
     gifs: bool = True,
     overlays: bool = True,
     allow_grayscale: bool = False,
@@ -259,7 +307,7 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
                 gif.read_bytes() if gif is not None else None))
 
 
-def gif_from_folder(folder: str | Path, out: str | Path, fps: float = 2.0, pattern: Iterable[str] = IMAGE_SUFFIXES) -> Path:
+def gif_from_folder(folder: str | Path, out: str | Path, fps: float = GIF_FPS, pattern: Iterable[str] = IMAGE_SUFFIXES) -> Path:
     """Every image in ``folder`` into one GIF, in natural numeric order (2 before 10)."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -99,7 +99,7 @@ def _img(path_or_png: Path | bytes, alt: str) -> str:
 
 def _curves(run: Path) -> bytes | None:
     from gliomaseg.evaluation.charts import plot_curves
-    from gliomaseg.training.run import read_metrics
+    from gliomaseg.training.records import read_metrics
 
     metrics = read_metrics(run)
     if metrics.empty:

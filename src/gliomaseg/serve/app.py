@@ -15,22 +15,18 @@ Routes:
 - ``GET /api/model-card``: the model's card (text), when it has one; ``GET /favicon.ico``.
 
 Each upload is unpacked in its own temporary folder, removed when the request ends; results stay in
-memory (the last ``max_results``) so that slices and downloads can be fetched.
+memory (the last ``max_results``, :mod:`~gliomaseg.serve.store`) so that slices and downloads
+(:mod:`~gliomaseg.serve.downloads`) can be fetched. The middleware is :mod:`~gliomaseg.serve.guard`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import re
-import secrets
 import tempfile
 import threading
 import warnings
-import zipfile
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -45,201 +41,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gliomaseg.core.errors import ConfigError, GliomasegError, InputWarning
 from gliomaseg.core.io import clean_name
 from gliomaseg.data.formats.nifti_volumes import NIFTI
-from gliomaseg.data.formats.slice_files import SLICES
 from gliomaseg.data.nifti import mask_volume_bytes, slices_geometry
-from gliomaseg.data.overlay import encode_png, gif_bytes, label_frame, overlay_contours
-from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, WILDCARD_HOSTS, ServeLimits, UploadError, UploadTooLarge
+from gliomaseg.data.overlay import encode_png, gif_bytes
+from gliomaseg.serve.downloads import gif_frames, gif_ready, patient_report, zip_masks, zip_overlays
+from gliomaseg.serve.guard import BodyLimit, Guard
+from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK_HOSTS, WILDCARD_HOSTS, ServeLimits, UploadError
 from gliomaseg.serve.pipeline import CaseResult, SegmentOptions, analyse
+from gliomaseg.serve.store import NotFound, ResultStore, StoredResult
 from gliomaseg.serve.uploads import ACCEPTED_SUFFIXES, gather, save_uploads
 
 log = logging.getLogger("gliomaseg.serve")
 STATIC = Path(str(resources.files(__package__) / "static"))
-# Multipart framing (boundaries, part headers) on top of the files themselves.
-_FORM_OVERHEAD = 1 << 20
-_DRAIN_FACTOR = 4
-_SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-                               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
-
-
-@dataclass
-class StoredResult:
-    id: str
-    cases: list[CaseResult]
-    notes: list[str]
-
-
-class ResultStore:
-    """The last ``size`` results within ``max_bytes`` (their slices and masks), oldest evicted first; thread-safe.
-
-    The newest result is always kept, even alone over ``max_bytes`` (the request's own budget bounds it).
-    """
-
-    def __init__(self, size: int, max_bytes: int | None = None):
-        self.size = size
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, StoredResult] = OrderedDict()
-        self._bytes: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def nbytes(cases: list[CaseResult]) -> int:
-        return sum(a.nbytes for case in cases for a in (*case.case.images, *case.masks, *(t for t in case.case.truths if t is not None)))
-
-    def add(self, cases: list[CaseResult], notes: list[str]) -> StoredResult:
-        result = StoredResult(secrets.token_urlsafe(16), cases, notes)
-        with self._lock:
-            self._items[result.id] = result
-            self._bytes[result.id] = self.nbytes(cases)
-            while len(self._items) > 1 and (len(self._items) > self.size
-                                            or (self.max_bytes is not None and sum(self._bytes.values()) > self.max_bytes)):
-                old, _ = self._items.popitem(last=False)
-                del self._bytes[old]
-        return result
-
-    @property
-    def bytes_kept(self) -> int:
-        with self._lock:
-            return sum(self._bytes.values())
-
-    def get(self, result_id: str) -> StoredResult:
-        with self._lock:
-            result = self._items.get(result_id)
-        if result is None:
-            raise _NotFound(f"result {result_id[:40]} not found: it expired (only the last {self.size} results, and "
-                            f"{self.max_bytes / 2**20 if self.max_bytes else 0:g} MiB of them, are kept) "
-                            "or the server restarted; upload the files again")
-        return result
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class _NotFound(GliomasegError):
-    pass
-
-
-class Guard:
-    """ASGI middleware, outermost: the security headers on every answer (413s and 500s too), the Host check and the
-    cross-origin check, and a readable 500 instead of an exception that escaped.
-
-    Host: only the names the server was started for (loopback names, and ``--host``) are served, so a page that
-    rebinds its own DNS name to 127.0.0.1 gets nothing back. Origin: a state-changing request (not GET, HEAD or
-    OPTIONS) is refused unless it carries no ``Origin`` or one equal to the server's own (``http://`` + Host): a
-    multipart POST from another site needs no CORS preflight, so without this any page the user visits could
-    upload to the viewer. ``Origin: null`` (sandboxed frames, files) is refused too.
-    """
-
-    def __init__(self, app, allowed_hosts: Sequence[str] | None):
-        self.app = app
-        self.allowed = None if allowed_hosts is None else {h.strip("[]").lower() for h in allowed_hosts}
-
-    @staticmethod
-    def _hostname(host: str) -> str:
-        host = host.strip().lower()
-        if host.startswith("["):  # [::1]:8000
-            return host[1:].split("]", 1)[0]
-        return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-    async def _refuse(self, scope, receive, send, status: int, message: str) -> None:
-        response = JSONResponse({"error": message}, status_code=status, headers=_SECURITY_HEADERS)
-        await response(scope, receive, send)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        host = headers.get("host", "")
-        if self.allowed is not None and self._hostname(host) not in self.allowed:
-            log.warning("refused a request for host %r", host[:100])
-            return await self._refuse(scope, receive, send, 421, f"host {host[:100]!r} is not served here; open the viewer "
-                                      "at the address it printed when it started")
-        origin = headers.get("origin")
-        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin is not None and origin.lower() != f"http://{host}".lower():
-            log.warning("refused a %s from origin %r", scope["method"], origin[:100])
-            return await self._refuse(scope, receive, send, 403, f"requests from another site ({origin[:100]}) are refused; "
-                                      "use the viewer's own page")
-        started = False
-
-        async def with_headers(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message = {**message, "headers": [*message.get("headers", []), *((k.lower().encode(), v.encode())
-                                                   for k, v in _SECURITY_HEADERS.items() if k.lower().encode() not in present)]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, with_headers)
-        except Exception as exc:  # ExceptionGroup from a task group included: answer, never a bare 500 or a reset
-            too_large = _find(exc, UploadTooLarge)
-            if too_large is None:
-                log.exception("unexpected error on %s", scope.get("path"))
-            if not started:
-                status, message = ((413, str(too_large)) if too_large is not None else
-                                   (500, f"internal error ({type(exc).__name__}); the server log has the details"))
-                await self._refuse(scope, receive, send, status, message)
-
-
-def _find(exc: BaseException, kind: type) -> BaseException | None:
-    """``exc`` or the first exception of type ``kind`` inside it (exception groups, causes)."""
-    if isinstance(exc, kind):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = _find(inner, kind)
-        if found is not None:
-            return found
-    return _find(exc.__cause__, kind) if exc.__cause__ is not None else None
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413, by its Content-Length or as it streams in.
-
-    The rest of an oversized body is read and dropped (up to ``_DRAIN_FACTOR`` times the limit) before the
-    answer, so that a client still sending sees the 413 and its message instead of a reset connection.
-    """
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit + _FORM_OVERHEAD
-        self.message = f"upload larger than the limit of {limit / (1 << 20):g} MiB"
-
-    async def _drain(self, receive, received: int) -> None:
-        while received <= self.limit * _DRAIN_FACTOR:
-            event = await receive()
-            if event["type"] != "http.request":
-                return
-            received += len(event.get("body", b""))
-            if not event.get("more_body", False):
-                return
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._drain(receive, 0)
-            response = JSONResponse({"error": self.message}, status_code=413, headers={"Connection": "close", **_SECURITY_HEADERS})
-            return await response(scope, receive, send)
-        received = 0
-
-        async def counted():
-            nonlocal received
-            event = await receive()
-            if event["type"] == "http.request":
-                received += len(event.get("body", b""))
-                if received > self.limit:
-                    if event.get("more_body", False):
-                        await self._drain(receive, received)
-                    raise UploadTooLarge(self.message)
-            return event
-
-        return await self.app(scope, counted, send)
 
 
 def _relative_messages(text: str, folder: Path) -> str:
@@ -284,7 +96,7 @@ def create_app(
 
     @app.exception_handler(GliomasegError)
     async def readable_error(request: Request, exc: GliomasegError):
-        status = getattr(exc, "status", 404 if isinstance(exc, _NotFound) else 400)
+        status = getattr(exc, "status", 404 if isinstance(exc, NotFound) else 400)
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -311,7 +123,7 @@ def create_app(
     @app.get("/api/model-card")
     def model_card() -> Response:
         if not model_info.get("card"):
-            raise _NotFound("this model has no model card here")
+            raise NotFound("this model has no model card here")
         return Response(model_info["card"], media_type="text/plain; charset=utf-8")
 
     @app.get("/api/health")
@@ -359,14 +171,14 @@ def create_app(
         for c, case in enumerate(result.cases):
             slices = [{**row, "image": f"{base}/cases/{c}/slices/{s}.png"} for s, row in enumerate(case.slices)]
             cases.append({"summary": case.summary, "slices": slices, "nifti": f"{base}/cases/{c}/mask.nii.gz",
-                          "gif": f"{base}/cases/{c}/slices.gif" if _gif_ready(case) else None})
+                          "gif": f"{base}/cases/{c}/slices.gif" if gif_ready(case) else None})
         return {"id": result.id, "cases": cases, "notes": result.notes, "masks_zip": f"{base}/masks.zip",
                 "overlays_zip": f"{base}/overlays.zip", "report": f"{base}/report.html"}
 
     def _case(result_id: str, c: int) -> CaseResult:
         result = store.get(result_id)
         if not 0 <= c < len(result.cases):
-            raise _NotFound(f"result {result_id[:40]} has no case {c}")
+            raise NotFound(f"result {result_id[:40]} has no case {c}")
         return result.cases[c]
 
     @app.get("/api/results/{result_id}")
@@ -377,35 +189,28 @@ def create_app(
     def slice_png(result_id: str, c: int, s: int) -> Response:
         case = _case(result_id, c)
         if not 0 <= s < len(case.case.images):
-            raise _NotFound(f"case {c} has no slice {s}")
+            raise NotFound(f"case {c} has no slice {s}")
         return Response(encode_png(case.case.images[s]), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/results/{result_id}/cases/{c}/slices/{s}/probability.png")
     def probability_png(result_id: str, c: int, s: int) -> Response:
         case = _case(result_id, c)
         if not 0 <= s < len(case.probabilities):
-            raise _NotFound(f"case {c} has no slice {s}")
+            raise NotFound(f"case {c} has no slice {s}")
         return Response(encode_png(case.probabilities[s]), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/results/{result_id}/cases/{c}/slices.gif")
     def case_gif(result_id: str, c: int) -> Response:
         case = _case(result_id, c)
-        if not _gif_ready(case):
+        if not gif_ready(case):
             raise UploadError(f"{case.case.name}: a GIF needs two or more slices of one size")
-        return Response(gif_bytes(_frames(case)), media_type="image/gif",
+        return Response(gif_bytes(gif_frames(case)), media_type="image/gif",
                         headers={"Content-Disposition": f'attachment; filename="{clean_name(case.case.name)}.gif"'})
 
     @app.get("/api/results/{result_id}/overlays.zip")
     def overlays_zip(result_id: str) -> Response:
         result = store.get(result_id)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for c, case in enumerate(result.cases):
-                folder = f"{c + 1}_{clean_name(case.case.name)}"
-                for name, image, truth, mask in zip(case.case.slice_names, case.case.images, case.case.truths, case.masks):
-                    archive.writestr(f"{folder}/{SLICES.overlay_name(clean_name(name.replace(' ', '_')))}",
-                                     encode_png(overlay_contours(image, prediction=mask, truth=truth, legend=True)))
-        return Response(buffer.getvalue(), media_type="application/zip",
+        return Response(zip_overlays(result.cases), media_type="application/zip",
                         headers={"Content-Disposition": 'attachment; filename="gliomaseg_overlays.zip"'})
 
     @app.get("/api/results/{result_id}/report.html")
@@ -413,7 +218,7 @@ def create_app(
         from gliomaseg.predict.report import render_run_report
 
         result = store.get(result_id)
-        page = render_run_report([_patient_report(case) for case in result.cases], model_info, title="gliomaseg viewer report")
+        page = render_run_report([patient_report(case) for case in result.cases], model_info, title="gliomaseg viewer report")
         return Response(page, media_type="text/html; charset=utf-8", headers={
             "Content-Disposition": 'attachment; filename="report.html"',
             "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})
@@ -421,7 +226,7 @@ def create_app(
     @app.get("/api/results/{result_id}/masks.zip")
     def masks_zip(result_id: str) -> Response:
         result = store.get(result_id)
-        return Response(_zip_masks(result.cases), media_type="application/zip",
+        return Response(zip_masks(result.cases), media_type="application/zip",
                          headers={"Content-Disposition": 'attachment; filename="gliomaseg_masks.zip"'})
 
     @app.get("/api/results/{result_id}/cases/{c}/mask.nii.gz")
@@ -450,53 +255,6 @@ def _favicon() -> bytes:
     cv2.ellipse(icon, (16, 16), (11, 13), 0, 0, 360, (138, 143, 150), -1, cv2.LINE_AA)
     cv2.ellipse(icon, (19, 13), (5, 4), 30, 0, 360, (255, 215, 0), 2, cv2.LINE_AA)
     return encode_png(icon)
-
-
-def _gif_ready(case: CaseResult) -> bool:
-    return len(case.masks) > 1 and len({m.shape for m in case.masks}) == 1
-
-
-def _frames(case: CaseResult) -> list:
-    return [label_frame(overlay_contours(image, prediction=mask, truth=truth, legend=True), f"slice {k + 1}")
-            for k, (image, truth, mask) in enumerate(zip(case.case.images, case.case.truths, case.masks))]
-
-
-def _patient_report(case: CaseResult):
-    """The :class:`~gliomaseg.predict.report.PatientReport` of a viewer result, as ``predict`` would write it."""
-    from gliomaseg.predict.report import PatientReport, key_slice_indices
-
-    s = case.summary
-    spacing = tuple(s["voxel_mm"]) if "voxel_mm" in s else None
-    keys = [(label, i + 1, encode_png(overlay_contours(case.case.images[i], prediction=case.masks[i], truth=case.case.truths[i], legend=True)))
-            for label, i in key_slice_indices(case.masks)]
-    return PatientReport(s["patient"], s["slices"], s["slices_with_tumour"], s["tumour_volume_voxels"], spacing,  # type: ignore[arg-type]
-                         s.get("slices_with_true_tumour"), s.get("true_volume_voxels"), s.get("dice_3d"),
-                         str(s.get("missing_sequences", "") or ""), keys, gif_bytes(_frames(case)) if _gif_ready(case) else None)
-
-
-def _zip_masks(cases: list[CaseResult]) -> bytes:
-    """``<patient>/<slice>_pred.png`` (0/255, the naming of ``gliomaseg predict``) per slice, and ``patients.csv``."""
-    buffer = io.BytesIO()
-    used: set[str] = set()
-    rows = []
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for case in cases:
-            folder = clean_name(case.case.name)
-            k = 2
-            while folder in used:
-                folder, k = f"{clean_name(case.case.name)}-{k}", k + 1
-            used.add(folder)
-            for name, mask in zip(case.case.slice_names, case.masks):
-                stem = clean_name(name if case.case.kind == "slices" else f"{folder}_{name.replace(' ', '_')}")
-                archive.writestr(f"{folder}/{SLICES.prediction_name(stem)}", SLICES.encode_mask(mask))
-            rows.append({"folder": folder, **{k: v for k, v in case.summary.items() if not isinstance(v, list)}})
-        text = io.StringIO()
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        writer = csv.DictWriter(text, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        archive.writestr("patients.csv", text.getvalue())
-    return buffer.getvalue()
 
 
 def run_server(

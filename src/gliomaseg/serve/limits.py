@@ -5,7 +5,7 @@ place the readers' limits are set (a server may lower them, never raise them).""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gliomaseg.core.errors import DataError
 from gliomaseg.core.limits import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
@@ -50,6 +50,16 @@ class ServeLimits:
                 raise DataError(f"serve limit {name} must be a positive integer, got {value!r}")
         if self.max_image_side > MAX_IMAGE_SIDE:
             raise DataError(f"serve limit max_image_side {self.max_image_side} is over the readers' limit of {MAX_IMAGE_SIDE}")
+
+
+    def overridden(self, *, max_upload_mb: float | None = None, max_image_side: int | None = None) -> ServeLimits:
+        """These limits with ``serve --max-upload-mb`` (MiB) and ``--max-image-side`` where given."""
+        limits = self
+        if max_upload_mb is not None:
+            limits = replace(limits, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+        if max_image_side is not None:
+            limits = replace(limits, max_image_side=max_image_side)
+        return limits
 
 
 class UploadError(DataError):

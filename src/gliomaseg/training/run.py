@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
-import pandas as pd
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -157,23 +155,3 @@ def train(config: TrainConfig) -> TrainResult:
 
         write_run_card(out)
     return TrainResult(out=out, best_checkpoint=out / "best.ckpt", last_checkpoint=last, summary=summary)
-
-
-def read_metrics(run: str | Path) -> pd.DataFrame:
-    """The CSV logs of every session of a run (resumed runs have several), one table by step."""
-    files = sorted(Path(run).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not files:
-        return pd.DataFrame(columns=["epoch", "step"])
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-
-
-def best_epoch(run: str | Path) -> int | None:
-    """The epoch (counted from 1) that ``best.ckpt`` holds; None when there is none."""
-    path = Path(run) / "best.ckpt"
-    if not path.is_file():
-        return None
-    try:  # mmap: only the small "epoch" entry is read, not the tensors of a 60 MB file
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return int(state["epoch"]) + 1
