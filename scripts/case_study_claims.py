@@ -42,7 +42,7 @@ def _patient_dice(folder: Path, run: str) -> pd.Series | None:
 
 
 def noise(folder: Path, architectures: pd.DataFrame | None) -> tuple[float | None, str]:
-    """Run-to-run noise of the headline from Unet vs Unet-seed7 (``gliomaseg.report.paired_noise``, which the report charts too)."""
+    """Run-to-run noise of the headline from Unet vs Unet-seed7 (``gliomaseg.reporting.report.paired_noise``, which the report charts too)."""
     if architectures is None or not {"Unet", "Unet-seed7"} <= set(architectures.index):
         return None, "not measured (Unet-seed7 did not run)"
     return paired_noise(float(architectures.loc["Unet", SCORE]), float(architectures.loc["Unet-seed7", SCORE]),

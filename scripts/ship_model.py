@@ -3,7 +3,7 @@
     .venv/bin/python scripts/ship_model.py RUN --reproduce docs/results/recipe_reproduce.md
 
 Needs ``RUN/best.ckpt`` and ``RUN/eval/summary.json`` (``gliomaseg evaluate`` of best.ckpt on its
-validation CSV). Exports through ``gliomaseg.export.export_onnx`` (checked against PyTorch), replaces
+validation CSV). Exports through ``gliomaseg.export.onnx.export_onnx`` (checked against PyTorch), replaces
 the training machine's folders in the metadata and card by the names users have (``data/...``),
 checks the size limit, and writes the card with a "How to reproduce" section.
 """
