@@ -12,7 +12,8 @@ import torchvision
 from gliomaseg.core.errors import CheckpointError, ConfigError
 from gliomaseg.modeling.losses import LOSSES, build_loss, parse_loss
 from gliomaseg.evaluation import metrics
-from gliomaseg.evaluation.metrics import REDUCTIONS, all_metrics, dataset_report, hd95, iou, patient_table, slice_table, worst_case_distance
+from gliomaseg.evaluation.metrics import REDUCTIONS, all_metrics, dice, hd95, iou, worst_case_distance
+from gliomaseg.evaluation.scorer import SCORE_REDUCTIONS, PatientScorer, dataset_report, patient_table, slice_table
 from gliomaseg.modeling.models import ARCHITECTURES, build_model, canonical_architecture, min_image_size
 
 
@@ -155,6 +156,43 @@ def test_perfect_prediction_scores_one():
     report = dataset_report(slices, patient_table(slices))
     for key in ("iou_imagewise", "dice_imagewise", "iou_micro", "dice_micro", "patient_dice_mean", "patient_dice_median"):
         assert report[key] == 1.0
+
+
+def test_scorer_accumulates_what_the_tables_report():
+    """PatientScorer: per-slice counts tagged by patient -> the same tables and report as slice_table / patient_table /
+    dataset_report of those counts; every named reduction; patient order sorted or first seen."""
+    tp, fp, fn, tn = _counts()
+    scorer = PatientScorer()
+    for patient, counts in zip(["b", "b", "a"], zip(tp, fp, fn, tn)):
+        scorer.add(patient, *counts)
+    slices = slice_table(pd.DataFrame({"patient": ["b", "b", "a"], "tp": tp, "fp": fp, "fn": fn, "tn": tn}))
+    got_slices, got_patients, report = scorer.report({"a": 42.0, "b": 1.0})
+    pd.testing.assert_frame_equal(got_slices, slices)
+    pd.testing.assert_frame_equal(got_patients, patient_table(slices, {"a": 42.0, "b": 1.0}))
+    assert report == dataset_report(slices, got_patients)
+    assert list(got_patients["patient"]) == ["a", "b"]
+    assert scorer.patient_scores() == pytest.approx({"a": 0.0, "b": 0.75})
+    assert list(PatientScorer(order="first-seen").extend(zip(["b", "b", "a"], tp, fp, fn, tn)).patient_scores()) == ["b", "a"]
+    assert scorer.aggregate("dice", "micro") == report["dice_micro"] == pytest.approx(12 / 20)
+    assert scorer.aggregate("iou", "imagewise-tumour-slices") == report["iou_imagewise_tumour_slices"]
+    assert scorer.aggregate("dice", "patient-median") == report["patient_dice_median"]
+    assert set(scorer.aggregate_all({r: ("iou", r) for r in SCORE_REDUCTIONS})) == set(SCORE_REDUCTIONS)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        scorer.aggregate("dice", "mean")
+    with pytest.raises(ValueError, match="unknown patient order"):
+        PatientScorer(order="random")
+    scorer.reset()
+    assert len(scorer) == 0
+
+
+def test_scorer_gives_an_empty_truth_predicted_empty_a_perfect_score():
+    empty = np.zeros((4, 4), np.uint8)
+    scorer = PatientScorer()
+    counts = scorer.add_masks("a", empty, empty)
+    assert (counts.dice, counts.iou) == (dice(0, 0, 0), iou(0, 0, 0)) == (1.0, 1.0)
+    assert scorer.patient_scores("dice") == {"a": 1.0} and scorer.patient_scores("iou") == {"a": 1.0}
+    for reduction in ("micro", "imagewise", "patient-mean", "patient-median"):
+        assert scorer.aggregate("iou", reduction) == scorer.aggregate("dice", reduction) == 1.0
 
 
 def test_hd95():

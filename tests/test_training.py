@@ -10,7 +10,9 @@ import torch
 
 from gliomaseg.cli import main
 from gliomaseg.core.errors import ConfigError, TrainingDivergedError
+from gliomaseg.evaluation.metrics import dice, iou
 from gliomaseg.evaluation.evaluate import evaluate
+from gliomaseg.evaluation.scorer import PatientScorer
 from gliomaseg.training.task import SegmentationTask
 from gliomaseg.training.config import TrainConfig
 from gliomaseg.training.records import read_metrics
@@ -322,6 +324,26 @@ def test_best_checkpoint_is_picked_on_the_per_patient_dice_that_evaluate_reports
     report = evaluate(trained_run / "best.ckpt", prepared / "data_val.csv", tmp_path / "eval", compare=False, tta="none")
     assert report["patient_dice_mean"] == pytest.approx(summary["best_val_patient_dice"], abs=2e-3)
     assert 0 < report["patient_dice_mean"] < 1  # a real, non-trivial number, so the agreement means something
+
+
+def test_validation_scores_an_all_empty_set_as_metrics_and_evaluate_do():
+    """No tumour in truth and none predicted: training's validation IoU and Dice (micro and per patient) are
+    metrics.iou / metrics.dice of the counts, 1, the score evaluate gives the same slices."""
+    task = SegmentationTask()
+    task.val_patients = ["a", "a", "b"]
+    logged = {}
+    task.all_gather = lambda tensor: tensor
+    task.log_dict = lambda values, **_: logged.update(values)
+    # dataset index, tp, fp, fn, tn per slice: nothing to find, nothing found
+    task._val_stats = [torch.tensor([[0, 0, 0, 0, 64], [1, 0, 0, 0, 64], [2, 0, 0, 0, 64]])]
+    task.on_validation_epoch_end()
+    assert logged["val_iou_micro"] == iou(0, 0, 0) == 1.0
+    assert logged["val_dice_micro"] == dice(0, 0, 0) == 1.0
+    slices, patients, report = PatientScorer().extend([("a", 0, 0, 0, 64), ("a", 0, 0, 0, 64), ("b", 0, 0, 0, 64)]).report(with_smp=False)
+    assert logged["val_iou_micro"] == report["iou_micro"] and logged["val_dice_micro"] == report["dice_micro"]
+    assert logged["val_patient_dice"] == report["patient_dice_mean"] == 1.0
+    assert logged["val_iou_imagewise"] == report["iou_imagewise"] == 1.0
+    assert math.isnan(logged["val_iou_tumour_slices"])
 
 
 def test_tumour_oversampling_draws_tumour_slices_more_often(prepared: Path):

@@ -31,12 +31,10 @@ from gliomaseg.evaluation.metrics import (
     REDUCTION_MEANING,
     REPORT_MEANING,
     confusion_numpy,
-    dataset_report,
     hd95,
-    patient_table,
-    slice_table,
     worst_case_distance,
 )
+from gliomaseg.evaluation.scorer import PatientScorer
 from gliomaseg.inference.postprocess import ALL_STEPS, PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, masks_from_probabilities, segment
 
@@ -50,8 +48,7 @@ HEADLINE = [
 
 
 def _variant_scores(counts: list[tuple[str, int, int, int, int]]) -> dict[str, float]:
-    slices = slice_table(pd.DataFrame(counts, columns=["patient", "tp", "fp", "fn", "tn"]))
-    report = dataset_report(slices, patient_table(slices), with_smp=False)
+    _, _, report = PatientScorer().extend(counts).report(with_smp=False)
     return {k: report[k] for k in ("iou_imagewise", "dice_imagewise", "iou_imagewise_tumour_slices", "iou_micro", "dice_micro", "patient_dice_mean")}
 
 
@@ -104,16 +101,17 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
             ("spacing unknown").
 
     HD95 is measured only when every patient is a volume (:func:`is_volume`); a missed or a false
-    tumour scores the diagonal of the patient's volume (:func:`~gliomaseg.metrics.worst_case_distance`).
+    tumour scores the diagonal of the patient's volume (:func:`~gliomaseg.evaluation.metrics.worst_case_distance`).
     The report says ``volumes`` and ``hd95_unit``.
 
     Returns:
-        ``(slices, patients, report)``: :func:`~gliomaseg.metrics.slice_table` rows (patient, slice,
+        ``(slices, patients, report)``: :func:`~gliomaseg.evaluation.scorer.slice_table` rows (patient, slice,
         image_path, mask_path, true_pixels, predicted_pixels, tp, fp, fn, tn, iou, dice, has_tumour),
-        :func:`~gliomaseg.metrics.patient_table` rows with HD95 (a patient's slices as one volume),
-        and :func:`~gliomaseg.metrics.dataset_report`.
+        :func:`~gliomaseg.evaluation.scorer.patient_table` rows with HD95 (a patient's slices as one volume),
+        and :func:`~gliomaseg.evaluation.scorer.dataset_report`, all from one
+        :class:`~gliomaseg.evaluation.scorer.PatientScorer`.
     """
-    rows, hd, volumes = [], {}, True
+    scorer, hd, volumes = PatientScorer(), {}, True
     cases = list(cases)
     headers = [None if p.geometry is None else p.geometry.spacing for p, _, _ in cases]
     per_patient = spacing is None and bool(headers) and all(h is not None for h in headers)
@@ -124,18 +122,15 @@ def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.nd
         for item, pred, truth in zip(patient.slices, predictions, truths):
             if pred.shape != truth.shape:
                 raise DataError(f"{item.image_path}: prediction of shape {pred.shape} does not match the truth mask's {truth.shape}")
-            tp, fp, fn, tn = confusion_numpy(pred, truth)
-            rows.append({"patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
-                         "mask_path": None if item.mask_path is None else str(item.mask_path),
-                         "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()), "tp": tp, "fp": fp, "fn": fn, "tn": tn})
+            scorer.add_masks(patient.name, pred, truth, slice=item.slice, image_path=str(item.image_path),
+                             mask_path=None if item.mask_path is None else str(item.mask_path),
+                             true_pixels=int(truth.sum()), predicted_pixels=int(pred.sum()))
         if len({m.shape for m in predictions}) == 1:
             volume = np.stack(truths)
             hd[patient.name] = hd95(np.stack(predictions), volume, step)
             if math.isinf(hd[patient.name]):  # a missed or a false tumour: the worst distance the volume allows
                 hd[patient.name] = worst_case_distance(volume.shape, step)
-    slices = slice_table(pd.DataFrame(rows))
-    patients = patient_table(slices, hd if volumes else None)
-    report = dataset_report(slices, patients)
+    slices, patients, report = scorer.report(hd if volumes else None)
     if not volumes:
         report.update(patient_hd95_mean=None, patient_hd95_median=None)
     unit = "mm (given spacing)" if spacing else "mm (NIfTI header spacing)" if per_patient else "pixels (spacing unknown; slice step counted as one pixel)"

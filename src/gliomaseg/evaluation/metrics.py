@@ -1,4 +1,7 @@
-"""Segmentation metrics from per-slice confusion counts, and the dataset report.
+"""Segmentation metrics from per-slice confusion counts; the dataset report's meanings.
+
+The per-slice, per-patient and dataset tables and their reductions are :mod:`gliomaseg.evaluation.scorer`'s
+(:class:`~gliomaseg.evaluation.scorer.PatientScorer`); this module holds the formulas they use.
 
 Counts come from smp's ``get_stats`` in binary mode: tp, fp, fn, tn per slice, each (N, 1).
 Reductions (smp's names):
@@ -21,10 +24,9 @@ FPR, FDR, FOR). smp's single ``zero_division`` would score an empty slice predic
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 # torch and smp are imported inside the functions that need them, so that the torch-free
@@ -135,80 +137,6 @@ def confusion_numpy(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int
     fp = int(np.count_nonzero(prediction)) - tp
     fn = int(np.count_nonzero(truth)) - tp
     return tp, fp, fn, truth.size - tp - fp - fn
-
-
-def slice_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Add per-slice ``iou``, ``dice`` (1 for an empty slice predicted empty) and ``has_tumour``."""
-    rows = rows.copy()
-    rows["has_tumour"] = (rows["tp"] + rows["fn"]) > 0
-    rows["iou"] = [iou(tp, fp, fn) for tp, fp, fn in zip(rows["tp"], rows["fp"], rows["fn"])]
-    rows["dice"] = [dice(tp, fp, fn) for tp, fp, fn in zip(rows["tp"], rows["fp"], rows["fn"])]
-    return rows
-
-
-def patient_table(slices: pd.DataFrame, hd95_by_patient: dict[str, float] | None = None) -> pd.DataFrame:
-    """One row a patient: its slices as one 3D volume (counts summed), Dice, IoU, HD95 and whether a tumour was
-    missed (truth, empty prediction) or false (prediction, no truth)."""
-    grouped = slices.groupby("patient", sort=True).agg(
-        slices=("tp", "size"), tumour_slices=("has_tumour", "sum"), tp=("tp", "sum"), fp=("fp", "sum"),
-        fn=("fn", "sum"), tn=("tn", "sum"),
-    ).reset_index()
-    grouped["has_tumour"] = (grouped["tp"] + grouped["fn"]) > 0
-    grouped["dice_3d"] = [dice(tp, fp, fn) for tp, fp, fn in zip(grouped["tp"], grouped["fp"], grouped["fn"])]
-    grouped["iou_3d"] = [iou(tp, fp, fn) for tp, fp, fn in zip(grouped["tp"], grouped["fp"], grouped["fn"])]
-    predicted = (grouped["tp"] + grouped["fp"]) > 0
-    grouped["missed_tumour"] = grouped["has_tumour"] & ~predicted
-    grouped["false_tumour"] = ~grouped["has_tumour"] & predicted
-    if hd95_by_patient is not None:
-        grouped["hd95"] = grouped["patient"].map(hd95_by_patient)
-    return grouped
-
-
-def _defined(values: Iterable[float]) -> list[float]:
-    """The values that are not None or NaN (an infinite HD95 stays: it is a real, worst, result)."""
-    return [float(v) for v in values if v is not None and not math.isnan(v)]
-
-
-def dataset_report(slices: pd.DataFrame, patients: pd.DataFrame, *, with_smp: bool = True) -> dict:
-    """The numbers of a dataset report, each named by its reduction.
-
-    Args:
-        slices: :func:`slice_table` rows (patient, tp, fp, fn, tn, iou, dice, has_tumour).
-        patients: :func:`patient_table` rows.
-        with_smp: also compute every smp metric under every reduction (``report["smp"]``).
-    """
-    tumour = slices[slices["has_tumour"]]
-    tp, fp, fn = (int(slices[c].sum()) for c in ("tp", "fp", "fn"))
-    with_tumour = patients[patients["has_tumour"]]
-    hd = _defined(patients["hd95"]) if "hd95" in patients else []
-    report = {
-        "slices": len(slices),
-        "tumour_slices": len(tumour),
-        "empty_slices": len(slices) - len(tumour),
-        "empty_slices_predicted_empty": int(((~slices["has_tumour"]) & (slices["fp"] == 0)).sum()),
-        "patients": len(patients),
-        "iou_imagewise": float(slices["iou"].mean()),
-        "dice_imagewise": float(slices["dice"].mean()),
-        "iou_imagewise_tumour_slices": float(tumour["iou"].mean()) if len(tumour) else math.nan,
-        "dice_imagewise_tumour_slices": float(tumour["dice"].mean()) if len(tumour) else math.nan,
-        "iou_micro": iou(tp, fp, fn),
-        "dice_micro": dice(tp, fp, fn),
-        "patient_dice_mean": float(patients["dice_3d"].mean()),
-        "patient_dice_median": float(patients["dice_3d"].median()),
-        "patient_dice_mean_tumour_patients": float(with_tumour["dice_3d"].mean()) if len(with_tumour) else math.nan,
-        "patient_hd95_mean": float(np.mean(hd)) if hd else math.nan,
-        "patient_hd95_median": float(np.median(hd)) if hd else math.nan,
-        "patient_hd95_undefined": int(len(patients) - len(hd)) if "hd95" in patients else 0,
-        "patients_missed_tumour": int(patients["missed_tumour"].sum()),
-        "patients_false_tumour": int(patients["false_tumour"].sum()),
-    }
-    if not with_smp:
-        return report
-    report["smp"] = all_metrics(
-        slices["tp"].to_numpy()[:, None], slices["fp"].to_numpy()[:, None],
-        slices["fn"].to_numpy()[:, None], slices["tn"].to_numpy()[:, None],
-    )
-    return report
 
 
 REPORT_MEANING = {

@@ -33,6 +33,7 @@ from gliomaseg.core.defaults import EXPORT_VARIANTS as VARIANTS
 from gliomaseg.core.errors import DataError, GliomasegError
 from gliomaseg.data.files import read_image, read_mask, read_slices_csv
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, PatientStatistics, check_intensity, standardize
+from gliomaseg.evaluation.scorer import PatientScorer
 from gliomaseg.modeling.spec import normalize, read_onnx_metadata, write_onnx_metadata
 
 CALIBRATION_SEED = 0
@@ -172,15 +173,15 @@ def convert_fp16_weights(src: str | Path, dst: str | Path, min_elements: int = 1
 
 
 def _patient_dice(masks: np.ndarray, truths: np.ndarray, patients: list[str]) -> dict[str, float]:
-    """Each patient's slices as one volume: Dice = 2|P & T| / (|P| + |T|), 1 when both are empty."""
-    out: dict[str, float] = {}
-    names = np.asarray(patients)
-    for patient in dict.fromkeys(patients):
-        sel = names == patient
-        p, t = masks[sel].astype(bool), truths[sel].astype(bool)
-        total = int(p.sum() + t.sum())
-        out[patient] = 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
-    return out
+    """Each patient's slices as one volume: Dice = 2|P & T| / (|P| + |T|), 1 when both are empty, patients in CSV order.
+
+    Args:
+        masks, truths: (N, S, S) 0/1 or bool, one slice a row; ``patients``: the patient of each row.
+    """
+    scorer = PatientScorer(order="first-seen")
+    for patient, mask, truth in zip(patients, masks, truths):
+        scorer.add_masks(patient, mask, truth)
+    return scorer.patient_scores("dice")
 
 
 def compare_with_fp32(reference: str | Path, candidate: str | Path, check: SliceSet) -> dict[str, Any]:

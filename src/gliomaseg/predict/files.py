@@ -27,7 +27,7 @@ from gliomaseg.data.formats.slice_files import SLICES
 from gliomaseg.data.overlay import encode_png, label_frame, overlay_contours, write_gif
 from gliomaseg.data.sequences import SequenceCheck, describe, warning_text
 from gliomaseg.data.sources import SliceInput, open_source
-from gliomaseg.evaluation.metrics import confusion_numpy, dice, iou
+from gliomaseg.evaluation.scorer import PatientScorer
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import DEFAULT_BATCH_SIZE, segment
 from gliomaseg.predict.report import PatientReport, key_slice_indices, missing_note, write_run_report
@@ -255,6 +255,7 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
             seg_out = rel(DICOM.write_mask(masks, work / DICOM.prediction_name(patient.name), patient.geometry, model=model_name(predictor)))
         frames = []
         first = len(rows)
+        scorer = PatientScorer()  # this patient's slices that have a truth mask
         patient_spacing = spacing or (patient.geometry.spacing if patient.geometry is not None else None)
         for (item, image, truth), prob, mask, check in zip(loaded, probs, masks, slice_checks):
             row = {
@@ -269,8 +270,8 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
             if overlays:
                 row["overlay_out"] = rel(_write_png(folder / SLICES.overlay_name(item.name), overlay))
             if truth is not None:
-                tp, fp, fn, _ = confusion_numpy(mask, truth)
-                row.update(true_pixels=int(truth.sum()), tp=tp, fp=fp, fn=fn, dice=dice(tp, fp, fn), iou=iou(tp, fp, fn))
+                counts = scorer.add_masks(patient.name, mask, truth)
+                row.update(true_pixels=int(truth.sum()), tp=counts.tp, fp=counts.fp, fn=counts.fn, dice=counts.dice, iou=counts.iou)
             rows.append(row)
         patient_row = {
             "patient": patient.name,
@@ -283,10 +284,10 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         }
         patient_slices = rows[first:]
         if all("tp" in r for r in patient_slices):
-            tp, fp, fn = (sum(r[k] for r in patient_slices) for k in ("tp", "fp", "fn"))
             true_voxels = sum(r["true_pixels"] for r in patient_slices)
             patient_row.update(true_volume_voxels=true_voxels, true_volume_ml=volume_ml(true_voxels, patient_spacing),
-                               slices_with_true_tumour=sum(int(r["true_pixels"] > 0) for r in patient_slices), dice_3d=dice(tp, fp, fn))
+                               slices_with_true_tumour=sum(int(r["true_pixels"] > 0) for r in patient_slices),
+                               dice_3d=scorer.patient_scores("dice")[patient.name])
         if volume_out:
             patient_row["mask_volume"] = volume_out
         if seg_out:

@@ -13,7 +13,7 @@ from gliomaseg.core.defaults import DEFAULT_BATCH_SIZE
 from gliomaseg.core.errors import InputWarning
 from gliomaseg.core.units import check_spacing, spacing_text, volume_ml
 from gliomaseg.data.sequences import describe, missing_sequences, warning_text
-from gliomaseg.evaluation.metrics import confusion_numpy, dice
+from gliomaseg.evaluation.scorer import PatientScorer
 from gliomaseg.inference.postprocess import PostProcess
 from gliomaseg.inference.segment import segment as segment_slices
 from gliomaseg.serve.uploads import Case
@@ -69,7 +69,7 @@ def analyse(predictor, case: Case, options: SegmentOptions, spacing: Sequence[fl
         warnings.warn(warning_text(case.name, missing), InputWarning, stacklevel=2)
     probabilities, masks = segment(predictor, case.images, options)
     slices = []
-    totals = [0, 0, 0]
+    scorer = PatientScorer()  # the slices that have a truth mask
     for name, image, truth, probability, mask in zip(case.slice_names, case.images, case.truths, probabilities, masks):
         row = {
             "name": name, "height": int(image.shape[0]), "width": int(image.shape[1]),
@@ -77,9 +77,8 @@ def analyse(predictor, case: Case, options: SegmentOptions, spacing: Sequence[fl
             "prediction": contours(mask), "truth": None,
         }
         if truth is not None:
-            tp, fp, fn, _ = confusion_numpy(mask, truth)
-            totals = [totals[0] + tp, totals[1] + fp, totals[2] + fn]
-            row.update(truth=contours(truth), true_pixels=int(truth.sum()), dice=round(dice(tp, fp, fn), 4))
+            counts = scorer.add_masks(case.name, mask, truth)
+            row.update(truth=contours(truth), true_pixels=int(truth.sum()), dice=round(counts.dice, 4))
         slices.append(row)
     summary = {
         "patient": case.name, "kind": case.kind, "slices": len(masks),
@@ -98,5 +97,5 @@ def analyse(predictor, case: Case, options: SegmentOptions, spacing: Sequence[fl
         summary["slices_with_true_tumour"] = int(sum(bool(t.any()) for t in case.truths if t is not None))
         if known is not None:
             summary["true_volume_ml"] = volume_ml(summary["true_volume_voxels"], known)
-        summary["dice_3d"] = round(dice(*totals), 4)
+        summary["dice_3d"] = round(scorer.patient_scores("dice")[case.name], 4)
     return CaseResult(case, masks, summary, slices, [np.round(p * 255).astype(np.uint8) for p in probabilities])

@@ -4,17 +4,38 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from gliomaseg.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 from gliomaseg.core.errors import TrainingDivergedError
 from gliomaseg.data.resize import resize_probabilities
-from gliomaseg.evaluation.metrics import confusion, patient_table, slice_table
+from gliomaseg.evaluation.metrics import confusion
+from gliomaseg.evaluation.scorer import PatientScorer
 from gliomaseg.modeling.losses import build_loss
 from gliomaseg.modeling.models import build_model, canonical_architecture
 from gliomaseg.training.config import MONITOR, train_default
+
+# What validation logs, each as (metric, reduction) of the scorer (gliomaseg.evaluation.scorer.SCORE_REDUCTIONS):
+# the numbers evaluate reports under the names patient_dice_mean, patient_dice_median, iou_imagewise, ...
+VALIDATION_SCORES = {
+    MONITOR: ("dice", "patient-mean"),
+    "val_patient_dice_median": ("dice", "patient-median"),
+    "val_iou_imagewise": ("iou", "imagewise"),
+    "val_dice_imagewise": ("dice", "imagewise"),
+    "val_iou_tumour_slices": ("iou", "imagewise-tumour-slices"),
+    "val_iou_micro": ("iou", "micro"),
+    "val_dice_micro": ("dice", "micro"),
+}
+
+
+def validation_scores(counts) -> dict[str, float]:
+    """The validation numbers of :data:`VALIDATION_SCORES` from ``(patient, tp, fp, fn, tn)`` rows, one a slice.
+
+    Scored by :class:`~gliomaseg.evaluation.scorer.PatientScorer` as ``evaluate`` scores: a patient's slices as one
+    volume, and an empty truth predicted empty is a perfect score (also for the micro scores of an all-empty set).
+    """
+    return PatientScorer().extend(counts).aggregate_all(VALIDATION_SCORES)
 
 
 class SegmentationTask(L.LightningModule):
@@ -105,22 +126,8 @@ class SegmentationTask(L.LightningModule):
         _, first = np.unique(stats[:, 0], return_index=True)
         stats = stats[first]
         patients = [self.val_patients[i] for i in stats[:, 0]] if self.val_patients is not None else [str(i) for i in stats[:, 0]]
-        slices = slice_table(pd.DataFrame({"patient": patients, "tp": stats[:, 1], "fp": stats[:, 2], "fn": stats[:, 3], "tn": stats[:, 4]}))
-        per_patient = patient_table(slices)
-        tp, fp, fn = (float(slices[c].sum()) for c in ("tp", "fp", "fn"))
-        self.log_dict(
-            {
-                MONITOR: float(per_patient["dice_3d"].mean()),
-                "val_patient_dice_median": float(per_patient["dice_3d"].median()),
-                "val_iou_imagewise": float(slices["iou"].mean()),
-                "val_dice_imagewise": float(slices["dice"].mean()),
-                "val_iou_tumour_slices": float(slices.loc[slices["has_tumour"], "iou"].mean()) if slices["has_tumour"].any() else float("nan"),
-                "val_iou_micro": tp / max(tp + fp + fn, 1.0),
-                "val_dice_micro": 2 * tp / max(2 * tp + fp + fn, 1.0),
-            },
-            prog_bar=True,
-            sync_dist=False,
-        )
+        self.log_dict(validation_scores(zip(patients, stats[:, 1], stats[:, 2], stats[:, 3], stats[:, 4])),
+                      prog_bar=True, sync_dist=False)
 
     def parameter_groups(self) -> list[dict]:
         """One group, or with ``lowlr`` the encoder at 0.1x the learning rate and the rest at 1x."""
