@@ -196,6 +196,14 @@ def test_csv_that_points_nowhere(prepared: Path, tmp_path: Path):
         SliceDataset(tmp_path / "nocol.csv")
 
 
+def test_atomic_write_can_keep_the_ending_for_writers_that_read_it(tmp_path: Path):
+    seen = []
+    core_io.atomic_write(tmp_path / "case_mask.nii.gz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")), keep_ending=True)
+    core_io.atomic_write(tmp_path / "b.csv", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
+    assert seen[0].startswith(".") and seen[0].endswith(".nii.gz") and not seen[1].endswith(".csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv", "case_mask.nii.gz"]
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path):
     target = tmp_path / "x.csv"
     target.write_text("old")

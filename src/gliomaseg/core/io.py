@@ -23,17 +23,19 @@ import pandas as pd
 from gliomaseg.core.errors import DataError, GliomasegError
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, keep_ending: bool = False) -> Path:
     """Call ``write(tmp)`` on a fresh temporary file next to ``path`` and rename it into place.
 
     A crash or an error mid-write leaves the previous file (or none) instead of half a file, and the
     temporary file is removed on error. The temporary file is created with mode 0o666, so the process
     umask gives it the usual permissions without the umask being read or changed (no race with threads).
+    ``keep_ending``: the temporary name ends like ``path`` (``.nii.gz``), for writers that pick the format from it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        token = secrets.token_hex(6)
+        tmp = path.with_name(f".{token}.tmp.{path.name}" if keep_ending else f".{path.name}.{token}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break

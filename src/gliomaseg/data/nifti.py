@@ -23,7 +23,6 @@ plain uint8, x 4 for anything read as float32) are checked against
 from __future__ import annotations
 
 import gzip
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from gliomaseg.core.errors import DataError, first_line
+from gliomaseg.core.io import atomic_write
 from gliomaseg.core.limits import MAX_DECODED_BYTES
 from gliomaseg.data.files import DEEP_PERCENTILES
 
@@ -326,19 +326,10 @@ def mask_volume_bytes(masks: Sequence[np.ndarray], geometry: Geometry) -> bytes:
 
 
 def _save(image, out: Path) -> Path:
-    """Save atomically: a temporary file beside ``out`` with the same ending (nibabel picks gzip from it), then a rename."""
+    """Save atomically; the temporary file keeps the ending, since nibabel picks gzip from it."""
     import nibabel as nib
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    try:
-        nib.save(image, str(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda tmp: nib.save(image, str(tmp)), keep_ending=True)
 
 
 SEQUENCES = ("pre-contrast", "flair", "post-contrast")  # kaggle_3m's channel order, as file name suffixes

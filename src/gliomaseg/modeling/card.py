@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from gliomaseg.core.io import write_text
+from gliomaseg.core.io import atomic_write, write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 from gliomaseg.modeling.spec import ModelInfo, load_checkpoint_file
 
@@ -233,8 +233,6 @@ def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt") -> dict:
     path = Path(run) / checkpoint_name
     checkpoint, card = checkpoint_card(path)
     checkpoint[CARD_KEY] = card
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
     write_text(render_markdown(card), path.parent / CARD_FILE)
     return card
