@@ -18,7 +18,6 @@ Torch-free: needs onnx, onnxruntime, numpy and OpenCV.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 from gliomaseg.core.defaults import CALIBRATION_SLICES, MAX_DICE_DROP, MAX_PATIENT_DICE_DROP
 from gliomaseg.core.defaults import EXPORT_VARIANTS as VARIANTS
 from gliomaseg.core.errors import DataError, GliomasegError
+from gliomaseg.core.io import atomic_write
 from gliomaseg.data.files import read_image, read_mask, read_slices_csv
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, PatientStatistics, check_intensity, standardize
 from gliomaseg.evaluation.scorer import PatientScorer
@@ -275,11 +275,7 @@ def write_variant(
                       calibration=f"min/max over {len(calibration.images)} training slices drawn at random (seed {CALIBRATION_SEED})",
                       quantization="ONNX Runtime static, QDQ, int8 weights per channel, uint8 activations; output head fp32")
     check = load_slices(check_csv, size, with_truth=True, intensity=intensity)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    def build(tmp: Path) -> None:  # into a temporary file that replaces ``out`` only once the check has passed
         if calibration is not None:
             quantize_int8(fp32_model, tmp, calibration.images)
         else:
@@ -298,8 +294,6 @@ def write_variant(
                 f"{report['mask_agreement']:.5f} on {report['check_slices']} slices of {report['check_csv']}"
             )
         write_onnx_metadata(tmp, {**meta, "variant": report})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is read by whoever runs it
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(out, build)
     return report

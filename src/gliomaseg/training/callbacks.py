@@ -75,6 +75,8 @@ class LastCheckpoint(Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not core.io.atomic_write: every rank calls save_checkpoint and only rank 0 may rename, so the temporary
+        # name must be the same on every rank and only rank 0 touches the file.
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # the full state, to resume; every rank takes part, rank 0 writes
         if trainer.is_global_zero:
