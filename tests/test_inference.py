@@ -136,6 +136,14 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     assert card["training_data"] == without_paths(from_checkpoint["training_data"]) and card["threshold"] == meta["threshold"]
     assert card["training_data"]["train"]["csv"] == "data_train.csv"
     assert "research" in (tmp_path / "m.MODEL_CARD.md").read_text().lower()
+    # predict's report and the viewer read the card of a user's export: its validation Dice, said to be optimistic.
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
+    from gliomaseg.predict.report import model_summary
+
+    predictor = OnnxPredictor(tmp_path / "m.onnx", micro_batch=1)
+    dice = from_checkpoint["validation"]["best_val_patient_dice"]["value"]
+    assert predictor.card["architecture"] == "Unet"
+    assert model_summary(predictor)["validation"] == f"validation mean per-patient Dice {dice:.3f} (the epoch was picked on it: optimistic)"
 
 
 def test_postprocess_removes_speck_and_keeps_tumour():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gliomaseg.core.errors import GliomasegError, first_line
+from gliomaseg.core.limits import MAX_IMAGE_SIDE
 from gliomaseg.inference.variants import VARIANT_CHOICES
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -149,18 +150,20 @@ def _score(args: argparse.Namespace) -> None:
 @command("convert")
 def _convert(args: argparse.Namespace) -> None:
     from gliomaseg.data.convert import convert_to_dicom, convert_to_nifti
+    from gliomaseg.data.formats.dicom_series import DICOM
+    from gliomaseg.data.formats.nifti_volumes import NIFTI
 
     if args.to == "dicom":
         if args.layout != "channels":
             raise GliomasegError("convert --layout is for NIfTI output (--to nifti)")
         table = convert_to_dicom(args.input, args.out, spacing=_spacing_xyz(args))
-        print(f"wrote {len(table)} patient(s) as DICOM cases <patient>/pre|flair|post/ + sequences.txt (+ <patient>_seg.dcm, "
+        print(f"wrote {len(table)} patient(s) as DICOM cases <patient>/pre|flair|post/ + sequences.txt (+ {DICOM.mask_name('<patient>')}, "
               f"the truth) to {args.out}, voxels {', '.join(sorted(set(table['spacing_mm'])))} mm (listed in converted.csv)")
         return
     table = convert_to_nifti(args.input, args.out, spacing=_spacing_xyz(args), layout=args.layout)
     names = "<patient>.nii.gz" if args.layout == "channels" else "<patient>_pre-contrast/_flair/_post-contrast.nii.gz"
     units = "voxel size unknown (give --spacing X Y Z to record one)" if args.spacing is None else f"voxels of {' x '.join(f'{v:g}' for v in args.spacing)} mm"
-    print(f"wrote {len(table)} patient(s) as {names} + <patient>_mask.nii.gz to {args.out}, {units} (listed in converted.csv)")
+    print(f"wrote {len(table)} patient(s) as {names} + {NIFTI.mask_name('<patient>')} to {args.out}, {units} (listed in converted.csv)")
 
 
 @command("export")
@@ -349,7 +352,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--patients", type=POSITIVE_INT, default=SYNTH_PATIENTS, help="number of patients")
     p.add_argument("--slices", type=POSITIVE_INT, default=SYNTH_SLICES, help="about this many slices per patient")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--size", type=_ranged(int, 8, 4096), default=SYNTH_SIZE, help="slice size in pixels (kaggle_3m: 256)")
+    p.add_argument("--size", type=_ranged(int, 8, MAX_IMAGE_SIDE), default=SYNTH_SIZE, help="slice size in pixels (kaggle_3m: 256)")
 
     p = sub.add_parser("prepare", help="scan a kaggle_3m folder into CSVs and split it by patient")
     p.add_argument("--data-path", required=True, type=Path, help="a kaggle_3m root (patient folders of <patient>_<k>.tif and _mask.tif)")
@@ -475,7 +478,6 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True, type=Path, help="an experiments folder (or run folders) with results.csv files")
     p.add_argument("--out", required=True, type=Path, help="the HTML file to write")
 
-    from gliomaseg.core.limits import MAX_IMAGE_SIDE
     from gliomaseg.serve.limits import DEFAULT_HOST, DEFAULT_PORT, ServeLimits
 
     p = sub.add_parser("serve", help="a local web viewer: upload slices, a patient zip or a NIfTI volume, see and download masks")

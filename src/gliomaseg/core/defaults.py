@@ -6,11 +6,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("plateau", "step", "cosine", "none")
 DEFAULT_BATCH_SIZE = 8  # slices per predictor call in predict / evaluate
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed"}
-# "auto" measures fp32 against bf16-mixed on this machine (gliomaseg.precision) before training.
+# "auto" measures fp32 against bf16-mixed on this machine (gliomaseg.modeling.precision) before training.
 AUTO_PRECISION = "auto"
 TRAIN_PRECISIONS = (*sorted(PRECISIONS), AUTO_PRECISION)
 DEFAULT_TRAIN_PRECISION = AUTO_PRECISION
-# `export --quantize`: the smaller variants of an ONNX export (gliomaseg.quantization).
+# `export --quantize`: the smaller variants of an ONNX export (gliomaseg.export.quantization).
 EXPORT_VARIANTS = ("int8", "fp16")
 CALIBRATION_SLICES = 128  # training slices that calibrate int8 activation ranges
 MAX_DICE_DROP = 0.005  # the largest drop of the mean per-patient Dice against fp32 that an exported variant may show

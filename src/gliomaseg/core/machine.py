@@ -1,7 +1,7 @@
 """What machine this is, and a small per-machine cache of measured choices.
 
-Measured choices (the training precision of :mod:`gliomaseg.precision`, the ONNX Runtime settings of
-:mod:`gliomaseg.inference.runtime`) are only valid on the machine that measured them, so each is stored
+Measured choices (the training precision of :mod:`gliomaseg.modeling.precision`, the ONNX Runtime settings of
+:mod:`gliomaseg.inference.onnx_backend`) are only valid on the machine that measured them, so each is stored
 under a key that names the machine: CPU model, a digest of its instruction-set flags, the number of CPUs
 this process may use, plus whatever the caller adds (torch version, model, image size...).
 

@@ -51,7 +51,7 @@ def convert_to_nifti(inputs: str | Path, out: str | Path, *, spacing: Sequence[f
     Returns one row per patient (``patient, slices, tumour_slices, image, mask``), also written to ``converted.csv``
     (its paths relative to ``out``; the returned table's as paths under ``out``).
 
-    The run goes through :func:`~gliomaseg.data.files.run_folder`: every case (image and mask) is written into a
+    The run goes through :func:`~gliomaseg.core.io.run_folder`: every case (image and mask) is written into a
     hidden folder and moved into ``out`` at the end, so a killed run leaves no temporary file or image without its
     mask in ``out``, and a rerun removes the previous run's cases.
     """

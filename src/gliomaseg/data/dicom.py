@@ -47,6 +47,7 @@ from gliomaseg.core.errors import DataError, InputWarning
 from gliomaseg.core.io import atomic_write, check_name
 from gliomaseg.core.limits import MAX_DECODED_BYTES, MAX_IMAGE_SIDE
 from gliomaseg.data.files import scale_volume
+from gliomaseg.data.formats.base import SEG
 from gliomaseg.data.nifti import LPS, Geometry
 
 DICOM_ENDINGS = (".dcm", ".dicom")
@@ -486,7 +487,7 @@ def segmentation_file_case(path: Path) -> DicomCase:
     drawn_on = {str(source.ReferencedSOPInstanceUID) for frame in getattr(ds, "PerFrameFunctionalGroupsSequence", [])[:1]
                 for derivation in getattr(frame, "DerivationImageSequence", []) for source in getattr(derivation, "SourceImageSequence", [])}
     name = path.name[: -len(".dcm")] if path.name.lower().endswith(".dcm") else path.stem
-    name = name[: -len("_seg")] if name.endswith("_seg") else name
+    name = name[: -len(SEG)] if name.endswith(SEG) else name
     candidates: list[Series] = []
     for folder in [path.parent, *sorted(p for p in path.parent.rglob("*") if p.is_dir())]:
         files = [p for p in folder.iterdir() if p.is_file() and p != path and is_dicom(p) and _modality(p) == "MR"]

@@ -1,7 +1,7 @@
 """``gliomaseg export``: a checkpoint to ONNX, checked against PyTorch with ONNX Runtime before it is put in place.
 
 :func:`export_variant` (``--quantize int8|fp16``) turns the checked fp32 export into a smaller variant with
-:mod:`gliomaseg.quantization`, which checks it against fp32 on the validation slices before writing ``out``.
+:mod:`gliomaseg.export.quantization`, which checks it against fp32 on the validation slices before writing ``out``.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = ONNX_OP
 
     from gliomaseg.inference.onnx_backend import OnnxPredictor
     from gliomaseg.inference.torch_backend import load_checkpoint
-    from gliomaseg.modeling.card import CARD_KEY, checkpoint_card, export_card_path, render_markdown
-    from gliomaseg.modeling.spec import set_onnx_metadata
+    from gliomaseg.modeling.card import checkpoint_card, export_card_path, render_markdown
+    from gliomaseg.modeling.spec import CARD_KEY, set_onnx_metadata
 
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
@@ -138,7 +138,7 @@ def export_variant(checkpoint: str | Path, out: str | Path, variant: str, *, ops
     """Export ``checkpoint`` as its ``variant`` (``int8`` / ``fp16``) to ``out``, nothing written unless every check passes.
 
     The fp32 model goes through :func:`export_onnx` into a temporary file beside ``out`` (removed afterwards),
-    then :func:`gliomaseg.quantization.write_variant` builds and checks the variant. ``calibration_csv``
+    then :func:`gliomaseg.export.quantization.write_variant` builds and checks the variant. ``calibration_csv``
     defaults to the checkpoint's training CSV, ``check_csv`` to its validation CSV. Returns the fp32 export's
     result with the variant's check report under ``"variant"``.
     """

@@ -27,7 +27,7 @@ def open_predictor(checkpoint: str | Path | None = None, model: str | Path | Non
     """The predictor a user asked for: a training checkpoint (PyTorch), an exported ONNX model, or,
     with neither, the model that ships with gliomaseg (ONNX, torch-free).
 
-    ``onnx_options`` go to :class:`~gliomaseg.inference.runtime.OnnxPredictor` (e.g. ``threads``).
+    ``onnx_options`` go to :class:`~gliomaseg.inference.onnx_backend.OnnxPredictor` (e.g. ``threads``).
     An ONNX model with a checked ``NAME.int8.onnx`` beside it (the shipped one has) runs as whichever of the two
     is faster here, unless ``variant`` says ``fp32`` or ``int8`` (:mod:`gliomaseg.inference.variants`).
     """

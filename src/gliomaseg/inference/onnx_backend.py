@@ -5,7 +5,7 @@ Execution settings are chosen for the machine: ``threads`` defaults to the CPUs 
 micro-batch (how many slices go through the session at once) is measured: :data:`MICRO_BATCHES` are timed
 on :data:`PROBE_SLICES` random slices and the fastest is kept. On 2 cores, batches of 1-4 ran about 1.5x
 faster per slice than 16 (cache-bound; docs/benchmarks.md). The measurement takes a second or two and is
-cached per machine, ONNX Runtime version, model file and threads (see :mod:`gliomaseg.machine`).
+cached per machine, ONNX Runtime version, model file and threads (see :mod:`gliomaseg.core.machine`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from gliomaseg.core import machine
 from gliomaseg.core.errors import CheckpointError, first_line
-from gliomaseg.modeling.spec import onnx_model_info
+from gliomaseg.modeling.spec import onnx_card, onnx_model_info
 
 MICRO_BATCHES = (1, 2, 4, 8)
 PROBE_SLICES = 8
@@ -147,7 +147,9 @@ class OnnxPredictor:
         cpus = machine.available_cpus()
         thread_options = [threads] if threads else sorted({cpus, max(1, cpus // 2)} if cpus >= 4 else {cpus}, reverse=True)
         self.session = _session(path, thread_options[0])
-        self.meta, self.info = onnx_model_info(self.session.get_modelmeta().custom_metadata_map, path)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta, self.info = onnx_model_info(props, path)
+        self.card = onnx_card(props)  # the model card export wrote beside the description, if any
         self.image_size = self.info.image_size
         self.threshold = self.info.threshold
         self.path = path

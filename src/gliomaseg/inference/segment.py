@@ -2,7 +2,7 @@
 
 ``predict``, ``evaluate``, ``report`` and the viewer call :func:`segment`; nothing else resizes,
 thresholds or post-processes predictions. Torch-free: it runs any
-:class:`~gliomaseg.inference.predictor.Predictor` (PyTorch checkpoint or ONNX Runtime).
+:class:`~gliomaseg.inference.backend.Predictor` (PyTorch checkpoint or ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def segment(
     """Segment the slices of one patient.
 
     Args:
-        predictor: a :class:`~gliomaseg.inference.predictor.Predictor` (``TorchPredictor`` or ``OnnxPredictor``).
+        predictor: a :class:`~gliomaseg.inference.backend.Predictor` (``TorchPredictor`` or ``OnnxPredictor``).
         images: the patient's slices in slice order, uint8 RGB arrays of shape (H, W, 3), any H, W.
         threshold: tumour where probability > threshold; ``None`` takes the model's own (``predictor.threshold``).
         tta: ``none``, ``flip`` or ``d4``.

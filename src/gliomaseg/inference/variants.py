@@ -3,11 +3,11 @@
 Naming rule: the int8 variant of ``NAME.onnx`` is ``NAME.int8.onnx`` in the same folder (what
 ``gliomaseg export --quantize int8 --out NAME.int8.onnx`` writes, and how the shipped pair is named). A variant
 counts only when its ``gliomaseg`` metadata carries the check against fp32 that ``export`` stores (see
-:mod:`gliomaseg.quantization`), that check passed its own limits, its model is the same one (architecture,
+:mod:`gliomaseg.export.quantization`), that check passed its own limits, its model is the same one (architecture,
 encoder, size, intensity, threshold) and, when recorded, its fp32 digest is that of the file beside it.
 
 Which one runs is measured, not assumed: int8 is 2-3x faster on CPUs with VNNI, but not on every CPU. Each
-candidate's ONNX Runtime probe (:mod:`gliomaseg.inference.runtime`, a second or two, cached per machine) gives
+candidate's ONNX Runtime probe (:mod:`gliomaseg.inference.onnx_backend`, a second or two, cached per machine) gives
 its slices/s; the fastest wins.
 """
 
@@ -89,7 +89,7 @@ class Choice:
 
 
 def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
-    """An :class:`~gliomaseg.inference.runtime.OnnxPredictor` for ``model`` or its checked int8 variant.
+    """An :class:`~gliomaseg.inference.onnx_backend.OnnxPredictor` for ``model`` or its checked int8 variant.
 
     ``variant``: ``auto`` (the faster of the two by the probe; fp32 alone when no checked variant sits beside),
     ``fp32`` (``model`` itself) or ``int8`` (the variant, an error when it is missing or unchecked).

@@ -16,10 +16,9 @@ import pandas as pd
 
 from gliomaseg.core.io import atomic_write, write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
-from gliomaseg.modeling.spec import ModelInfo, load_checkpoint_file
+from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file
 
 CARD_FILE = "MODEL_CARD.md"  # beside a run's checkpoints; an export's card is named after its model (export_card_path)
-CARD_KEY = "model_card"
 INTENDED_USE = (
     "Research and teaching only: segmenting lower-grade gliomas in 2D axial brain MRI slices laid out like the "
     "LGG kaggle_3m data (RGB = pre-contrast, FLAIR, post-contrast, 8-bit). Not a medical device; not for "

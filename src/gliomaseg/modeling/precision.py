@@ -5,7 +5,7 @@ another of the same kind slower), so the choice is measured, not assumed. The pr
 training steps (forward, loss, backward, optimizer step) of the actual architecture and encoder at the
 actual image size, both channels_last, in turn (so other load hits both alike), and keeps bf16-mixed only when it is at least
 :data:`BF16_MARGIN` faster: bf16 rounds activations, so a tie goes to fp32. The answer is cached per
-machine (see :mod:`gliomaseg.machine`) with the torch version, model and size, so later runs skip it.
+machine (see :mod:`gliomaseg.core.machine`) with the torch version, model and size, so later runs skip it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ This module is the one reader of a model's description, wherever it is stored:
   (the onnx package) or :func:`onnx_model_info` (ONNX Runtime's metadata map) and written with
   :func:`write_onnx_metadata` / :func:`set_onnx_metadata`.
 
-:func:`normalize` is the one place where uint8 pixels become the model's input.
+:func:`normalize` is where uint8 pixels become the model's input at inference (both backends, the int8
+calibration); training's albumentations ``Normalize`` (:mod:`gliomaseg.data.transforms`) applies the same stored
+mean and std, ``(x / 255 - mean) / std``, the same numbers in another order, as smp's recipe does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MODES
 
 IMAGE_SIZE_RANGE = (32, 1024)  # the sizes a model description may claim (multiples of 32)
 METADATA_KEY = "gliomaseg"  # the ONNX metadata entry holding a model's description (JSON)
+CARD_KEY = "model_card"  # the model card's fields (JSON): an ONNX metadata entry, and an entry of a run's checkpoint
 
 
 def pixel_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +190,15 @@ def onnx_model_info(props: Mapping[str, str], source: str | Path) -> tuple[dict,
     if meta is None:
         raise CheckpointError(f"{source}: ONNX model has no gliomaseg metadata (export it with `gliomaseg export`)")
     return meta, ModelInfo.from_dict(meta, source)
+
+
+def onnx_card(props: Mapping[str, str]) -> dict | None:
+    """The model card fields in an ONNX model's metadata ``props``; None when it has none (or not as JSON)."""
+    try:
+        card = json.loads(props[CARD_KEY]) if CARD_KEY in props else None
+    except (TypeError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def set_onnx_metadata(proto, value: Any, key: str = METADATA_KEY) -> None:

@@ -1,6 +1,6 @@
 """``gliomaseg predict``: masks, contour overlays, per-patient GIFs and tables for slices, folders, CSVs, NIfTI or DICOM cases.
 
-Torch-free: it runs any :class:`~gliomaseg.inference.predictor.Predictor`.
+Torch-free: it runs any :class:`~gliomaseg.inference.backend.Predictor`.
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def closing_line(result: PredictResult, seconds: float, model: str | None = None
     if "gif" in result.patients:
         parts.append(f"GIFs {out}/<patient>/<patient>.gif")
     if "mask_volume" in result.patients:
-        parts.append(f"mask volumes {out}/<case>_mask.nii.gz")
+        parts.append(f"mask volumes {out}/{NIFTI.prediction_name('<case>')}")
     if "segmentation" in result.patients:
-        parts.append(f"DICOM SEG {out}/<case>_seg.dcm")
+        parts.append(f"DICOM SEG {out}/{DICOM.prediction_name('<case>')}")
     parts.append(f"tables {out / 'predictions.csv'}, {out / 'patients.csv'}")
     if model:
         parts.append(model)
@@ -139,7 +139,7 @@ def predict(
     ``allow_grayscale`` / ``allow_16bit``; allowed 16-bit slices are scaled per patient
     (:func:`~gliomaseg.data.files.scale_volume`). When nothing could be predicted, a :class:`DataError` names the first problem.
     The tables name the files written relative to ``out``; the run goes through
-    :func:`~gliomaseg.data.files.run_folder` (a rerun replaces the previous run's files, a killed run leaves them), and
+    :func:`~gliomaseg.core.io.run_folder` (a rerun replaces the previous run's files, a killed run leaves them), and
     ``out`` may not be inside an input folder. A failed run removes an output folder this call created.
 
     ``spacing`` (x, y, z in mm) sizes the voxels of every patient; without it a NIfTI or DICOM case's header gives its

@@ -118,14 +118,7 @@ def model_summary(predictor, shipped: bool = False) -> dict:
 
     info = getattr(predictor, "info", None)
     summary: dict = {"name": f"{info.arch}-{info.encoder}" if info is not None else "unknown model"}
-    card = (getattr(predictor, "meta", None) or {}).get("model_card")
-    if isinstance(card, str):
-        try:
-            import json
-
-            card = json.loads(card)
-        except ValueError:
-            card = None
+    card = getattr(predictor, "card", None)  # an ONNX model's card (OnnxPredictor.card)
     if isinstance(card, dict):
         dice = ((card.get("validation") or {}).get("best_val_patient_dice") or {}).get("value")
         if isinstance(dice, (int, float)):
