@@ -120,3 +120,13 @@ def test_the_checker_sees_a_wrong_arrow(tmp_path: Path):
     found = imports_of(probe)
     assert "gliomaseg.inference.segment" in found and "gliomaseg.core.io" in found
     assert RANK[layer("gliomaseg.inference.segment")] >= RANK["data"] > RANK[layer("gliomaseg.core.io")]
+
+
+def test_the_cli_loads_nothing_heavy_before_a_command_runs():
+    # `gliomaseg --help` and argument errors stay instant: the CLI imports numpy, pandas or torch only inside a command.
+    import subprocess
+    import sys
+
+    code = "import sys, gliomaseg.cli; print(sorted(m for m in ('numpy', 'pandas', 'torch', 'cv2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

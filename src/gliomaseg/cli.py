@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gliomaseg.core.defaults import VARIANT_CHOICES
 from gliomaseg.core.errors import GliomasegError, first_line
 from gliomaseg.core.limits import MAX_IMAGE_SIDE
-from gliomaseg.inference.variants import VARIANT_CHOICES
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 

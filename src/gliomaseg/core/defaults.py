@@ -31,3 +31,5 @@ SYNTH_SIZE = 256  # slice side in pixels (kaggle_3m's)
 # `prepare`: the case study's split, by patient.
 TRAIN_SIZE = 0.8  # fraction of the patients (or slices) in the training CSV
 SPLIT_SEED = 42  # random_state of the split and of the folds
+# `--variant` of predict / evaluate / serve (gliomaseg.inference.variants): auto picks the faster checked one by a probe.
+VARIANT_CHOICES = ("auto", "fp32", "int8")

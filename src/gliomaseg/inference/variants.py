@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gliomaseg.core.defaults import VARIANT_CHOICES
 from gliomaseg.core.errors import CheckpointError
 from gliomaseg.modeling.spec import read_onnx_metadata
 
-VARIANT_CHOICES = ("auto", "fp32", "int8")
 # The fields a variant must share with its fp32 model to count as the same model.
 SAME_MODEL_FIELDS = ("arch", "encoder", "decoder_channels", "image_size", "intensity", "threshold", "mean", "std")
 
