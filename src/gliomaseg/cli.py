@@ -97,7 +97,8 @@ def _train(args: argparse.Namespace) -> None:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> None:
-    from gliomaseg.evaluation.evaluate import SCORE_FILES, evaluate, summary_markdown
+    from gliomaseg.evaluation.evaluate import evaluate
+    from gliomaseg.evaluation.summary import SCORE_FILES, summary_markdown
     from gliomaseg.inference.backend import open_predictor
     from gliomaseg.inference.postprocess import PostProcess
 
@@ -140,7 +141,8 @@ def _predict(args: argparse.Namespace) -> None:
 
 @command("score")
 def _score(args: argparse.Namespace) -> None:
-    from gliomaseg.evaluation.evaluate import PATIENTS_CSV, SLICES_CSV, SUMMARY_MD, score, score_table
+    from gliomaseg.evaluation.evaluate import score
+    from gliomaseg.evaluation.summary import PATIENTS_CSV, SLICES_CSV, SUMMARY_MD, score_table
 
     summary = score(args.pred, args.truth, args.out, spacing=_spacing_xyz(args))
     print(score_table(summary))
