@@ -21,20 +21,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from gliomaseg.core.errors import DataError  # noqa: E402
 from gliomaseg.core.io import write_csv, write_text  # noqa: E402
-
-
-def load_patients(source: Path) -> pd.DataFrame:
-    """Per-patient rows (``fold, patient, dice_3d, tumour_slices, ...``) of an experiment folder or a pooled CSV."""
-    if source.is_file():
-        frame = pd.read_csv(source)
-        if "fold" not in frame:
-            raise SystemExit(f"{source}: a pooled patients.csv needs a fold column")
-        return frame
-    files = sorted(source.glob("fold*/eval_last/patients.csv"))
-    if not files:
-        raise SystemExit(f"{source}: no fold*/eval_last/patients.csv (has any fold finished?)")
-    return pd.concat([pd.read_csv(f).assign(fold=f.parent.parent.name) for f in files], ignore_index=True)
+from gliomaseg.experiments.summary import LOW_DICE, LOW_DICE_MIN_TUMOUR_SLICES, fold_patients, missing_sequence_patients  # noqa: E402
 
 
 def paired(candidate: pd.DataFrame, baseline: pd.DataFrame, missing: set[str]) -> pd.DataFrame:
@@ -69,8 +58,9 @@ def summary_lines(both: pd.DataFrame, name: str, baseline_name: str) -> list[str
     for _, row in order.iterrows():
         lines.append(f"| {row['fold']} | {row['patient']}{' (missing sequence)' if row['missing_sequence'] else ''} | "
                      f"{row.get('tumour_slices', '-')} | {row['dice_3d']:.3f} | {row['dice_3d_baseline']:.3f} | {row['difference']:+.3f} |")
-    low = both[(both.get("tumour_slices", 0) >= 10) & (both["dice_3d"] < 0.3)] if "tumour_slices" in both else both.iloc[:0]
-    lines += ["", f"Patients with at least 10 tumour slices below 0.3 (candidate): "
+    low = (both[(both["tumour_slices"] >= LOW_DICE_MIN_TUMOUR_SLICES) & (both["dice_3d"] < LOW_DICE)]
+           if "tumour_slices" in both else both.iloc[:0])
+    lines += ["", f"Patients with at least {LOW_DICE_MIN_TUMOUR_SLICES} tumour slices below {LOW_DICE} (candidate): "
               f"{', '.join(f'{p} ({d:.2f})' for p, d in zip(low['patient'], low['dice_3d'])) or 'none'}."]
     return lines
 
@@ -82,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info", type=Path, required=True, help="data_info.csv of prepare (its missing_sequences column)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    info = pd.read_csv(args.info, dtype=str, keep_default_na=False)
-    if "missing_sequences" not in info:
-        raise SystemExit(f"{args.info}: no missing_sequences column (made by an older prepare; run prepare again)")
-    missing = set(info.loc[info["missing_sequences"] != "", "patient"])
-    candidate, baseline = load_patients(args.candidate), load_patients(args.baseline)
+    try:
+        missing = missing_sequence_patients(args.info)
+        candidate, baseline = fold_patients(args.candidate), fold_patients(args.baseline)
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
     both = paired(candidate, baseline, missing)
     if both.empty:
         raise SystemExit(f"{args.candidate} and {args.baseline} share no (fold, patient)")

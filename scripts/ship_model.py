@@ -1,61 +1,78 @@
-"""Ship a trained run as gliomaseg's default model: ONNX + MODEL_CARD.md in src/gliomaseg/assets/.
+"""Ship a trained run as gliomaseg's default model: ONNX, its int8 variant and MODEL_CARD.md in src/gliomaseg/assets/.
 
-    .venv/bin/python scripts/ship_model.py RUN --reproduce docs/results/recipe_reproduce.md
+    .venv/bin/python scripts/ship_model.py RUN --checkpoint final.ckpt \
+        --crossval docs/results/crossval_robust/patients.csv --info data/data_info.csv \
+        --calibration-csv data/data_train.csv --check-csv data/data_val.csv \
+        --reproduce docs/results/recipe_reproduce.md
 
-Needs ``RUN/best.ckpt`` and ``RUN/eval/summary.json`` (``gliomaseg evaluate`` of best.ckpt on its
-validation CSV). Exports through ``gliomaseg.export.onnx.export_onnx`` (checked against PyTorch), replaces
-the training machine's folders in the metadata and card by the names users have (``data/...``),
-checks the size limit, and writes the card with a "How to reproduce" section.
+The card leads with the recipe's cross-validated per-patient Dice (``--crossval``: an experiment folder or its
+pooled ``patients.csv``; ``--info`` names the patients with a missing sequence), stored in the run's checkpoint
+first so that every card of it says the same. Exports through ``gliomaseg.export.onnx.export_onnx`` (checked
+against PyTorch; its metadata carries no folder of the training machine), checks the size limit, then writes
+the int8 variant through ``gliomaseg.export.quantization.write_variant`` (calibrated on ``--calibration-csv``,
+checked against fp32 on ``--check-csv``). Nothing in assets/ changes unless the fp32 export passed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-import onnx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gliomaseg.assets import SHIPPED_MODEL, SHIPPED_MODEL_CARD
-from gliomaseg.export.onnx import export_onnx
-from gliomaseg.core.io import atomic_write, write_text
-from gliomaseg.modeling.card import render_markdown
+from gliomaseg.assets import SHIPPED_MODEL, SHIPPED_MODEL_CARD  # noqa: E402
+from gliomaseg.core.errors import GliomasegError  # noqa: E402
+from gliomaseg.core.io import atomic_write, write_text  # noqa: E402
+from gliomaseg.experiments.summary import crossval_headline, fold_patients, missing_sequence_patients  # noqa: E402
+from gliomaseg.export.onnx import export_onnx  # noqa: E402
+from gliomaseg.export.quantization import write_variant  # noqa: E402
+from gliomaseg.inference.variants import variant_path  # noqa: E402
+from gliomaseg.modeling.card import render_markdown, write_run_card  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "gliomaseg" / "assets"
 MAX_BYTES = 30 * 1024 * 1024
 
 
-def _relative(value: str, data_dir: str) -> str:
-    return value.replace(data_dir.rstrip("/") + "/", "data/")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
+    parser.add_argument("--checkpoint", default=None, help="the run's model: best.ckpt (default when present) or final.ckpt")
+    parser.add_argument("--crossval", type=Path, required=True, help="the recipe's cross-validation: experiment folder or pooled patients.csv")
+    parser.add_argument("--info", type=Path, required=True, help="data_info.csv of prepare (names the missing-sequence patients)")
+    parser.add_argument("--calibration-csv", type=Path, required=True, help="int8: training slices to calibrate on")
+    parser.add_argument("--check-csv", type=Path, required=True, help="int8: slices to check against fp32 (none of them calibrated on)")
     parser.add_argument("--reproduce", type=Path, required=True, help="Markdown appended to the card: how to reproduce")
     args = parser.parse_args(argv)
-    config = json.loads((args.run / "config.json").read_text())
-    # A run trained from --data, or from --train-csv/--val-csv (as an experiment's runs are): its data folder.
-    data_dir = str(Path(config["data"]).resolve() if config.get("data") else Path(config["train_csv"]).resolve().parent)
-    target = ASSETS / SHIPPED_MODEL
-    with tempfile.TemporaryDirectory() as tmp:
-        result = export_onnx(args.run / "best.ckpt", Path(tmp) / SHIPPED_MODEL, write_card=False)
-        proto = onnx.load(result["path"])
-        for prop in proto.metadata_props:
-            prop.value = _relative(prop.value, data_dir)
-        size = proto.ByteSize()
-        if size > MAX_BYTES:  # refused before anything in assets/ is touched: the shipped model stays as it was
-            print(f"{args.run / 'best.ckpt'}: {size / 2**20:.1f} MiB as ONNX is over the {MAX_BYTES / 2**20:.0f} MiB limit; "
-                  "not shipped", file=sys.stderr)
-            return 1
-        card = json.loads(_relative(json.dumps(result["card"]), data_dir))
-        text = render_markdown(card) + "\n" + args.reproduce.read_text()
-        atomic_write(target, lambda tmp_file: onnx.save(proto, str(tmp_file)))  # each file whole or not at all
-        write_text(text, ASSETS / SHIPPED_MODEL_CARD)
-    print(f"shipped {target} ({size / 2**20:.1f} MiB, ONNX vs PyTorch max abs logit difference {result['max_abs_diff']:.1e}) "
-          f"and {ASSETS / SHIPPED_MODEL_CARD}")
+    name = args.checkpoint or ("best.ckpt" if (args.run / "best.ckpt").is_file() else "final.ckpt")
+    source = args.crossval
+    experiment = source.parent.name if source.is_file() else source.name
+    try:
+        headline = crossval_headline(fold_patients(source), missing_sequence_patients(args.info), experiment)
+        write_run_card(args.run, name, cross_validation=headline)
+        target = ASSETS / SHIPPED_MODEL
+        with tempfile.TemporaryDirectory() as tmp:
+            result = export_onnx(args.run / name, Path(tmp) / SHIPPED_MODEL, write_card=False)
+            size = Path(result["path"]).stat().st_size
+            if size > MAX_BYTES:  # refused before anything in assets/ is touched: the shipped model stays as it was
+                print(f"{args.run / name}: {size / 2**20:.1f} MiB as ONNX is over the {MAX_BYTES / 2**20:.0f} MiB limit; "
+                      "not shipped", file=sys.stderr)
+                return 1
+            variant_path(target, "int8").unlink(missing_ok=True)  # made from the old fp32 file: never beside the new one
+            atomic_write(target, lambda tmp_file: Path(tmp_file).write_bytes(Path(result["path"]).read_bytes()))
+        write_text(render_markdown(result["card"]) + "\n" + args.reproduce.read_text(), ASSETS / SHIPPED_MODEL_CARD)
+        print(f"shipped {target} ({size / 2**20:.1f} MiB, ONNX vs PyTorch max abs logit difference {result['max_abs_diff']:.1e}) "
+              f"and {ASSETS / SHIPPED_MODEL_CARD}; card headline: mean {headline['mean']:.3f} / median {headline['median']:.3f} "
+              f"over {headline['patients']} cross-validated patients")
+        int8 = variant_path(target, "int8")
+        report = write_variant(target, int8, "int8", check_csv=args.check_csv, calibration_csv=args.calibration_csv)
+    except GliomasegError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"shipped {int8} ({int8.stat().st_size / 2**20:.1f} MiB): per-patient Dice drop {report['patient_dice_drop']:.4f} "
+          f"(largest for one patient {report['patient_dice_drop_max']:.4f}), mask agreement {report['mask_agreement']:.5f} "
+          f"on {report['check_slices']} slices of {report['check_csv']}")
     return 0
 
 

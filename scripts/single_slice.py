@@ -14,12 +14,12 @@ import warnings
 
 import pandas as pd
 
+from gliomaseg.core.errors import InputWarning
 from gliomaseg.core.io import write_csv
 from gliomaseg.data.sources import open_source
-from gliomaseg.core.errors import InputWarning
-from gliomaseg.evaluation.evaluate import truth_masks, score_masks
-from gliomaseg.inference.torch_backend import load_checkpoint
+from gliomaseg.evaluation.evaluate import score_masks, truth_masks
 from gliomaseg.inference.segment import segment
+from gliomaseg.inference.torch_backend import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,6 +144,11 @@ def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     dice = from_checkpoint["validation"]["best_val_patient_dice"]["value"]
     assert predictor.card["architecture"] == "Unet"
     assert model_summary(predictor)["validation"] == f"validation mean per-patient Dice {dice:.3f} (the epoch was picked on it: optimistic)"
+    from gliomaseg.inference.torch_backend import load_checkpoint
+
+    # A checkpoint's own card says the same (it is stored in the checkpoint, not only in an export).
+    assert load_checkpoint(trained_run / "best.ckpt").card["architecture"] == "Unet"
+    assert model_summary(load_checkpoint(trained_run / "best.ckpt"))["validation"] == model_summary(predictor)["validation"]
 
 
 def test_postprocess_removes_speck_and_keeps_tumour():

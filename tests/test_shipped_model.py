@@ -51,11 +51,13 @@ def test_predict_without_a_model_uses_the_shipped_one(tmp_path: Path, capsys):
     assert probabilities.shape == (1, 256, 256) and float(probabilities.max()) < 0.5  # an empty slice: no tumour
 
 
-def test_ship_model_script_writes_model_and_card_without_machine_paths(trained_run: Path, prepared: Path, tmp_path: Path, monkeypatch):
+def test_ship_model_script_writes_model_variant_and_card_without_machine_paths(trained_run: Path, prepared: Path, tmp_path: Path,
+                                                                               monkeypatch):
     """scripts/ship_model.py on a run trained from CSVs (no --data, as an experiment's runs are)."""
     import shutil
 
-    from gliomaseg.evaluation.evaluate import evaluate
+    import pandas as pd
+    import torch
 
     ship = load_script("ship_model")
     run = tmp_path / "run"
@@ -64,20 +66,43 @@ def test_ship_model_script_writes_model_and_card_without_machine_paths(trained_r
     config = json.loads((trained_run / "config.json").read_text())
     config.update(data=None, train_csv=str(prepared / "data_train.csv"), val_csv=str(prepared / "data_val.csv"))
     (run / "config.json").write_text(json.dumps(config))
-    evaluate(run / "best.ckpt", prepared / "data_val.csv", run / "eval", compare=False, tta="none")
+    # The recipe's cross-validation, pooled: 4 held-out patients in 2 folds, one with a missing sequence.
+    pd.DataFrame({"fold": ["fold0", "fold0", "fold1", "fold1"], "patient": ["A", "B", "C", "D"],
+                  "dice_3d": [0.9, 0.2, 0.8, 0.7], "tumour_slices": [12, 15, 3, 9]}).to_csv(tmp_path / "patients.csv", index=False)
+    pd.DataFrame({"patient": ["A", "B", "C", "D"], "missing_sequences": ["", "", "post-contrast", ""]}).to_csv(tmp_path / "info.csv", index=False)
     (tmp_path / "reproduce.md").write_text("## How to reproduce\n\nthe commands\n")
     assets = tmp_path / "assets"
     assets.mkdir()
     (assets / ship.SHIPPED_MODEL).write_bytes(b"the model shipped before")
     monkeypatch.setattr(ship, "ASSETS", assets)
+    args = [str(run), "--crossval", str(tmp_path / "patients.csv"), "--info", str(tmp_path / "info.csv"),
+            "--calibration-csv", str(prepared / "data_train.csv"), "--check-csv", str(prepared / "data_val.csv"),
+            "--reproduce", str(tmp_path / "reproduce.md")]
     monkeypatch.setattr(ship, "MAX_BYTES", 1000)  # too big: refused, and the model shipped before is untouched
-    assert ship.main([str(run), "--reproduce", str(tmp_path / "reproduce.md")]) == 1
+    assert ship.main(args) == 1
     assert (assets / ship.SHIPPED_MODEL).read_bytes() == b"the model shipped before"
     assert not (assets / SHIPPED_MODEL_CARD).exists()
     monkeypatch.setattr(ship, "MAX_BYTES", 10**9)
-    assert ship.main([str(run), "--reproduce", str(tmp_path / "reproduce.md")]) == 0
-    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "assets" / ship.SHIPPED_MODEL)).metadata_props}
-    card = (tmp_path / "assets" / SHIPPED_MODEL_CARD).read_text()
+    assert ship.main(args) == 0
+    meta = {p.key: p.value for p in onnx.load(str(assets / ship.SHIPPED_MODEL)).metadata_props}
+    card = (assets / SHIPPED_MODEL_CARD).read_text()
     assert str(prepared) not in json.dumps(meta) + card and str(tmp_path) not in json.dumps(meta) + card  # no machine paths
     assert json.loads(meta["gliomaseg"])["train_csv"] == "data_train.csv"
     assert "`data_val.csv`" in card and card.endswith("the commands\n")
+    # The card leads with the cross-validation: pooled mean/median, folds, the failure B (15 tumour slices, 0.2).
+    cv = json.loads(meta["model_card"])["cross_validation"]
+    assert (cv["mean"], cv["median"], cv["patients"], cv["folds"]) == (0.65, 0.75, 4, 2)
+    assert cv["fold_means"] == {"fold0": 0.55, "fold1": 0.75} and [r["patient"] for r in cv["low"]] == ["B"]
+    assert cv["missing_sequence"] == {"patients": 1, "mean": 0.8, "others_mean": 0.6}
+    assert card.index("## What to expect on new patients") < card.index("## Intended use")
+    assert "**Mean per-patient Dice 0.650, median 0.750** over 4 patients" in card
+    assert torch.load(run / "best.ckpt", weights_only=True)["model_card"]["cross_validation"] == cv  # the run says the same
+    # The int8 variant beside it, made from this fp32 file and checked against it.
+    from gliomaseg.inference.variants import check_problem, variant_path
+
+    int8 = variant_path(assets / ship.SHIPPED_MODEL)
+    assert int8.is_file() and check_problem(assets / ship.SHIPPED_MODEL, int8) is None
+    from gliomaseg.predict.report import model_summary
+
+    summary = model_summary(OnnxPredictor(assets / ship.SHIPPED_MODEL, micro_batch=1))
+    assert summary["validation"].startswith("cross-validated mean per-patient Dice 0.65 (median 0.75; folds 0.55 to 0.75)")

@@ -518,3 +518,35 @@ def test_decoder_width_travels_with_the_model(prepared: Path, tmp_path: Path):
         _config(prepared, tmp_path / "bad", model="fpn", decoder_channels="64,32,16").validate()
     with pytest.raises(CheckpointError, match="decoder_channels"):
         ModelInfo.from_dict({**predictor.info.portable(), "decoder_channels": [0, 1]}, "m.onnx")
+
+
+def test_no_validation_run_trains_every_patient_and_ships_its_last_epoch(prepared: Path, tmp_path: Path, capsys):
+    # --val-csv none: the final model of a recipe whose length a cross-validation fixed, trained on all the data.
+    every = tmp_path / "all.csv"
+    pd.concat([pd.read_csv(prepared / "data_train.csv"), pd.read_csv(prepared / "data_val.csv")]).to_csv(every, index=False)
+    run = tmp_path / "final"
+    with pytest.raises(ConfigError, match="plateau"):
+        train(_config(prepared, run, train_csv=str(every), val_csv="none", scheduler="plateau"))
+    first = train(_config(prepared, run, train_csv=str(every), val_csv="none", epochs=2, max_time="00:00:00:00",
+                          limit_train_batches=1))
+    assert first.summary["model_checkpoint"] is None and not (run / "final.ckpt").exists()  # unfinished: no model yet
+    assert main(["train", "--train-csv", str(every), "--val-csv", "none", "--out", str(run), "--epochs", "2",
+                 "--batch-size", "4", "--image-size", "64", "--workers", "0", "--no-progress", "--scheduler", "cosine",
+                 "--resume"]) == 0
+    assert "no validation (--val-csv none)" in capsys.readouterr().out
+    assert sorted(p.name for p in run.glob("*.ckpt")) == ["final.ckpt", "last.ckpt"]  # no best.ckpt: nothing was picked
+    final = torch.load(run / "final.ckpt", weights_only=True)
+    last = torch.load(run / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in final and "optimizer_states" in last
+    assert final["epoch"] == last["epoch"] == 1 and final["hyper_parameters"]["val_csv"] is None
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in last["state_dict"].items())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model_selection_csv"] is None and summary["best_val_patient_dice"] is None
+    assert summary["model_checkpoint"].endswith("final.ckpt") and "no pick" in summary["note"]
+    assert not [c for c in read_metrics(run).columns if c.startswith("val_")]  # no validation ran
+    card = final["model_card"]
+    assert card["training_data"]["train"]["patients"] == pd.read_csv(every)["patient"].nunique()
+    assert "no validation" in card["training_data"]["split"]
+    assert "no pick" in (run / "MODEL_CARD.md").read_text()
+    evaluated = evaluate(run / "final.ckpt", prepared / "data_val.csv", tmp_path / "eval")  # it is a model like any other
+    assert 0 <= evaluated["patient_dice_mean"] <= 1 and evaluated["held_out"] is False

@@ -86,13 +86,16 @@ def _train(args: argparse.Namespace) -> None:
 
     result = train(TrainConfig.from_dict({k: v for k, v in vars(args).items() if k != "command"}))
     s = result.summary
+    score = (f"best val per-patient Dice {s['best_val_patient_dice']}" if s["model_selection_csv"]
+             else "no validation (--val-csv none): the last epoch is the model")
     if not s["train_images_this_session"]:
         print(f"{s['model']}-{s['encoder']} had no epochs left to train: it finished {s['epochs_completed']} epoch(s) "
-              f"before (raise --epochs to train more); best val per-patient Dice {s['best_val_patient_dice']}")
+              f"before (raise --epochs to train more); {score}")
     else:
         print(f"trained {s['model']}-{s['encoder']} for {s['epochs_completed']} epoch(s) in {s['train_seconds']:.0f} s "
-              f"({s['train_images_per_second']:.1f} images/s); best val per-patient Dice {s['best_val_patient_dice']}")
-    print(f"run folder: {result.out} (best.ckpt, last.ckpt, summary.json, MODEL_CARD.md)")
+              f"({s['train_images_per_second']:.1f} images/s); {score}")
+    model = result.model_checkpoint.name if s["model_checkpoint"] else "no model yet: --resume to finish the epochs"
+    print(f"run folder: {result.out} ({model}, last.ckpt, summary.json, MODEL_CARD.md)")
 
 
 @command("evaluate")

@@ -94,6 +94,76 @@ def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
     return summary
 
 
+LOW_DICE, LOW_DICE_MIN_TUMOUR_SLICES = 0.3, 10  # a failure on a patient with a real tumour, not a 2-slice one
+
+
+def fold_patients(source: Path) -> pd.DataFrame:
+    """Per-patient rows (``fold, patient, dice_3d, tumour_slices, ...``) of a cross-validation, each patient scored
+    at its fold's last epoch: an experiment folder (``fold*/eval_last/patients.csv``) or a pooled ``patients.csv``
+    with a ``fold`` column (as committed under ``docs/results/<experiment>/``)."""
+    source = Path(source)
+    if source.is_file():
+        frame = pd.read_csv(source)
+        if "fold" not in frame:
+            raise DataError(f"{source}: a pooled patients.csv needs a fold column")
+        return frame
+    files = sorted(source.glob("fold*/eval_last/patients.csv"))
+    if not files:
+        raise DataError(f"{source}: no fold*/eval_last/patients.csv (has any fold finished?)")
+    return pd.concat([pd.read_csv(f).assign(fold=f.parent.parent.name) for f in files], ignore_index=True)
+
+
+def missing_sequence_patients(info_csv: Path) -> set[str]:
+    """Patients of a ``data_info.csv`` (``prepare``) with a slice whose pre- or post-contrast is a copy of FLAIR."""
+    info = pd.read_csv(info_csv, dtype=str, keep_default_na=False)
+    if "missing_sequences" not in info:
+        raise DataError(f"{info_csv}: no missing_sequences column (made by an older prepare; run prepare again)")
+    return set(info.loc[info["missing_sequences"] != "", "patient"])
+
+
+def crossval_headline(patients: pd.DataFrame, missing: set[str], experiment: str, worst: int = 5) -> dict[str, Any]:
+    """What a model card leads with: the recipe's per-patient Dice over every held-out patient of a cross-validation.
+
+    Args:
+        patients: :func:`fold_patients` rows, one per held-out patient.
+        missing: patients with a missing sequence (:func:`missing_sequence_patients`), reported apart.
+        experiment: the experiment's name, so a reader can find its results.
+    Returns plain JSON data: pooled mean and median, the mean of each fold, the worst patients, the patients
+    with at least 10 tumour slices below 0.3, and the missing-sequence patients against the others.
+    """
+    repeated = sorted(patients.loc[patients["patient"].duplicated(), "patient"].unique())
+    if repeated:
+        raise DataError(f"{experiment}: patients held out by more than one fold ({', '.join(repeated[:5])}); were the folds re-made?")
+    dice = patients["dice_3d"].astype(float)
+    by_fold = patients.groupby("fold")["dice_3d"].mean()
+    rows = patients.assign(missing_sequence=patients["patient"].isin(missing))
+    tumour = rows["tumour_slices"] if "tumour_slices" in rows else pd.Series(0, index=rows.index)
+    low = rows[(tumour >= LOW_DICE_MIN_TUMOUR_SLICES) & (rows["dice_3d"] < LOW_DICE)]
+
+    def listed(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        return [{"patient": r["patient"], "fold": r["fold"], "dice": round(float(r["dice_3d"]), 4),
+                 "tumour_slices": int(r["tumour_slices"]) if "tumour_slices" in r else None,
+                 "missing_sequence": bool(r["missing_sequence"])} for _, r in frame.iterrows()]
+
+    with_missing, others = rows[rows["missing_sequence"]], rows[~rows["missing_sequence"]]
+    return {
+        "experiment": experiment,
+        "folds": int(by_fold.size),
+        "patients": int(len(rows)),
+        "reduction": "per-patient 3D Dice (each patient's slices as one volume), mean and median over the held-out "
+                     "patients of every fold; each fold scored at its last epoch, so no checkpoint was picked on them",
+        "mean": round(float(dice.mean()), 4),
+        "median": round(float(dice.median()), 4),
+        "fold_means": {str(k): round(float(v), 4) for k, v in by_fold.items()},
+        "worst": listed(rows.nsmallest(worst, "dice_3d")),
+        "low": listed(low),
+        "low_rule": f"at least {LOW_DICE_MIN_TUMOUR_SLICES} tumour slices and Dice below {LOW_DICE}",
+        "missing_sequence": {"patients": int(len(with_missing)),
+                             "mean": round(float(with_missing["dice_3d"].mean()), 4) if len(with_missing) else None,
+                             "others_mean": round(float(others["dice_3d"].mean()), 4) if len(others) else None},
+    }
+
+
 COLUMNS = ["run", "patient_dice_mean", "patient_dice_median", "patient_dice_mean_last", "iou_imagewise_tumour_slices", "iou_micro",
            "iou_imagewise", "reference_iou", "dice_imagewise", "best_epoch", "epochs", "train_seconds", "images_per_s", "parameters_M",
            "gflops", "status"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from gliomaseg.core.errors import CheckpointError, first_line
-from gliomaseg.modeling.spec import ModelInfo, pixel_normalization, read_checkpoint
+from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file, model_state, pixel_normalization
 
 
 class TorchPredictor:
@@ -16,11 +16,12 @@ class TorchPredictor:
     backend = "torch"
 
     def __init__(self, model, info: ModelInfo, device: str = "cpu", precision: str = "32", channels_last: bool = True,
-                 micro_batch: int | None = None):
+                 micro_batch: int | None = None, card: dict | None = None):
         import torch
 
         self.torch = torch
         self.info = info
+        self.card = card  # the model card stored in the checkpoint (modeling.card), if any
         self.image_size = info.image_size
         self.threshold = info.threshold
         self.device = torch.device(device)
@@ -60,7 +61,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
     from gliomaseg.core.errors import ConfigError
     from gliomaseg.modeling.models import build_model
 
-    state, info = read_checkpoint(path)
+    checkpoint, info = load_checkpoint_file(path)
+    state = model_state(checkpoint, path)
+    card = checkpoint.get(CARD_KEY)
     try:
         model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None,
                             decoder_channels=info.decoder_channels)
@@ -70,4 +73,5 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {info.arch}-{info.encoder} ({first_line(exc)})") from exc
-    return TorchPredictor(model, info, device=device, precision=precision, channels_last=channels_last)
+    return TorchPredictor(model, info, device=device, precision=precision, channels_last=channels_last,
+                          card=card if isinstance(card, dict) else None)

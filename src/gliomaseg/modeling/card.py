@@ -74,7 +74,12 @@ def _data_counts(csv: str | None) -> dict[str, Any]:
     return counts
 
 
+NO_SELECTION = "none: no validation and no pick; the model is the last epoch of a fixed-length run"
+
+
 def _split(train_csv: str | None, val_csv: str | None) -> str:
+    if not val_csv:
+        return "no validation CSV: every patient of the training CSV trained the model"
     try:
         train, val = pd.read_csv(train_csv)["patient"], pd.read_csv(val_csv)["patient"]
     except Exception:
@@ -94,7 +99,7 @@ def _clean(value: Any) -> Any:
 
 
 def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = None, evaluation: dict | None = None,
-                torch_version: str | None = None) -> dict:
+                torch_version: str | None = None, cross_validation: dict | None = None) -> dict:
     """The card as plain data (JSON-safe).
 
     Args:
@@ -104,6 +109,8 @@ def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = 
         summary: the run's ``summary.json`` (training), if there is one.
         evaluation: the ``summary.json`` of ``gliomaseg evaluate``, if there is one.
         torch_version: the torch version the model was trained or exported with.
+        cross_validation: the recipe's cross-validated per-patient Dice
+            (:func:`gliomaseg.experiments.summary.crossval_headline`): the card's headline when given.
     """
     h = hyper_parameters
     train_csv, val_csv = info.train_csv, info.val_csv
@@ -130,6 +137,8 @@ def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = 
         "versions": {"gliomaseg": h.get("gliomaseg_version") or None, "torch": torch_version},
         "intended_use": INTENDED_USE,
     }
+    if cross_validation:
+        card["cross_validation"] = cross_validation
     if summary:
         for key, value in summary.items():
             if key.startswith("best_val_"):
@@ -162,11 +171,15 @@ def render_markdown(card: dict) -> str:
     data = card["training_data"]
 
     def counts(part: dict) -> str:
+        if not part.get("csv"):
+            return NO_SELECTION
         known = [f"{part[k]} {k.replace('_', ' ')}" for k in ("patients", "slices", "tumour_slices") if k in part]
         return f"`{part.get('csv')}`" + (f" ({', '.join(known)})" if known else "")
 
-    lines = [f"# Model card: {card['architecture']}-{card['encoder']}", "",
-             "## Intended use", "", card["intended_use"], "",
+    lines = [f"# Model card: {card['architecture']}-{card['encoder']}", ""]
+    if card.get("cross_validation"):
+        lines += crossval_markdown(card["cross_validation"]) + [""]
+    lines += ["## Intended use", "", card["intended_use"], "",
              "## Model", "",
              f"- architecture: {card['architecture']} (segmentation_models_pytorch), encoder {card['encoder']}",
              f"- encoder weights: {card['encoder_weights']}",
@@ -199,6 +212,35 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def crossval_summary_line(cv: dict) -> str:
+    """One line for a report or the viewer: what the recipe scored on patients it never saw."""
+    folds = list(cv["fold_means"].values())
+    return (f"cross-validated mean per-patient Dice {cv['mean']:.2f} (median {cv['median']:.2f}; folds "
+            f"{min(folds):.2f} to {max(folds):.2f}) over {cv['patients']} held-out kaggle_3m patients in {cv['folds']} folds")
+
+
+def crossval_markdown(cv: dict) -> list[str]:
+    """The card's headline section: the recipe's cross-validated per-patient Dice and its failures."""
+    def who(rows: list[dict]) -> str:
+        return ", ".join(f"{r['patient']} {r['dice']:.2f} ({r['tumour_slices']} tumour slices"
+                         + (", missing a sequence" if r.get("missing_sequence") else "") + ")" for r in rows) or "none"
+
+    folds = ", ".join(f"{k} {v:.3f}" for k, v in cv["fold_means"].items())
+    missing = cv.get("missing_sequence") or {}
+    lines = ["## What to expect on new patients", "",
+             f"**Mean per-patient Dice {cv['mean']:.3f}, median {cv['median']:.3f}** over {cv['patients']} patients, each "
+             f"held out by one of {cv['folds']} patient-grouped folds (experiment `{cv['experiment']}`): {cv['reduction']}.",
+             "This model's recipe and length are the folds' own; each fold's model trained on the other folds' patients.", "",
+             f"- by fold: {folds}",
+             f"- worst patients: {who(cv['worst'])}",
+             f"- patients with {cv['low_rule']}: {who(cv['low'])}"]
+    if missing.get("patients"):
+        lines.append(f"- patients with a missing sequence (a copy of FLAIR in its channel, kaggle_3m's convention): "
+                     f"{missing['patients']}, mean {missing['mean']:.3f}, against {missing['others_mean']:.3f} for the others. "
+                     "`predict` names such patients in its warnings and its patients.csv.")
+    return lines
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -207,22 +249,27 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def checkpoint_card(path: str | Path) -> tuple[dict, dict]:
+def checkpoint_card(path: str | Path, cross_validation: dict | None = None) -> tuple[dict, dict]:
     """``(checkpoint, card)``: a checkpoint loaded with ``weights_only=True`` and its card, built from its model
     description (:class:`~gliomaseg.modeling.spec.ModelInfo`) and hyperparameters, the ``summary.json`` beside it
-    and, when present, ``eval/summary.json`` beside it."""
+    and, when present, ``eval/summary.json`` beside it.
+
+    ``cross_validation`` (the recipe's cross-validated headline) is kept in the checkpoint's stored card once
+    written there, so every later card of the checkpoint (an export's too) leads with it."""
     import torch
 
     path = Path(path)
     checkpoint, info = load_checkpoint_file(path)
+    stored = checkpoint.get(CARD_KEY) if isinstance(checkpoint.get(CARD_KEY), dict) else {}
     run = path.parent
     card = card_fields(info, checkpoint["hyper_parameters"], _read_json(run / "summary.json"),
-                       _read_json(run / "eval" / "summary.json"), torch_version=str(torch.__version__))
+                       _read_json(run / "eval" / "summary.json"), torch_version=str(torch.__version__),
+                       cross_validation=cross_validation or stored.get("cross_validation"))
     # A JSON round trip keeps only plain data, so the checkpoint still loads with weights_only=True.
     return checkpoint, json.loads(json.dumps(card, default=str))
 
 
-def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt") -> dict:
+def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt", cross_validation: dict | None = None) -> dict:
     """Write ``RUN/MODEL_CARD.md`` and store the same fields as ``model_card`` in ``RUN/<checkpoint_name>``.
 
     The checkpoint keeps loading with ``torch.load(weights_only=True)``: the card is plain data.
@@ -230,7 +277,7 @@ def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt") -> dict:
     import torch
 
     path = Path(run) / checkpoint_name
-    checkpoint, card = checkpoint_card(path)
+    checkpoint, card = checkpoint_card(path, cross_validation)
     checkpoint[CARD_KEY] = card
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
     write_text(render_markdown(card), path.parent / CARD_FILE)

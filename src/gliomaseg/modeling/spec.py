@@ -152,10 +152,15 @@ def load_checkpoint_file(path: str | Path) -> tuple[dict, ModelInfo]:
 
 def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
     """The model state dict and its description, loaded without executing pickled code."""
-    import torch
-
     path = Path(path)
     checkpoint, info = load_checkpoint_file(path)
+    return model_state(checkpoint, path), info
+
+
+def model_state(checkpoint: dict, path: str | Path) -> dict:
+    """The model's weights in a loaded checkpoint (its ``model.*`` entries), refused when any is NaN or infinite."""
+    import torch
+
     state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if isinstance(k, str) and k.startswith("model.")}
     if not state:
         raise CheckpointError(f"{path}: checkpoint holds no model weights (no 'model.*' entries in its state_dict)")
@@ -164,7 +169,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, ModelInfo]:
         more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
         raise CheckpointError(f"{path}: weight {broken[0]}{more} holds NaN or infinite values; a model with broken weights "
                               "predicts meaningless masks")
-    return state, info
+    return state
 
 
 def onnx_metadata(props: Mapping[str, str]) -> Any:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from gliomaseg.core.units import Spacing, spacing_text, volume_text
+from gliomaseg.modeling.card import crossval_summary_line
 
 RESEARCH_ONLY = "Research use only, not for diagnosis."
 SEQUENCE_NOTE = "{} missing (a copy of FLAIR)"
@@ -118,13 +119,14 @@ def model_summary(predictor, shipped: bool = False) -> dict:
 
     info = getattr(predictor, "info", None)
     summary: dict = {"name": f"{info.arch}-{info.encoder}" if info is not None else "unknown model"}
-    card = getattr(predictor, "card", None)  # an ONNX model's card (OnnxPredictor.card)
+    card = getattr(predictor, "card", None)  # the model's card (an ONNX model's metadata, a checkpoint's entry)
     if isinstance(card, dict):
         dice = ((card.get("validation") or {}).get("best_val_patient_dice") or {}).get("value")
-        if isinstance(dice, (int, float)):
+        if card.get("cross_validation"):  # the recipe on held-out patients: what to expect, so it leads
+            summary["validation"] = crossval_summary_line(card["cross_validation"])
+        elif isinstance(dice, (int, float)):
             summary["validation"] = f"validation mean per-patient Dice {dice:.3f} (the epoch was picked on it: optimistic)"
     if shipped:
-        summary["validation"] = assets.SHIPPED_SUMMARY
         summary["card"] = assets.shipped_card_text()
     return summary
 

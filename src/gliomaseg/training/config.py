@@ -16,6 +16,10 @@ from gliomaseg.modeling.models import canonical_architecture, check_image_size, 
 
 # best.ckpt is picked on the figure users read: mean per-patient 3D Dice at the masks' own resolution.
 MONITOR = "val_patient_dice"
+# --val-csv none: no validation and no pick. The run trains its fixed number of epochs (the length a
+# cross-validation chose) on the training CSV alone and its model is FINAL_CHECKPOINT, the last epoch.
+NO_VALIDATION = "none"
+FINAL_CHECKPOINT = "final.ckpt"
 
 
 @dataclass
@@ -31,7 +35,9 @@ class TrainConfig:
     out: str = field(metadata={"help": "run folder"})
     data: str | None = field(default=None, metadata={"help": "a prepare output folder holding data_train.csv and data_val.csv"})
     train_csv: str | None = field(default=None, metadata={"help": "training CSV (default DATA/data_train.csv); e.g. data_train_split_by_img.csv"})
-    val_csv: str | None = field(default=None, metadata={"help": "validation CSV, used to pick best.ckpt (default DATA/data_val.csv)"})
+    val_csv: str | None = field(default=None, metadata={"help": (
+        "validation CSV, used to pick best.ckpt (default DATA/data_val.csv); none: no validation, no pick: the last "
+        "epoch is the model (final.ckpt), for a final model trained on all the data for a length cross-validation fixed")})
     model: str = field(default="unet", metadata={"help": "smp architecture (unet, unetpp, fpn, deeplabv3p, ...)"})
     encoder: str = field(default="resnet18", metadata={"help": "smp encoder, or tu-<timm name> (e.g. timm-tf_efficientnet_lite0)"})
     decoder_channels: str | None = field(default=None, metadata={"help": (
@@ -80,10 +86,16 @@ class TrainConfig:
     limit_val_batches: float | int | None = field(default=None, metadata={"hidden": True})
     threshold: float = field(default=DEFAULT_THRESHOLD, metadata={"help": "probability above which a pixel is tumour (stored in the checkpoint)"})
 
-    def csv_paths(self) -> tuple[Path, Path]:
+    @property
+    def validates(self) -> bool:
+        """False for ``--val-csv none``: no validation loop, no best.ckpt; the last epoch is the model."""
+        return self.val_csv is None or self.val_csv.lower() != NO_VALIDATION  # None: DATA/data_val.csv
+
+    def csv_paths(self) -> tuple[Path, Path | None]:
         """The training and validation CSVs: explicit ones, else ``data/data_train.csv`` and ``data/data_val.csv``.
 
         A relative ``train_csv`` / ``val_csv`` that is not found as given is looked up inside ``data``.
+        The validation CSV is None for ``--val-csv none``.
         """
         data = Path(self.data) if self.data else None
 
@@ -95,7 +107,12 @@ class TrainConfig:
                 return data / path
             return path
 
-        train, val = resolve(self.train_csv, "data_train.csv"), resolve(self.val_csv, "data_val.csv")
+        train = resolve(self.train_csv, "data_train.csv")
+        if not self.validates:
+            if train is None:
+                raise ConfigError("give --data (a prepare output folder) or --train-csv")
+            return train, None
+        val = resolve(self.val_csv, "data_val.csv")
         if train is None or val is None:
             raise ConfigError("give --data (a prepare output folder) or both --train-csv and --val-csv")
         return train, val
@@ -121,6 +138,8 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be a probability from 0 to 1, got {getattr(self, name)}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"scale-min and scale-max must be positive with min <= max, got {self.scale_min}, {self.scale_max}")
+        if not self.validates and self.scheduler == "plateau":
+            raise ConfigError("--scheduler plateau follows the validation Dice; with --val-csv none pick cosine, step or none")
         build_loss(self.loss)
 
     @classmethod

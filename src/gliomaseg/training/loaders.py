@@ -43,29 +43,33 @@ def tumour_sampler(frame: pd.DataFrame, oversample: float, seed: int) -> Weighte
     return WeightedRandomSampler(weights, num_samples=len(frame), replacement=True, generator=torch.Generator().manual_seed(seed))
 
 
-def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader, Path, Path]:
+def build_loaders(config: TrainConfig) -> tuple[DataLoader, DataLoader | None, Path, Path | None]:
     """Training loader (augmented, optionally tumour-oversampled) and validation loader yielding
-    ``(image, native-size mask, index)``; normalization is the one the encoder's weights expect."""
+    ``(image, native-size mask, index)``; normalization is the one the encoder's weights expect.
+    No validation loader (None) for ``--val-csv none``."""
     train_csv, val_csv = config.csv_paths()
-    train_frame, val_frame = read_slices_csv(train_csv), read_slices_csv(val_csv)
-    shared = set(train_frame["image_path"]) & set(val_frame["image_path"])
-    if shared:
-        raise DataError(f"{val_csv}: {len(shared)} slice(s) are also in {train_csv}, e.g. {sorted(shared)[0]}")
+    train_frame = read_slices_csv(train_csv)
+    val_frame = read_slices_csv(val_csv) if val_csv is not None else None
+    if val_frame is not None:
+        shared = set(train_frame["image_path"]) & set(val_frame["image_path"])
+        if shared:
+            raise DataError(f"{val_csv}: {len(shared)} slice(s) are also in {train_csv}, e.g. {sorted(shared)[0]}")
     mean, std = encoder_normalization(config.encoder, config.encoder_weights)
     augmentation = train_transforms(mean, std, config.missing_sequence_p, config.intensity_augment_p,
                                     (config.scale_min, config.scale_max))
     train_set = SliceDataset(train_frame, augmentation if config.augment else eval_transforms(mean, std),
                              config.cache, config.image_size, intensity=config.intensity)
-    val_set = SliceDataset(val_frame, eval_transforms(mean, std), config.cache, config.image_size, native_masks=True,
-                           intensity=config.intensity)
+    val_set = None if val_frame is None else SliceDataset(val_frame, eval_transforms(mean, std), config.cache,
+                                                           config.image_size, native_masks=True, intensity=config.intensity)
     if config.cache:
         train_set.preload()
-        val_set.preload()
+        if val_set is not None:
+            val_set.preload()
     common = {"num_workers": config.workers, "persistent_workers": config.workers > 0, "pin_memory": torch.cuda.is_available()}
     sampler = tumour_sampler(train_set.frame, config.oversample, config.seed)
     train_loader = DataLoader(
         train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
         drop_last=len(train_set) > config.batch_size, **common
     )
-    val_loader = DataLoader(IndexedSlices(val_set), batch_size=config.batch_size, shuffle=False, **common)
+    val_loader = None if val_set is None else DataLoader(IndexedSlices(val_set), batch_size=config.batch_size, shuffle=False, **common)
     return train_loader, val_loader, train_csv, val_csv

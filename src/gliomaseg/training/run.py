@@ -1,7 +1,8 @@
 """Training with Lightning: one ``train(TrainConfig)`` call per run folder.
 
 The run folder holds ``config.json``, ``best.ckpt`` (by validation mean per-patient 3D Dice at the masks'
-native resolution, the number ``evaluate`` reports), ``last.ckpt``,
+native resolution, the number ``evaluate`` reports) or, with ``--val-csv none``, ``final.ckpt`` (the last epoch:
+no validation, no pick), ``last.ckpt``,
 TensorBoard and CSV logs, and ``summary.json``. ``resume=True`` continues from ``last.ckpt``.
 Checkpoints hold only tensors and plain data, so they load with ``torch.load(weights_only=True)``.
 """
@@ -11,21 +12,24 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from gliomaseg.core.defaults import PRECISIONS
 from gliomaseg.core.errors import ConfigError
-from gliomaseg.core.io import write_text
+from gliomaseg.core.io import atomic_write, write_text
 from gliomaseg.data.files import read_slices_csv
 from gliomaseg.modeling.models import canonical_architecture, count_parameters, encoder_normalization, parse_decoder_channels
 from gliomaseg.modeling.precision import choose_precision
+from gliomaseg.modeling.spec import load_checkpoint_file
 from gliomaseg.training.callbacks import LastCheckpoint, Throughput
-from gliomaseg.training.config import MONITOR, TrainConfig
+from gliomaseg.training.config import FINAL_CHECKPOINT, MONITOR, TrainConfig
 from gliomaseg.training.loaders import build_loaders
 from gliomaseg.training.task import SegmentationTask
 
@@ -40,7 +44,7 @@ def _max_time(value: str | None) -> str | None:
     return ":".join(["00"] * (4 - len(parts)) + parts)
 
 
-def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> SegmentationTask:
+def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path | None) -> SegmentationTask:
     from gliomaseg import __version__
 
     mean, std = encoder_normalization(config.encoder, config.encoder_weights)
@@ -49,20 +53,34 @@ def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path) -> Seg
         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, scheduler=config.scheduler,
         epochs=config.epochs, lowlr=config.lowlr, image_size=config.image_size, threshold=config.threshold,
         channels_last=config.channels_last, encoder_weights=config.encoder_weights, weights_dir=config.weights_dir,
-        train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()), gliomaseg_version=__version__,
+        train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()) if val_csv else None, gliomaseg_version=__version__,
         mean=list(mean), std=list(std), intensity=config.intensity,
         decoder_channels=parse_decoder_channels(config.decoder_channels),
     )
-    task.val_patients = list(read_slices_csv(val_csv)["patient"])
+    task.val_patients = list(read_slices_csv(val_csv)["patient"]) if val_csv else None
     return task
 
 
 @dataclass
 class TrainResult:
     out: Path
-    best_checkpoint: Path
+    best_checkpoint: Path | None  # None for a run without validation
     last_checkpoint: Path
     summary: dict = field(default_factory=dict)
+
+    @property
+    def model_checkpoint(self) -> Path:
+        """The run's model: best.ckpt (picked on validation) or final.ckpt (no validation, the last epoch)."""
+        return self.best_checkpoint or self.out / FINAL_CHECKPOINT
+
+
+def write_final_checkpoint(last: Path, final: Path) -> None:
+    """``final.ckpt``: the model of ``last.ckpt`` without the optimizer and loop state (a resume needs those,
+    a user of the model does not); loaded and written as plain data, like every checkpoint here."""
+    checkpoint, _ = load_checkpoint_file(last)
+    keep = {k: checkpoint[k] for k in ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
+            if k in checkpoint}
+    atomic_write(final, lambda tmp: torch.save(keep, tmp))
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -78,6 +96,7 @@ def train(config: TrainConfig) -> TrainResult:
         # A session killed after its first best.ckpt but before any last.ckpt starts again from scratch: its
         # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
         (out / "best.ckpt").unlink(missing_ok=True)
+        (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
     precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
@@ -89,7 +108,7 @@ def train(config: TrainConfig) -> TrainResult:
     # No version counter: Lightning would write best-v1.ckpt beside a best.ckpt it does not track, and every
     # reader of the run takes best.ckpt.
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1,
-                                 enable_version_counter=False)
+                                 enable_version_counter=False) if config.validates else None
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=config.epochs,
@@ -101,7 +120,7 @@ def train(config: TrainConfig) -> TrainResult:
         precision=PRECISIONS[precision.precision],
         # A new log version per session: Lightning's loggers would delete the interrupted session's logs.
         logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="logs")],
-        callbacks=[checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput],
+        callbacks=[c for c in (checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput) if c is not None],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader))),
@@ -110,9 +129,16 @@ def train(config: TrainConfig) -> TrainResult:
         num_sanity_val_steps=0,
     )
     started = time.perf_counter()
-    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    with warnings.catch_warnings():
+        # --val-csv none: Lightning's note that validation_step goes unused says what the user asked for.
+        warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`")
+        trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - started
-    best_score = checkpoint.best_model_score
+    best_score = checkpoint.best_model_score if checkpoint is not None else None
+    finished = trainer.current_epoch >= config.epochs
+    model_path = out / "best.ckpt" if config.validates else out / FINAL_CHECKPOINT
+    if not config.validates and finished and trainer.is_global_zero:
+        write_final_checkpoint(last, model_path)
     summary = {
         "model": canonical_architecture(config.model),
         "encoder": config.encoder,
@@ -122,7 +148,7 @@ def train(config: TrainConfig) -> TrainResult:
         "precision_choice": asdict(precision),
         "epochs_completed": int(trainer.current_epoch),
         "resumed_from": str(resume_from) if resume_from else None,
-        "stopped_by": "max_time" if trainer.current_epoch < config.epochs else "epochs",
+        "stopped_by": "epochs" if finished else "max_time",
         "train_seconds_this_session": round(seconds, 2),
         "train_images_this_session": throughput.images,
         # None when no session trained anything; a resumed run with no epochs left keeps the earlier speed.
@@ -133,10 +159,14 @@ def train(config: TrainConfig) -> TrainResult:
         "train_minutes": round(throughput.minutes, 2),
         "parameters": count_parameters(task.model),
         f"best_{MONITOR}": None if best_score is None else float(best_score),
-        "best_checkpoint": str(out / "best.ckpt"),
+        "best_checkpoint": str(out / "best.ckpt") if config.validates else None,
+        "model_checkpoint": str(model_path) if model_path.is_file() else None,
         "train_csv": str(train_csv),
-        "model_selection_csv": str(val_csv),
-        "note": "best.ckpt is picked on model_selection_csv: its scores are validation scores, not a held-out test",
+        "model_selection_csv": str(val_csv) if val_csv else None,
+        "note": ("best.ckpt is picked on model_selection_csv: its scores are validation scores, not a held-out test"
+                 if config.validates else
+                 f"no validation and no pick: {FINAL_CHECKPOINT} is the last of a fixed number of epochs; how well it does "
+                 "on new patients is what a cross-validation of the same recipe measured"),
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
     }
     previous = out / "summary.json"
@@ -150,8 +180,9 @@ def train(config: TrainConfig) -> TrainResult:
         if resume_from:  # the interrupted session(s) wrote no summary: their time is only in train_minutes
             summary["train_seconds_note"] = "this session only; train_minutes counts the training batches of every session"
     write_text(json.dumps(summary, indent=2), previous)
-    if (out / "best.ckpt").is_file() and trainer.is_global_zero:
+    if model_path.is_file() and trainer.is_global_zero:
         from gliomaseg.modeling.card import write_run_card
 
-        write_run_card(out)
-    return TrainResult(out=out, best_checkpoint=out / "best.ckpt", last_checkpoint=last, summary=summary)
+        write_run_card(out, model_path.name)
+    return TrainResult(out=out, best_checkpoint=out / "best.ckpt" if config.validates else None, last_checkpoint=last,
+                       summary=summary)
