@@ -179,6 +179,42 @@ def test_flair_alone_fills_the_missing_channels_and_one_unnamed_series_is_refuse
     assert len(result.predictions) == len(volume)
 
 
+def test_a_sequence_filled_with_flair_is_said_once(case, tmp_path: Path):
+    # --sequences flair=DIR alone: the DICOM reader fills pre and post with FLAIR and says so; predict's own check
+    # (from the pixels) finds the same and stays quiet, but still writes the column.
+    folder, volume, _ = case
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = predict(ChannelPredictor(), {"flair": folder / "flair"}, tmp_path / "out", gifs=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    assert len(said) == 1 and "no pre and no post series: FLAIR copied" in said[0], said
+    assert set(result.patients["missing_sequences"]) == {"pre-contrast+post-contrast"}
+    with warnings.catch_warnings(record=True) as caught:  # pre and post given: nothing to say
+        warnings.simplefilter("always")
+        predict(ChannelPredictor(), {r: folder / r for r in ("pre", "flair", "post")}, tmp_path / "all", gifs=False)
+    assert not [w for w in caught if issubclass(w.category, InputWarning)]
+
+
+def test_the_viewer_memory_budget_counts_a_dicom_case_s_datasets(case):
+    # The viewer keeps a DICOM case's datasets (to write its Segmentation): their pixel data counts against
+    # the result store's byte budget, not only the decoded slices.
+    from gliomaseg.serve.pipeline import CaseResult
+    from gliomaseg.serve.store import ResultStore
+    from gliomaseg.serve.uploads import Case
+
+    folder, volume, _ = case
+    (patient,), _ = open_source(_roles(folder))
+    geometry = patient.geometry
+    pixel_bytes = sum(len(ds.PixelData) for series in geometry.series.values() for ds in series.datasets)
+    assert pixel_bytes >= 3 * volume[..., 0].nbytes and geometry.nbytes >= pixel_bytes
+    images = [s.image() for s in patient.slices]
+    masks = [np.zeros(i.shape[:2], np.uint8) for i in images]
+    arrays = sum(a.nbytes for a in images) + 2 * sum(m.nbytes for m in masks)
+    result = CaseResult(Case(patient.name, "volume", [s.name for s in patient.slices], images, [None] * len(images), geometry),
+                        masks, {}, [], probabilities=[m.copy() for m in masks])
+    assert ResultStore.nbytes([result]) == arrays + geometry.nbytes
+
+
 def test_sixteen_bit_series_are_scaled_per_series(tmp_path: Path):
     rng = np.random.default_rng(1)
     pre, flair = rng.integers(0, 4000, (4, 16, 16)), rng.integers(0, 900, (4, 16, 16))

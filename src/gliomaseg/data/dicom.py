@@ -292,6 +292,19 @@ class DicomGeometry(Geometry):
     series: dict = field(default_factory=dict, repr=False)
 
     @property
+    def nbytes(self) -> int:
+        """Memory the kept datasets hold (their pixel data, and pydicom's decoded copy once made): kept to write
+        the Segmentation, so a memory budget of cases must count them."""
+        total = int(self.affine.nbytes)
+        for series in self.series.values():
+            for ds in series.datasets:
+                pixels = ds.get("PixelData")
+                total += len(pixels) if pixels is not None else 0
+                cached = getattr(ds, "_pixel_array", None)
+                total += int(cached.nbytes) if cached is not None else 0
+        return total
+
+    @property
     def reference(self) -> Series:
         """The series a segmentation references first: FLAIR, the sequence the tumour is outlined on."""
         return self.series["flair"]
@@ -331,6 +344,7 @@ class DicomCase:
     truth: list[np.ndarray] | None
     single_sequence: bool = False
     truth_path: Path | None = None
+    filled: tuple[str, ...] = ()  # the roles (pre, post) not given, filled with FLAIR and warned about here
 
 
 def _build_case(name: str, folder: Path, roles: dict[str, Series], segs: list, *, single: bool = False) -> DicomCase:
@@ -358,7 +372,7 @@ def _build_case(name: str, folder: Path, roles: dict[str, Series], segs: list, *
         if referenced & uids:
             truth, truth_path = read_segmentation_masks(path, geometry), path
             break
-    return DicomCase(name, images, geometry, truth, single, truth_path)
+    return DicomCase(name, images, geometry, truth, single, truth_path, filled=() if single else tuple(missing))
 
 
 def _slices_of(masks: np.ndarray, geometry: Geometry) -> list[np.ndarray]:

@@ -59,6 +59,11 @@ class Geometry:
     header: object
     transform: np.ndarray  # nibabel orientation transform native -> LPS
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held beyond the slices themselves (a header and an affine: next to nothing)."""
+        return int(self.affine.nbytes)
+
     def to_native(self, masks: Sequence[np.ndarray]) -> np.ndarray:
         """Masks (one (H, W) per axial slice, in slice order) -> a uint8 volume of the input's spatial shape."""
         from nibabel import orientations

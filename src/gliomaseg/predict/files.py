@@ -243,7 +243,7 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         for check in slice_checks:
             patient_check += check
         missing = patient_check.missing()
-        if missing:
+        if set(missing) - set(patient.reported_missing):  # a reader that filled a sequence has warned already
             warnings.warn(warning_text(patient.name, missing), InputWarning, stacklevel=2)
         probs, masks = segment(predictor, [image for _, image, _ in loaded], threshold, tta, postprocess, batch_size)
         folder = work / patient.name

@@ -33,7 +33,10 @@ class ResultStore:
 
     @staticmethod
     def nbytes(cases: list[CaseResult]) -> int:
-        return sum(a.nbytes for case in cases for a in (*case.case.images, *case.masks, *(t for t in case.case.truths if t is not None)))
+        """What a result holds: slices, masks, truths, probability maps and a volume's source (a DICOM series' datasets)."""
+        arrays = sum(a.nbytes for case in cases for a in (*case.case.images, *case.masks, *case.probabilities,
+                                                          *(t for t in case.case.truths if t is not None)))
+        return arrays + sum(case.case.geometry.nbytes for case in cases if case.case.geometry is not None)
 
     def add(self, cases: list[CaseResult], notes: list[str]) -> StoredResult:
         result = StoredResult(secrets.token_urlsafe(16), cases, notes)

@@ -92,6 +92,9 @@ class PatientInput:
     name: str
     slices: list[SliceInput]
     geometry: Geometry | None = None
+    # Sequences the reader itself filled with FLAIR (and said so): predict's check finds them too, and does not
+    # say it twice. Names as in gliomaseg.data.sequences.SEQUENCES.
+    reported_missing: tuple[str, ...] = ()
 
 
 class SliceFormat(ABC):

@@ -10,6 +10,7 @@ import numpy as np
 
 from gliomaseg.data import dicom
 from gliomaseg.data.formats.base import SEG, PatientInput, Problems, SliceFormat, SliceInput
+from gliomaseg.data.sequences import SEQUENCES
 
 
 class DicomSeries(SliceFormat):
@@ -35,7 +36,8 @@ class DicomSeries(SliceFormat):
                        load_mask=None if truth is None else (lambda m=truth[k]: m), grayscale=case.single_sequence)
             for k, im in enumerate(case.images)
         ]
-        return PatientInput(case.name, slices, case.geometry)
+        reported = tuple(SEQUENCES[dicom.ROLES.index(role)] for role in case.filled)  # the roles in channel order
+        return PatientInput(case.name, slices, case.geometry, reported_missing=reported)
 
     def open(self, paths: Sequence[Path], problems: Problems) -> list[PatientInput]:
         """DICOM files given one by one: a SEG alone (truth: its series is looked for beside it), else the files of one MR series."""
