@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gliomaseg.core.defaults import VARIANT_CHOICES
+from gliomaseg.core.defaults import NIFTI_LAYOUTS, VARIANT_CHOICES
 from gliomaseg.core.errors import GliomasegError, first_line
 from gliomaseg.core.limits import MAX_IMAGE_SIDE
 
@@ -437,7 +437,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--to", choices=["nifti", "dicom"], default="nifti",
                    help="nifti (default) or dicom: <patient>/pre|flair|post/ MR series, sequences.txt and <patient>_seg.dcm "
                         "(the truth as a DICOM SEG); synthetic UIDs (needs gliomaseg[dicom])")
-    p.add_argument("--layout", choices=["channels", "sequences"], default="channels",
+    p.add_argument("--layout", choices=NIFTI_LAYOUTS, default=NIFTI_LAYOUTS[0],
                    help="NIfTI: channels, one 4D <patient>.nii.gz (X, Y, Z, 3); sequences, three 3D files, <patient>_pre-contrast, "
                         "_flair and _post-contrast.nii.gz (for 3D Slicer, ITK-SNAP)")
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"),

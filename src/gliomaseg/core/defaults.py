@@ -33,3 +33,5 @@ TRAIN_SIZE = 0.8  # fraction of the patients (or slices) in the training CSV
 SPLIT_SEED = 42  # random_state of the split and of the folds
 # `--variant` of predict / evaluate / serve (gliomaseg.inference.variants): auto picks the faster checked one by a probe.
 VARIANT_CHOICES = ("auto", "fp32", "int8")
+# `convert --layout` (gliomaseg.data.convert): one 4D NIfTI per case, or one 3D file per sequence.
+NIFTI_LAYOUTS = ("channels", "sequences")

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from gliomaseg.core.defaults import NIFTI_LAYOUTS
 from gliomaseg.core.errors import DataError, InputWarning
 from gliomaseg.core.io import run_folder, write_csv, write_text
 from gliomaseg.core.units import check_spacing, spacing_text
@@ -55,6 +56,8 @@ def convert_to_nifti(inputs: str | Path, out: str | Path, *, spacing: Sequence[f
     hidden folder and moved into ``out`` at the end, so a killed run leaves no temporary file or image without its
     mask in ``out``, and a rerun removes the previous run's cases.
     """
+    if layout not in NIFTI_LAYOUTS:
+        raise DataError(f"{out}: layout {layout!r}; expected {' or '.join(NIFTI_LAYOUTS)}")
     try:
         spacing = check_spacing(spacing)
     except ValueError as exc:
@@ -75,9 +78,9 @@ def _convert(patients, work: Path, spacing: Sequence[float] | None, layout: str)
         if patient.geometry is not None:
             raise DataError(f"{patient.slices[0].image_path}: already a volume (NIfTI or DICOM case)")
         images, masks = _arrays(patient, need_masks=True)
-        image_out, mask_out = write_slices_volume(images, masks, work / f"{patient.name}{NIFTI.prediction_ending}",
-                                                  work / NIFTI.mask_name(patient.name),
-                                                  spacing=spacing, layout=layout)
+        files = ([work / f"{patient.name}{NIFTI.prediction_ending}"] if layout == "channels"
+                 else NIFTI.sequence_files(work, patient.name))
+        image_out, mask_out = write_slices_volume(images, masks, files, work / NIFTI.mask_name(patient.name), spacing=spacing)
         rows.append({"patient": patient.name, "slices": len(images), "tumour_slices": sum(int(m.any()) for m in masks),
                      "image": ";".join(p.relative_to(work).as_posix() for p in image_out),
                      "mask": mask_out.relative_to(work).as_posix(), "spacing": spacing_text(spacing)})

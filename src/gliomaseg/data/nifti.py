@@ -340,30 +340,28 @@ def _save(image, out: Path) -> Path:
 SEQUENCES = ("pre-contrast", "flair", "post-contrast")  # kaggle_3m's channel order, as file name suffixes
 
 
-def write_slices_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], out_image: Path, out_mask: Path,
-                        spacing: Sequence[float] | None = None, layout: str = "channels") -> tuple[list[Path], Path]:
+def write_slices_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], out_images: Sequence[Path], out_mask: Path,
+                        spacing: Sequence[float] | None = None) -> tuple[list[Path], Path]:
     """kaggle_3m slices (rows, cols, 3) uint8 and masks (rows, cols) 0/1, in slice order -> NIfTI files (LPS).
 
-    ``layout="channels"``: one 4D ``out_image`` (X, Y, Z, 3); ``"sequences"``: three 3D files named
-    ``<stem>_pre-contrast``, ``_flair`` and ``_post-contrast`` beside it, as 3D Slicer and ITK-SNAP expect
-    (and ``predict`` reads back given the three). ``spacing``: see :func:`slices_geometry`.
-    Returns the image files and the mask file.
+    One path in ``out_images``: one 4D volume (X, Y, Z, 3); three: one 3D volume per sequence, in
+    :data:`SEQUENCES` order (the names are the format's: ``NiftiVolumes.sequence_files``). ``spacing``: see
+    :func:`slices_geometry`. Returns the image files and the mask file.
     """
     import nibabel as nib
 
-    if layout not in ("channels", "sequences"):
-        raise DataError(f"{out_image}: layout {layout!r}; expected channels or sequences")
+    if len(out_images) not in (1, 3):
+        raise DataError(f"{out_mask}: {len(out_images)} image files; expected 1 (4D) or 3 (one per sequence)")
     volume = np.ascontiguousarray(np.stack(images).transpose(2, 1, 0, 3))  # (S, rows, cols, 3) -> (L, P, S, 3)
-    geometry = slices_geometry(out_image, volume.shape[1], volume.shape[0], volume.shape[2], spacing)
+    geometry = slices_geometry(out_images[0], volume.shape[1], volume.shape[0], volume.shape[2], spacing)
 
     def image_of(data: np.ndarray):
         image = nib.Nifti1Image(np.ascontiguousarray(data), geometry.affine)
         image.header.set_xyzt_units("mm" if spacing is not None else "unknown")
         return image
 
-    if layout == "channels":
-        written = [_save(image_of(volume), out_image)]
+    if len(out_images) == 1:
+        written = [_save(image_of(volume), Path(out_images[0]))]
     else:
-        stem = case_name(Path(out_image))
-        written = [_save(image_of(volume[..., c]), Path(out_image).with_name(f"{stem}_{name}.nii.gz")) for c, name in enumerate(SEQUENCES)]
+        written = [_save(image_of(volume[..., c]), Path(path)) for c, path in enumerate(out_images)]
     return written, write_mask_volume(masks, geometry, out_mask)

@@ -30,6 +30,10 @@ class NiftiVolumes(SliceFormat):
         """The stem of one sequence's 3D file of a case (``convert --layout sequences``): ``<case>_<sequence>``."""
         return f"{case}_{sequence}"
 
+    def sequence_files(self, folder: Path, case: str) -> list[Path]:
+        """A case's three 3D files, in channel order: ``<case>_pre-contrast.nii.gz``, ``_flair``, ``_post-contrast``."""
+        return [folder / f"{self.channel_name(case, s)}{self.prediction_ending}" for s in SEQUENCES]
+
     def case_of_channels(self, paths: Sequence[Path]) -> str:
         """The case ``paths`` hold: the first file's stem, less ``_pre-contrast`` for three sequence files."""
         name = self.stem(paths[0])
