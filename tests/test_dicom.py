@@ -195,6 +195,24 @@ def test_a_sequence_filled_with_flair_is_said_once(case, tmp_path: Path):
     assert not [w for w in caught if issubclass(w.category, InputWarning)]
 
 
+def test_the_viewer_says_a_filled_sequence_once_too(case):
+    from gliomaseg.serve.pipeline import SegmentOptions, analyse
+    from gliomaseg.serve.uploads import Case
+
+    folder, _, _ = case
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (patient,), _ = open_source({"flair": folder / "flair"})
+        images = [s.image() for s in patient.slices]
+        viewer_case = Case(patient.name, "volume", [s.name for s in patient.slices], images, [None] * len(images),
+                           patient.geometry, reported_missing=patient.reported_missing)
+        analyse(ChannelPredictor(), viewer_case, SegmentOptions())
+    said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    assert len(said) == 1 and "FLAIR copied" in said[0], said
+    with pytest.warns(InputWarning, match="pre-contrast and post-contrast are missing"):  # found from the pixels alone
+        analyse(ChannelPredictor(), Case(patient.name, "volume", viewer_case.slice_names, images, viewer_case.truths), SegmentOptions())
+
+
 def test_the_viewer_memory_budget_counts_a_dicom_case_s_datasets(case):
     # The viewer keeps a DICOM case's datasets (to write its Segmentation): their pixel data counts against
     # the result store's byte budget, not only the decoded slices.

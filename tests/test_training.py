@@ -534,7 +534,8 @@ def test_no_validation_run_trains_every_patient_and_ships_its_last_epoch(prepare
                  "--batch-size", "4", "--image-size", "64", "--workers", "0", "--no-progress", "--scheduler", "cosine",
                  "--resume"]) == 0
     assert "no validation (--val-csv none)" in capsys.readouterr().out
-    assert sorted(p.name for p in run.glob("*.ckpt")) == ["final.ckpt", "last.ckpt"]  # no best.ckpt: nothing was picked
+    # no best.ckpt (nothing was picked), and no checkpoint Lightning would add on its own in a subfolder
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*.ckpt")) == ["final.ckpt", "last.ckpt"]
     final = torch.load(run / "final.ckpt", weights_only=True)
     last = torch.load(run / "last.ckpt", weights_only=True)
     assert "optimizer_states" not in final and "optimizer_states" in last
@@ -547,6 +548,39 @@ def test_no_validation_run_trains_every_patient_and_ships_its_last_epoch(prepare
     card = final["model_card"]
     assert card["training_data"]["train"]["patients"] == pd.read_csv(every)["patient"].nunique()
     assert "no validation" in card["training_data"]["split"]
-    assert "no pick" in (run / "MODEL_CARD.md").read_text()
+    text = (run / "MODEL_CARD.md").read_text()
+    assert "no pick" in text and "nothing was picked" in text
+    assert "best_val_patient_dice" not in text and "was picked on this number" not in text and "validation" not in card["validation"]
     evaluated = evaluate(run / "final.ckpt", prepared / "data_val.csv", tmp_path / "eval")  # it is a model like any other
     assert 0 <= evaluated["patient_dice_mean"] <= 1 and evaluated["held_out"] is False
+
+
+def test_a_final_model_is_whole_epochs_and_never_stale(prepared: Path, tmp_path: Path, monkeypatch):
+    from lightning.pytorch.callbacks import Timer
+
+    from gliomaseg.modeling.card import write_run_card
+
+    every = tmp_path / "all.csv"
+    pd.concat([pd.read_csv(prepared / "data_train.csv"), pd.read_csv(prepared / "data_val.csv")]).to_csv(every, index=False)
+    run = tmp_path / "final"
+    options = dict(train_csv=str(every), val_csv="none", limit_train_batches=2)
+    train(_config(prepared, run, epochs=2, **options))
+    write_run_card(run, "final.ckpt", cross_validation={"experiment": "cv", "folds": 2, "patients": 4, "reduction": "r",
+                                                         "mean": 0.7, "median": 0.8, "fold_means": {"fold0": 0.7},
+                                                         "worst": [], "low": [], "low_rule": "rule"})
+    again = train(_config(prepared, run, epochs=2, resume=True, **options))  # nothing left: the final model and its card stay
+    assert again.summary["train_images_this_session"] == 0
+    assert torch.load(run / "final.ckpt", weights_only=True)["model_card"]["cross_validation"]["mean"] == 0.7
+    # Trained on past it (a larger --epochs) and stopped by --max-time after one more epoch: the old final.ckpt
+    # is stale and goes; the stop comes at the end of a whole epoch.
+    # The limit is reached during this session's first epoch (Lightning also checks it as fit starts: skipped here).
+    monkeypatch.setattr(Timer, "on_fit_start", lambda *args, **kwargs: None)
+    stopped = train(_config(prepared, run, epochs=4, resume=True, max_time="00:00:00:00", **options))
+    monkeypatch.undo()
+    assert not (run / "final.ckpt").exists() and stopped.summary["stopped_by"] == "max_time"
+    assert stopped.summary["model_checkpoint"] is None
+    last = torch.load(run / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 2  # three whole epochs of 2 steps
+    done = train(_config(prepared, run, epochs=4, resume=True, **options))
+    final = torch.load(run / "final.ckpt", weights_only=True)
+    assert final["epoch"] == 3 and final["global_step"] == 4 * 2 and done.summary["stopped_by"] == "epochs"

@@ -78,7 +78,7 @@ def _convert(patients, work: Path, spacing: Sequence[float] | None, layout: str)
         if patient.geometry is not None:
             raise DataError(f"{patient.slices[0].image_path}: already a volume (NIfTI or DICOM case)")
         images, masks = _arrays(patient, need_masks=True)
-        files = ([work / f"{patient.name}{NIFTI.prediction_ending}"] if layout == "channels"
+        files = ([work / f"{patient.name}{NIFTI.prediction_ending}"] if layout == NIFTI_LAYOUTS[0]
                  else NIFTI.sequence_files(work, patient.name))
         image_out, mask_out = write_slices_volume(images, masks, files, work / NIFTI.mask_name(patient.name), spacing=spacing)
         rows.append({"patient": patient.name, "slices": len(images), "tumour_slices": sum(int(m.any()) for m in masks),

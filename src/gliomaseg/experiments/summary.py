@@ -103,21 +103,42 @@ def fold_patients(source: Path) -> pd.DataFrame:
     with a ``fold`` column (as committed under ``docs/results/<experiment>/``)."""
     source = Path(source)
     if source.is_file():
-        frame = pd.read_csv(source)
+        frame = _patients_csv(source)
         if "fold" not in frame:
             raise DataError(f"{source}: a pooled patients.csv needs a fold column")
         return frame
+    if not source.is_dir():
+        raise DataError(f"{source}: neither an experiment folder nor a pooled patients.csv")
     files = sorted(source.glob("fold*/eval_last/patients.csv"))
     if not files:
         raise DataError(f"{source}: no fold*/eval_last/patients.csv (has any fold finished?)")
-    return pd.concat([pd.read_csv(f).assign(fold=f.parent.parent.name) for f in files], ignore_index=True)
+    return pd.concat([_patients_csv(f).assign(fold=f.parent.parent.name) for f in files], ignore_index=True)
+
+
+def _patients_csv(path: Path) -> pd.DataFrame:
+    """A per-patient table of ``evaluate``: patient names as text (as data_info.csv has them), a finite Dice each."""
+    try:
+        frame = pd.read_csv(path, dtype={"patient": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({type(exc).__name__})") from exc
+    missing = [c for c in ("patient", "dice_3d") if c not in frame]
+    if missing:
+        raise DataError(f"{path}: no {' and no '.join(missing)} column; expected evaluate's patients.csv")
+    frame["dice_3d"] = pd.to_numeric(frame["dice_3d"], errors="coerce")
+    bad = frame.loc[frame["dice_3d"].isna(), "patient"].tolist()
+    if bad:
+        raise DataError(f"{path}: patient {bad[0]} has no numeric dice_3d" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    return frame
 
 
 def missing_sequence_patients(info_csv: Path) -> set[str]:
     """Patients of a ``data_info.csv`` (``prepare``) with a slice whose pre- or post-contrast is a copy of FLAIR."""
-    info = pd.read_csv(info_csv, dtype=str, keep_default_na=False)
-    if "missing_sequences" not in info:
-        raise DataError(f"{info_csv}: no missing_sequences column (made by an older prepare; run prepare again)")
+    try:
+        info = pd.read_csv(info_csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{info_csv}: not a readable CSV ({type(exc).__name__})") from exc
+    if "missing_sequences" not in info or "patient" not in info:
+        raise DataError(f"{info_csv}: no patient or missing_sequences column (an older prepare's? run prepare again)")
     return set(info.loc[info["missing_sequences"] != "", "patient"])
 
 
@@ -137,13 +158,16 @@ def crossval_headline(patients: pd.DataFrame, missing: set[str], experiment: str
     dice = patients["dice_3d"].astype(float)
     by_fold = patients.groupby("fold")["dice_3d"].mean()
     rows = patients.assign(missing_sequence=patients["patient"].isin(missing))
-    tumour = rows["tumour_slices"] if "tumour_slices" in rows else pd.Series(0, index=rows.index)
-    low = rows[(tumour >= LOW_DICE_MIN_TUMOUR_SLICES) & (rows["dice_3d"] < LOW_DICE)]
+    tumour = pd.to_numeric(rows["tumour_slices"], errors="coerce") if "tumour_slices" in rows else None
+    # Without tumour-slice counts the failures cannot be told from small tumours: None, not "none".
+    low = None if tumour is None else rows[(tumour >= LOW_DICE_MIN_TUMOUR_SLICES) & (rows["dice_3d"] < LOW_DICE)]
 
     def listed(frame: pd.DataFrame) -> list[dict[str, Any]]:
+        def count(index) -> int | None:
+            return None if tumour is None or pd.isna(tumour[index]) else int(tumour[index])
+
         return [{"patient": r["patient"], "fold": r["fold"], "dice": round(float(r["dice_3d"]), 4),
-                 "tumour_slices": int(r["tumour_slices"]) if "tumour_slices" in r else None,
-                 "missing_sequence": bool(r["missing_sequence"])} for _, r in frame.iterrows()]
+                 "tumour_slices": count(i), "missing_sequence": bool(r["missing_sequence"])} for i, r in frame.iterrows()]
 
     with_missing, others = rows[rows["missing_sequence"]], rows[~rows["missing_sequence"]]
     return {
@@ -156,7 +180,7 @@ def crossval_headline(patients: pd.DataFrame, missing: set[str], experiment: str
         "median": round(float(dice.median()), 4),
         "fold_means": {str(k): round(float(v), 4) for k, v in by_fold.items()},
         "worst": listed(rows.nsmallest(worst, "dice_3d")),
-        "low": listed(low),
+        "low": None if low is None else listed(low),
         "low_rule": f"at least {LOW_DICE_MIN_TUMOUR_SLICES} tumour slices and Dice below {LOW_DICE}",
         "missing_sequence": {"patients": int(len(with_missing)),
                              "mean": round(float(with_missing["dice_3d"].mean()), 4) if len(with_missing) else None,

@@ -97,7 +97,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = ONNX_OP
     predictor = load_checkpoint(checkpoint, channels_last=False)
     model = predictor.model.float().eval()
     size = predictor.image_size
-    images, inputs = sample_images(size, sample, predictor.info.val_csv, predictor.info.intensity)
+    # The validation CSV, else (a final model trained without one) the training CSV: real slices either way.
+    images, inputs = sample_images(size, sample, predictor.info.val_csv or predictor.info.train_csv, predictor.info.intensity)
     expected = predictor.logits(images).cpu().numpy()
     if not np.isfinite(expected).all():
         raise GliomasegError(f"{checkpoint}: not exported: the model gives non-finite logits (NaN or infinite) on {inputs}")

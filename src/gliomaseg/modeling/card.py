@@ -141,7 +141,7 @@ def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = 
         card["cross_validation"] = cross_validation
     if summary:
         for key, value in summary.items():
-            if key.startswith("best_val_"):
+            if key.startswith("best_val_") and value is not None:  # None: a run without validation picked nothing
                 card["validation"][key] = {"value": _clean(value), "reduction": BEST_VAL_MEANING.get(key, "validation score" + PICKED)}
         card["training"].update({k: summary[k] for k in ("epochs_completed", "train_seconds") if k in summary})
     if evaluation:
@@ -197,7 +197,10 @@ def render_markdown(card: dict) -> str:
         lines.append("- training settings: " + ", ".join(f"{k} {v}" for k, v in card["training"].items()))
     lines += ["", "## Validation", ""]
     validation = card["validation"]
-    if not validation:
+    if not validation and not data["model_selection"].get("csv"):
+        lines.append("No validation: nothing was picked; the model is the last epoch of a fixed-length run. What to "
+                     "expect on new patients is what a cross-validation of its recipe measured.")
+    elif not validation:
         lines.append("No validation numbers were recorded with this model.")
     for key, best in validation.items():
         if key.startswith("best_val_"):
@@ -221,9 +224,17 @@ def crossval_summary_line(cv: dict) -> str:
 
 def crossval_markdown(cv: dict) -> list[str]:
     """The card's headline section: the recipe's cross-validated per-patient Dice and its failures."""
-    def who(rows: list[dict]) -> str:
-        return ", ".join(f"{r['patient']} {r['dice']:.2f} ({r['tumour_slices']} tumour slices"
-                         + (", missing a sequence" if r.get("missing_sequence") else "") + ")" for r in rows) or "none"
+    def who(rows: list[dict] | None) -> str:
+        if rows is None:
+            return "unknown (the cross-validation's table has no tumour_slices column)"
+
+        def one(r: dict) -> str:
+            notes = [f"{r['tumour_slices']} tumour slices" if r.get("tumour_slices") is not None else None,
+                     "missing a sequence" if r.get("missing_sequence") else None]
+            notes = [n for n in notes if n]
+            return f"{r['patient']} {r['dice']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
+
+        return ", ".join(one(r) for r in rows) or "none"
 
     folds = ", ".join(f"{k} {v:.3f}" for k, v in cv["fold_means"].items())
     missing = cv.get("missing_sequence") or {}
@@ -234,7 +245,7 @@ def crossval_markdown(cv: dict) -> list[str]:
              f"- by fold: {folds}",
              f"- worst patients: {who(cv['worst'])}",
              f"- patients with {cv['low_rule']}: {who(cv['low'])}"]
-    if missing.get("patients"):
+    if missing.get("patients") and missing.get("others_mean") is not None:
         lines.append(f"- patients with a missing sequence (a copy of FLAIR in its channel, kaggle_3m's convention): "
                      f"{missing['patients']}, mean {missing['mean']:.3f}, against {missing['others_mean']:.3f} for the others. "
                      "`predict` names such patients in its warnings and its patients.csv.")

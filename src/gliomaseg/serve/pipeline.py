@@ -65,7 +65,7 @@ def analyse(predictor, case: Case, options: SegmentOptions, spacing: Sequence[fl
     units are a length; otherwise ``spacing`` says "spacing unknown".
     """
     missing = missing_sequences(case.images)
-    if missing:
+    if set(missing) - set(case.reported_missing):  # a reader that filled a sequence has said so already
         warnings.warn(warning_text(case.name, missing), InputWarning, stacklevel=2)
     probabilities, masks = segment(predictor, case.images, options)
     slices = []

@@ -58,6 +58,7 @@ class Case:
     images: list[np.ndarray]
     truths: list[np.ndarray | None]
     geometry: Geometry | None = None
+    reported_missing: tuple[str, ...] = ()  # sequences the reader filled with FLAIR and said so (PatientInput's)
 
 
 @dataclass
@@ -329,7 +330,8 @@ def _dicom_cases(folder: Path, name: str, limits: ServeLimits, out: Gathered, sl
         images = [item.image() for item in patient.slices]
         _check_side(patient.geometry.path, images[0].shape, limits)
         out.cases.append(Case(patient.name, "volume", [f"slice {k + 1}" for k in range(len(images))], images,
-                              [item.mask() for item in patient.slices], patient.geometry))
+                              [item.mask() for item in patient.slices], patient.geometry,
+                              reported_missing=patient.reported_missing))
         count += len(images)
     return count
 

@@ -65,7 +65,7 @@ class TrainConfig:
         "auto: a few-second probe picks fp32 or bf16-mixed, whichever trains faster here "
         "(cached per machine in $GLIOMASEG_CACHE_DIR or ~/.cache/gliomaseg); 32 or bf16-mixed force one")})
     seed: int = field(default=42, metadata={"help": "random seed of the weights, the augmentation and the sampling"})
-    max_time: str | None = field(default=None, metadata={"help": "stop after HH:MM:SS"})
+    max_time: str | None = field(default=None, metadata={"help": "stop after HH:MM:SS (with --val-csv none at the end of an epoch, so the final model's epochs are whole)"})
     devices: str = field(default="auto", metadata={"help": "Lightning devices: a count, a list such as 0,1, or auto"})
     accelerator: str = field(default="auto", metadata={"help": "Lightning accelerator: cpu, gpu, or auto"})
     num_nodes: int = field(default=1, metadata={"help": "machines to train on (with --strategy ddp)"})
@@ -139,7 +139,8 @@ class TrainConfig:
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"scale-min and scale-max must be positive with min <= max, got {self.scale_min}, {self.scale_max}")
         if not self.validates and self.scheduler == "plateau":
-            raise ConfigError("--scheduler plateau follows the validation Dice; with --val-csv none pick cosine, step or none")
+            raise ConfigError("--scheduler plateau (the default) follows the validation Dice; with --val-csv none pass "
+                              "--scheduler cosine, step or none")
         build_loss(self.loss)
 
     @classmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from gliomaseg.core.defaults import PRECISIONS
@@ -74,6 +74,16 @@ class TrainResult:
         return self.best_checkpoint or self.out / FINAL_CHECKPOINT
 
 
+def _drop_stale_final(final: Path, epochs: int) -> None:
+    """A resumed run that trains on past an earlier final.ckpt (a larger --epochs) makes that file stale: removed,
+    and written again once the new epochs are done. A final.ckpt of exactly these epochs is kept (its card may
+    carry a cross-validation headline)."""
+    if final.is_file():
+        checkpoint, _ = load_checkpoint_file(final)
+        if int(checkpoint.get("epoch", -1)) + 1 != epochs:
+            final.unlink()
+
+
 def write_final_checkpoint(last: Path, final: Path) -> None:
     """``final.ckpt``: the model of ``last.ckpt`` without the optimizer and loop state (a resume needs those,
     a user of the model does not); loaded and written as plain data, like every checkpoint here."""
@@ -97,6 +107,8 @@ def train(config: TrainConfig) -> TrainResult:
         # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
         (out / "best.ckpt").unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
+    else:
+        _drop_stale_final(out / FINAL_CHECKPOINT, config.epochs)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
     precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
@@ -109,10 +121,17 @@ def train(config: TrainConfig) -> TrainResult:
     # reader of the run takes best.ckpt.
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1,
                                  enable_version_counter=False) if config.validates else None
+    callbacks = [c for c in (checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput) if c is not None]
+    max_time = _max_time(config.max_time)
+    if max_time and not config.validates:
+        # A final model's epochs must be whole: Lightning's max_time stops mid-epoch and counts the epoch as done,
+        # so a resume would skip the rest of it. Checked at the end of each epoch instead.
+        callbacks.append(Timer(duration=max_time, interval="epoch"))
+        max_time = None
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=config.epochs,
-        max_time=_max_time(config.max_time),
+        max_time=max_time,
         accelerator=config.accelerator,
         devices=config.devices if config.devices == "auto" else int(config.devices),
         num_nodes=config.num_nodes,
@@ -120,7 +139,9 @@ def train(config: TrainConfig) -> TrainResult:
         precision=PRECISIONS[precision.precision],
         # A new log version per session: Lightning's loggers would delete the interrupted session's logs.
         logger=[TensorBoardLogger(out, name="tensorboard"), CSVLogger(out, name="logs")],
-        callbacks=[c for c in (checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput) if c is not None],
+        callbacks=callbacks,
+        # Without validation there is no ModelCheckpoint, and Lightning would add its own (a full checkpoint per epoch).
+        enable_checkpointing=config.validates,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         log_every_n_steps=max(1, min(50, len(train_loader))),
@@ -135,10 +156,14 @@ def train(config: TrainConfig) -> TrainResult:
         trainer.fit(task, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     seconds = time.perf_counter() - started
     best_score = checkpoint.best_model_score if checkpoint is not None else None
-    finished = trainer.current_epoch >= config.epochs
+    # Every epoch whole: Lightning counts an epoch that max_time cut short as done, its steps tell.
+    per_epoch = trainer.num_training_batches
+    finished = trainer.current_epoch >= config.epochs and (
+        not math.isfinite(per_epoch) or trainer.global_step >= config.epochs * int(per_epoch))
     model_path = out / "best.ckpt" if config.validates else out / FINAL_CHECKPOINT
-    if not config.validates and finished and trainer.is_global_zero:
-        write_final_checkpoint(last, model_path)
+    if not config.validates and finished and not model_path.is_file() and trainer.is_global_zero:
+        write_final_checkpoint(last, model_path)  # an earlier session's final.ckpt of these epochs is kept with its card
+    trainer.strategy.barrier()  # every rank sees final.ckpt before it reports it
     summary = {
         "model": canonical_architecture(config.model),
         "encoder": config.encoder,
@@ -179,7 +204,8 @@ def train(config: TrainConfig) -> TrainResult:
         summary["train_seconds"] = round(seconds, 2)
         if resume_from:  # the interrupted session(s) wrote no summary: their time is only in train_minutes
             summary["train_seconds_note"] = "this session only; train_minutes counts the training batches of every session"
-    write_text(json.dumps(summary, indent=2), previous)
+    if trainer.is_global_zero:
+        write_text(json.dumps(summary, indent=2), previous)
     if model_path.is_file() and trainer.is_global_zero:
         from gliomaseg.modeling.card import write_run_card
 
