@@ -581,6 +581,8 @@ def test_a_final_model_is_whole_epochs_and_never_stale(prepared: Path, tmp_path:
     assert stopped.summary["model_checkpoint"] is None
     last = torch.load(run / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 3 * 2  # three whole epochs of 2 steps
+    with pytest.raises(ConfigError, match="trained without validation"):  # no best.ckpt beside final.ckpt
+        train(_config(prepared, run, epochs=4, resume=True, limit_train_batches=2))
     done = train(_config(prepared, run, epochs=4, resume=True, **options))
     final = torch.load(run / "final.ckpt", weights_only=True)
     assert final["epoch"] == 3 and final["global_step"] == 4 * 2 and done.summary["stopped_by"] == "epochs"

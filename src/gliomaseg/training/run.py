@@ -74,6 +74,20 @@ class TrainResult:
         return self.best_checkpoint or self.out / FINAL_CHECKPOINT
 
 
+def _check_same_selection(saved: Path, config: TrainConfig) -> None:
+    """A resume keeps the run's model selection: a run with validation (best.ckpt) does not turn into one without
+    (final.ckpt), or back, half way; the two models would sit side by side."""
+    if not saved.is_file():
+        return
+    try:
+        earlier = TrainConfig.from_dict({**json.loads(saved.read_text()), "out": config.out})
+    except (ValueError, TypeError, ConfigError):
+        return  # an older or hand-edited config.json: nothing to compare with
+    if earlier.validates != config.validates:
+        was = "with validation (best.ckpt)" if earlier.validates else "without validation (--val-csv none, final.ckpt)"
+        raise ConfigError(f"{saved}: the run was trained {was}; --resume it the same way or train into another --out")
+
+
 def _drop_stale_final(final: Path, epochs: int) -> None:
     """A resumed run that trains on past an earlier final.ckpt (a larger --epochs) makes that file stale: removed,
     and written again once the new epochs are done. A final.ckpt of exactly these epochs is kept (its card may
@@ -108,6 +122,7 @@ def train(config: TrainConfig) -> TrainResult:
         (out / "best.ckpt").unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
     else:
+        _check_same_selection(out / "config.json", config)
         _drop_stale_final(out / FINAL_CHECKPOINT, config.epochs)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
