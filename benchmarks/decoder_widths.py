@@ -2,10 +2,12 @@
 the Dice-vs-slices/s frontier (the Dice half needs the cross-validation, docs/results/).
 
 For each ``--decoder-channels`` setting: GFLOP per slice, ONNX Runtime fp32 and int8 slices/s at 2 threads (threads and
-micro-batch chosen by the same probe as ``predict``), on real validation slices. Random weights: speed does not
+micro-batch chosen by the same probe as ``predict``), on real validation slices, and training images/s (batch
+``--train-batch``, fp32 and bf16-mixed where the CPU has bf16, by the precision probe's own timing: forward, dice loss,
+backward, optimizer step, channels_last; the fastest of ``--train-steps`` steps). Random weights: speed does not
 depend on them; the int8 check's Dice is not meaningful here (its bound is lifted), only its speed.
 
-    .venv/bin/python benchmarks/decoder_widths.py [--slices 64] [--calibration-slices 32]
+    .venv/bin/python benchmarks/decoder_widths.py [--slices 64] [--calibration-slices 32] [--train-steps 3]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gliomaseg.export.onnx import export_onnx  # noqa: E402
 from gliomaseg.export.quantization import write_variant  # noqa: E402
 from gliomaseg.inference.onnx_backend import OnnxPredictor  # noqa: E402
 from gliomaseg.modeling.models import gflops, parse_decoder_channels  # noqa: E402
+from gliomaseg.modeling.precision import BF16, FP32, probe_rates  # noqa: E402
 from gliomaseg.training.task import SegmentationTask  # noqa: E402
 
 WIDTHS = ("256,128,64,32,16", "128,64,32,16,8", "64,32,16,16,8")
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--calibration-slices", type=int, default=32)
     parser.add_argument("--widths", nargs="+", default=list(WIDTHS))
+    parser.add_argument("--train-batch", type=int, default=16, help="the recipe's batch")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per precision (0: skip training)")
     args = parser.parse_args()
     data, source = prepared_data(True)
     frame = pd.read_csv(data / "data_val.csv")
@@ -62,6 +67,10 @@ def main() -> None:
             rate, _ = timed(predictor.probabilities, images, 16)  # the network's speed (segment() standardizes first)
             row[f"{variant}_slices_per_s"] = round(rate, 1)
             row[f"{variant}_setting"] = f"{predictor.settings.threads} threads, micro-batch {predictor.micro_batch}"
+        if args.train_steps:
+            rates = probe_rates("Unet", ENCODER, 256, batch=args.train_batch, steps=args.train_steps, decoder_channels=channels)
+            row["train_images_per_s_fp32"] = rates[FP32]
+            row["train_images_per_s_bf16"] = rates[BF16] or None  # 0: not run (no bf16 instructions)
         print(row, flush=True)
         rows.append(row)
     print(f"\n{len(images)} validation slices; data: {source}\nmachine: {machine()}")

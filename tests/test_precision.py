@@ -49,9 +49,13 @@ def test_auto_is_cached_per_machine_model_and_size(monkeypatch, tmp_path):
     choose_precision("auto", "unet", "resnet18", 128, probe=fake_probe)  # another size: probed again
     choose_precision("auto", "unet", "resnet34", 64, probe=fake_probe)  # another encoder: probed again
     assert [c[2] for c in calls] == [64, 128, 64]
+    light = []
+    choice = choose_precision("auto", "unet", "resnet18", 64, decoder_channels=[32, 16, 8],
+                              probe=lambda *a, **k: light.append(k["decoder_channels"]) or {FP32: 4.0, BF16: 1.0})
+    assert light == [[32, 16, 8]] and choice.precision == FP32  # a lighter decoder is probed as itself, cached apart
     stored = json.loads((tmp_path / "cache" / "precision.json").read_text())
     keys = [entry["key"] for entry in stored.values()]
-    assert len(keys) == 3 and all({"cpu", "flags", "cpus", "torch", "arch", "encoder", "image_size"} <= set(k) for k in keys)
+    assert len(keys) == 4 and all({"cpu", "flags", "cpus", "torch", "arch", "encoder", "image_size"} <= set(k) for k in keys)
     # A forced precision neither probes nor reads the cache.
     assert choose_precision("32", "unet", "resnet18", 64, probe=fake_probe).source == "forced" and len(calls) == 3
 

@@ -86,6 +86,7 @@ def probe_rates(
     steps: int = PROBE_STEPS,
     device: str = "cpu",
     clock: Callable[[], float] = time.perf_counter,
+    decoder_channels: list[int] | None = None,
 ) -> dict[str, float]:
     """Training images/s of ``arch``-``encoder`` on (batch, 3, image_size, image_size) random images, fp32 and bf16-mixed.
 
@@ -112,7 +113,7 @@ def probe_rates(
     setups = {}
     for precision in precisions:
         torch.manual_seed(0)
-        model = build_model(arch, encoder).to(dev).train().to(memory_format=torch.channels_last)
+        model = build_model(arch, encoder, decoder_channels=decoder_channels).to(dev).train().to(memory_format=torch.channels_last)
         setups[precision] = (model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
 
     def step(precision: str) -> None:
@@ -137,11 +138,14 @@ def probe_rates(
     return {FP32: rates[FP32], BF16: rates.get(BF16, 0.0)}
 
 
-def probe_key(arch: str, encoder: str, image_size: int, device: str = "cpu") -> dict:
-    """The cache key of a probe: this machine (CPU model and flags, usable CPUs), torch version, device, model, size."""
+def probe_key(arch: str, encoder: str, image_size: int, device: str = "cpu", decoder_channels: list[int] | None = None) -> dict:
+    """The cache key of a probe: this machine (CPU model and flags, usable CPUs), torch version, device, model
+    (with its decoder widths when they are not smp's default), size."""
     import torch
 
     extra = {"torch": torch.__version__, "device": device, "arch": arch, "encoder": encoder, "image_size": int(image_size)}
+    if decoder_channels:
+        extra["decoder_channels"] = [int(c) for c in decoder_channels]
     if device.startswith("cuda"):
         extra["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return machine.machine_key(**extra)
@@ -166,6 +170,7 @@ def choose_precision(
     accelerator: str = "auto",
     use_cache: bool = True,
     probe: Callable[..., dict[str, float]] = probe_rates,
+    decoder_channels: list[int] | None = None,
 ) -> PrecisionChoice:
     """The precision to train with: ``precision`` itself unless it is ``"auto"``, else the cached or measured faster one."""
     if precision != AUTO:
@@ -174,7 +179,7 @@ def choose_precision(
 
     arch = canonical_architecture(arch)
     device = probe_device(accelerator)
-    key = probe_key(arch, encoder, image_size, device)
+    key = probe_key(arch, encoder, image_size, device, decoder_channels)
     if use_cache:
         hit = machine.cached(CACHE_KIND, key)
         if hit and hit.get("precision") in (FP32, BF16):
@@ -183,7 +188,9 @@ def choose_precision(
             choice.reason += f" (measured earlier on this machine; cache {machine.cache_file(CACHE_KIND)})"
             return choice
     started = time.perf_counter()
-    rates = probe(arch, encoder, image_size, batch=min(batch_size, PROBE_BATCH), device=device)
+    # A lighter decoder trains at its own speed: it is probed as itself (smp's default decoder: no extra argument).
+    extra = {"decoder_channels": decoder_channels} if decoder_channels else {}
+    rates = probe(arch, encoder, image_size, batch=min(batch_size, PROBE_BATCH), device=device, **extra)
     choice = decide(rates)
     choice.reason += f"; probe of {arch}-{encoder} at {image_size} px took {time.perf_counter() - started:.1f} s"
     if use_cache:

@@ -127,7 +127,8 @@ def train(config: TrainConfig) -> TrainResult:
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
     precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
-                                 batch_size=config.batch_size, accelerator=config.accelerator)
+                                 batch_size=config.batch_size, accelerator=config.accelerator,
+                                 decoder_channels=parse_decoder_channels(config.decoder_channels))
     print(precision.message(), flush=True)
     write_text(json.dumps(asdict(config), indent=2), out / "config.json")
     task = task_from_config(config, train_csv, val_csv)
