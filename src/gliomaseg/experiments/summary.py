@@ -83,11 +83,7 @@ def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
     for name, folder in (("best", "eval"), ("last", "eval_last")):
         files = [root / run / folder / "patients.csv" for run in folds["run"]]
         if files and all(f.is_file() for f in files):
-            patients = pd.concat([pd.read_csv(f) for f in files])
-            repeated = sorted(patients.loc[patients["patient"].duplicated(), "patient"].unique())
-            if repeated:  # folds from different `prepare --folds` runs: the pooled number would count patients twice
-                raise DataError(f"{root}: patients held out by more than one fold ({', '.join(repeated[:5])}); were the folds re-made?")
-            dice = patients["dice_3d"]
+            dice = fold_patients(root, folder=folder, runs=list(folds["run"]))["dice_3d"]
             summary[f"pooled_patient_dice_{name}"] = {"patients": int(len(dice)), "mean": float(dice.mean()),
                                                       "median": float(dice.median()), "sd": _finite(dice.std(ddof=1))}
     write_text(json.dumps(summary, indent=2), root / "crossval.json")
@@ -97,22 +93,31 @@ def crossval_summary(results: pd.DataFrame, root: Path) -> dict | None:
 LOW_DICE, LOW_DICE_MIN_TUMOUR_SLICES = 0.3, 10  # a failure on a patient with a real tumour, not a 2-slice one
 
 
-def fold_patients(source: Path) -> pd.DataFrame:
-    """Per-patient rows (``fold, patient, dice_3d, tumour_slices, ...``) of a cross-validation, each patient scored
-    at its fold's last epoch: an experiment folder (``fold*/eval_last/patients.csv``) or a pooled ``patients.csv``
-    with a ``fold`` column (as committed under ``docs/results/<experiment>/``)."""
+def fold_patients(source: Path, folder: str = "eval_last", runs: list[str] | None = None) -> pd.DataFrame:
+    """Per-patient rows (``fold, patient, dice_3d, tumour_slices, ...``) of a cross-validation, pooled over its folds.
+
+    ``source``: an experiment folder (``fold*/<folder>/patients.csv``; ``eval_last`` is each fold's last epoch, no
+    checkpoint picked on its held-out patients; ``runs`` limits it to those fold runs) or a pooled ``patients.csv``
+    with a ``fold`` column (as committed under ``docs/results/<experiment>/``). A patient held out by two folds
+    (folds of different ``prepare --folds`` runs) is refused: the pooled numbers would count it twice.
+    """
     source = Path(source)
     if source.is_file():
         frame = _patients_csv(source)
         if "fold" not in frame:
             raise DataError(f"{source}: a pooled patients.csv needs a fold column")
-        return frame
-    if not source.is_dir():
+    elif source.is_dir():
+        files = (sorted(source.glob(f"fold*/{folder}/patients.csv")) if runs is None
+                 else [source / run / folder / "patients.csv" for run in runs])
+        if not files:
+            raise DataError(f"{source}: no fold*/{folder}/patients.csv (has any fold finished?)")
+        frame = pd.concat([_patients_csv(f).assign(fold=f.parent.parent.name) for f in files], ignore_index=True)
+    else:
         raise DataError(f"{source}: neither an experiment folder nor a pooled patients.csv")
-    files = sorted(source.glob("fold*/eval_last/patients.csv"))
-    if not files:
-        raise DataError(f"{source}: no fold*/eval_last/patients.csv (has any fold finished?)")
-    return pd.concat([_patients_csv(f).assign(fold=f.parent.parent.name) for f in files], ignore_index=True)
+    repeated = sorted(frame.loc[frame["patient"].duplicated(), "patient"].unique())
+    if repeated:
+        raise DataError(f"{source}: patients held out by more than one fold ({', '.join(repeated[:5])}); were the folds re-made?")
+    return frame
 
 
 def _patients_csv(path: Path) -> pd.DataFrame:
@@ -152,9 +157,6 @@ def crossval_headline(patients: pd.DataFrame, missing: set[str], experiment: str
     Returns plain JSON data: pooled mean and median, the mean of each fold, the worst patients, the patients
     with at least 10 tumour slices below 0.3, and the missing-sequence patients against the others.
     """
-    repeated = sorted(patients.loc[patients["patient"].duplicated(), "patient"].unique())
-    if repeated:
-        raise DataError(f"{experiment}: patients held out by more than one fold ({', '.join(repeated[:5])}); were the folds re-made?")
     dice = patients["dice_3d"].astype(float)
     by_fold = patients.groupby("fold")["dice_3d"].mean()
     rows = patients.assign(missing_sequence=patients["patient"].isin(missing))
