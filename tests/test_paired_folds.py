@@ -49,6 +49,9 @@ def test_crossval_headline_says_what_it_cannot_know(tmp_path: Path):
     assert "unknown (the cross-validation's table has no tumour_slices column)" in text and "None" not in text
     only_missing = crossval_headline(fold_patients(pooled), {"007", "8"}, "cv")
     assert only_missing["missing_sequence"]["others_mean"] is None and crossval_markdown(only_missing)  # no crash
+    pd.DataFrame({"fold": ["fold0", "fold1"], "patient": ["A", "A"], "dice_3d": [0.5, 0.6]}).to_csv(pooled, index=False)
+    with pytest.raises(DataError, match="held out by more than one fold"):  # folds of two different prepare runs
+        fold_patients(pooled)
     pd.DataFrame({"fold": ["fold0"], "patient": ["A"], "dice_3d": ["nan"]}).to_csv(pooled, index=False)
     with pytest.raises(DataError, match=r"patients.csv: patient A has no numeric dice_3d"):
         fold_patients(pooled)
