@@ -206,6 +206,14 @@ def test_shipped_experiments_load():
     for a, b in zip(plain.runs, standardized.runs):
         assert {k: v for k, v in b.options.items() if k != "intensity"} == {k: v for k, v in a.options.items() if k != "intensity"}
         assert (a.options["intensity"], b.options["intensity"]) == ("fixed", "patient")
+    # experiments measured before the cpu preset took the robustness augmentation keep it off; crossval_robust has it
+    from gliomaseg.experiments.spec import PRESETS
+
+    assert (PRESETS["cpu"]["missing_sequence_p"], PRESETS["cpu"]["scale_min"]) == (0.15, 0.7)
+    for name in ("crossval", "crossval_intensity", "levers", "architectures", "encoders", "losses", "lowlr", "split"):
+        assert all((r.options["missing_sequence_p"], r.options["intensity_augment_p"], r.options["scale_min"]) == (0, 0, 0.96)
+                   for r in load_experiment(name).runs), name
+    assert all(r.options["missing_sequence_p"] == 0.15 for r in load_experiment("crossval_robust").runs)
     # the levers compare against the recipe they were measured with, whatever the cpu preset has become
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
