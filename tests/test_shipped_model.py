@@ -27,11 +27,19 @@ def test_shipped_model_metadata_and_card():
     assert info["mean"] == pytest.approx([127 / 255] * 3) and info["std"] == pytest.approx([128 / 255] * 3)
     assert "/work/" not in meta["gliomaseg"] + meta["model_card"]  # no paths of the training machine
     card = json.loads(meta["model_card"])
-    scores = card["validation"]["evaluation"]["scores"]
-    assert scores["patient_dice_mean"]["value"] > 0.5 and "3D Dice" in scores["patient_dice_mean"]["reduction"]
+    # Trained on all 65 patients without a pick: the card leads with its recipe's 5-fold cross-validation.
+    cv = card["cross_validation"]
+    assert (cv["folds"], cv["patients"]) == (5, 65) and 0.5 < cv["mean"] < 1 and len(cv["fold_means"]) == 5
+    assert card["training_data"]["train"]["patients"] == 65 and card["training_data"]["model_selection"]["csv"] is None
+    assert "best_val_patient_dice" not in card["validation"]
     text = (path.parent / SHIPPED_MODEL_CARD).read_text()
-    for needed in ("Intended use", "not for diagnosis", "patient_dice_mean", "How to reproduce", "gliomaseg train"):
+    assert text.index("## What to expect on new patients") < text.index("## Intended use")
+    for needed in ("Intended use", "not for diagnosis", f"**Mean per-patient Dice {cv['mean']:.3f}", "missing sequence",
+                   "How to reproduce", "gliomaseg train", "--val-csv none"):
         assert needed in text, needed
+    from gliomaseg.inference.variants import check_problem, variant_path
+
+    assert check_problem(path, variant_path(path)) is None  # the int8 beside it was made from this file and passed
 
 
 def test_predict_without_a_model_uses_the_shipped_one(tmp_path: Path, capsys):

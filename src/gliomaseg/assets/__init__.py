@@ -12,11 +12,6 @@ from gliomaseg.core.errors import CheckpointError
 
 SHIPPED_MODEL = "gliomaseg-default.onnx"
 SHIPPED_MODEL_CARD = "MODEL_CARD.md"
-# The shipped model's headline, from its card (docs/results/crossval.md): what a reader should expect on new patients.
-SHIPPED_SUMMARY = ("cross-validated mean per-patient Dice 0.79 (median 0.87) over 5 folds of 65 kaggle_3m patients; "
-                   "0.82 on its 13 validation patients")
-
-
 def shipped_card_text() -> str:
     """The shipped model's card (Markdown); empty when this installation carries none."""
     path = Path(str(resources.files(__package__) / SHIPPED_MODEL_CARD))
