@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info", type=Path, required=True, help="data_info.csv of prepare (names the missing-sequence patients)")
     parser.add_argument("--calibration-csv", type=Path, required=True, help="int8: training slices to calibrate on")
     parser.add_argument("--check-csv", type=Path, required=True, help="int8: slices to check against fp32 (none of them calibrated on)")
+    parser.add_argument("--calibration-slices", type=int, default=None, help="int8: how many training slices to calibrate on")
     parser.add_argument("--reproduce", type=Path, required=True, help="Markdown appended to the card: how to reproduce")
     args = parser.parse_args(argv)
     name = args.checkpoint or ("best.ckpt" if (args.run / "best.ckpt").is_file() else "final.ckpt")
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
               f"and {ASSETS / SHIPPED_MODEL_CARD}; card headline: mean {headline['mean']:.3f} / median {headline['median']:.3f} "
               f"over {headline['patients']} cross-validated patients")
         int8 = variant_path(target, "int8")
-        report = write_variant(target, int8, "int8", check_csv=args.check_csv, calibration_csv=args.calibration_csv)
+        extra = {"calibration_slices": args.calibration_slices} if args.calibration_slices else {}
+        report = write_variant(target, int8, "int8", check_csv=args.check_csv, calibration_csv=args.calibration_csv, **extra)
     except GliomasegError as exc:
         print(str(exc), file=sys.stderr)
         return 1
