@@ -12,6 +12,8 @@ from gliomaseg.core.errors import CheckpointError
 
 SHIPPED_MODEL = "gliomaseg-default.onnx"
 SHIPPED_MODEL_CARD = "MODEL_CARD.md"
+
+
 def shipped_card_text() -> str:
     """The shipped model's card (Markdown); empty when this installation carries none."""
     path = Path(str(resources.files(__package__) / SHIPPED_MODEL_CARD))
