@@ -214,6 +214,12 @@ def test_shipped_experiments_load():
         assert all((r.options["missing_sequence_p"], r.options["intensity_augment_p"], r.options["scale_min"]) == (0, 0, 0.96)
                    for r in load_experiment(name).runs), name
     assert all(r.options["missing_sequence_p"] == 0.15 for r in load_experiment("crossval_robust").runs)
+    # the lighter decoder pairs fold by fold with the shipped recipe: the decoder is its only change
+    robust, light = load_experiment("crossval_robust"), load_experiment("crossval_light")
+    assert [(r.name, r.split) for r in light.runs] == [(r.name, r.split) for r in robust.runs]
+    for a, b in zip(robust.runs, light.runs):
+        assert {k: v for k, v in b.options.items() if k != "decoder_channels"} == {k: v for k, v in a.options.items() if k != "decoder_channels"}
+        assert (a.options.get("decoder_channels"), b.options["decoder_channels"]) == (None, "128,64,32,16,8")
     # the levers compare against the recipe they were measured with, whatever the cpu preset has become
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
@@ -271,7 +277,7 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
-    assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
+    assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, crossval_light, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
 
 
 def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared: Path, tmp_path: Path, monkeypatch):
