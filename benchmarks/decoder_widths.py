@@ -4,15 +4,20 @@ the Dice-vs-slices/s frontier (the Dice half needs the cross-validation, docs/re
 For each ``--decoder-channels`` setting: GFLOP per slice, ONNX Runtime fp32 and int8 slices/s at 2 threads (threads and
 micro-batch chosen by the same probe as ``predict``), on real validation slices, and training images/s (batch
 ``--train-batch``, fp32 and bf16-mixed where the CPU has bf16, by the precision probe's own timing: forward, dice loss,
-backward, optimizer step, channels_last; the fastest of ``--train-steps`` steps). Random weights: speed does not
-depend on them; the int8 check's Dice is not meaningful here (its bound is lifted), only its speed.
+backward, optimizer step, channels_last; the fastest of ``--train-steps`` steps). Random weights by default: fp32
+speed does not depend on them, but int8 speed did (the trained shipped model's int8 ran 1.5x its random-weight twin),
+and the int8 check's Dice is not meaningful then (its bound is lifted). ``--checkpoints`` times trained runs instead
+(e.g. one fold of ``crossval_robust`` and of ``crossval_light``): int8 is calibrated on each run's training CSV and
+checked against fp32 on its own held-out CSV, so the drop is a real one; the width comes from the checkpoint.
 
     .venv/bin/python benchmarks/decoder_widths.py [--slices 64] [--calibration-slices 32] [--train-steps 3]
+    .venv/bin/python benchmarks/decoder_widths.py --checkpoints RUN_A/last.ckpt RUN_B/last.ckpt --calibration-slices 128
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, prepared_data, print_table, write_results  # noqa: E402
 from inference_throughput import timed  # noqa: E402
 
+from gliomaseg.core.defaults import MAX_DICE_DROP  # noqa: E402
 from gliomaseg.data.files import read_image  # noqa: E402
 from gliomaseg.export.onnx import export_onnx  # noqa: E402
-from gliomaseg.export.quantization import write_variant  # noqa: E402
+from gliomaseg.export.quantization import QuantizationError, write_variant  # noqa: E402
 from gliomaseg.inference.onnx_backend import OnnxPredictor  # noqa: E402
-from gliomaseg.modeling.models import gflops, parse_decoder_channels  # noqa: E402
+from gliomaseg.modeling.models import build_model, gflops, parse_decoder_channels  # noqa: E402
 from gliomaseg.modeling.precision import BF16, FP32, probe_rates  # noqa: E402
+from gliomaseg.modeling.spec import read_checkpoint  # noqa: E402
 from gliomaseg.training.task import SegmentationTask  # noqa: E402
 
 WIDTHS = ("256,128,64,32,16", "128,64,32,16,8", "64,32,16,16,8")
@@ -44,25 +51,38 @@ def main() -> None:
     parser.add_argument("--widths", nargs="+", default=list(WIDTHS))
     parser.add_argument("--train-batch", type=int, default=16, help="the recipe's batch")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per precision (0: skip training)")
+    parser.add_argument("--checkpoints", nargs="+", type=Path, default=None,
+                        help="trained runs' checkpoints to time instead of random weights at --widths")
     args = parser.parse_args()
     data, source = prepared_data(True)
-    frame = pd.read_csv(data / "data_val.csv")
-    images = np.stack([read_image(p) for p in frame["image_path"][: args.slices]])
     work = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-widths-"))
+    if args.checkpoints:
+        runs = [(ckpt, *_csvs(ckpt)) for ckpt in args.checkpoints]
+    else:
+        runs = [(_random_weights(width, work), data / "data_train.csv", data / "data_val.csv") for width in args.widths]
+    frame = pd.read_csv(runs[0][2])
+    images = np.stack([read_image(p) for p in frame["image_path"][: args.slices]])
     rows = []
-    for width in args.widths:
-        channels = parse_decoder_channels(width)
-        task = SegmentationTask(arch="Unet", encoder=ENCODER, image_size=256, scheduler="none", intensity="patient",
-                                decoder_channels=channels)
-        name = width.replace(",", "-")
-        ckpt = work / f"{name}.ckpt"
-        torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+    for ckpt, train_csv, val_csv in runs:
+        _, info = read_checkpoint(ckpt)
+        channels = info.decoder_channels
+        width = ",".join(map(str, channels)) if channels else WIDTHS[0]  # None: smp's default, the first of WIDTHS
+        name = f"{len(rows)}-{width.replace(',', '-')}"
         export_onnx(ckpt, work / f"{name}.onnx")
-        write_variant(work / f"{name}.onnx", work / f"{name}.int8.onnx", "int8", check_csv=data / "data_val.csv",
-                      calibration_csv=data / "data_train.csv", calibration_slices=args.calibration_slices, max_dice_drop=1.0,
-                      validation_csvs=[data / "data_val.csv"])
-        row = {"decoder_channels": width, "gflop_per_slice": round(gflops(task.model, 256), 2)}
+        model = build_model("unet", ENCODER, encoder_weights=None, decoder_channels=channels)
+        row = {"decoder_channels": width, "gflop_per_slice": round(gflops(model, 256), 2),
+               "weights": f"trained ({ckpt.parent.parent.name}/{ckpt.parent.name})" if args.checkpoints else "random"}
+        try:
+            report = write_variant(work / f"{name}.onnx", work / f"{name}.int8.onnx", "int8", check_csv=val_csv,
+                                   calibration_csv=train_csv, calibration_slices=args.calibration_slices,
+                                   max_dice_drop=MAX_DICE_DROP if args.checkpoints else 1.0, validation_csvs=[val_csv])
+            row["int8_check"] = f"passed, mean per-patient Dice drop {report['patient_dice_drop']:.4f}" if args.checkpoints else "n/a"
+        except QuantizationError as exc:  # refused by its check: the default path would not run it
+            row["int8_check"] = f"refused: {exc}"
         for variant, path in (("fp32", work / f"{name}.onnx"), ("int8", work / f"{name}.int8.onnx")):
+            if not path.is_file():
+                row[f"{variant}_slices_per_s"] = row[f"{variant}_setting"] = None
+                continue
             predictor = OnnxPredictor(path)
             rate, _ = timed(predictor.probabilities, images, 16)  # the network's speed (segment() standardizes first)
             row[f"{variant}_slices_per_s"] = round(rate, 1)
@@ -76,6 +96,21 @@ def main() -> None:
     print(f"\n{len(images)} validation slices; data: {source}\nmachine: {machine()}")
     print_table(rows, list(rows[0]))
     write_results("decoder_widths", rows, {"slices": len(images), "data": source})
+
+
+def _random_weights(width: str, work: Path) -> Path:
+    """A checkpoint of the architecture at ``width`` with random weights (seeded by Lightning's default init)."""
+    task = SegmentationTask(arch="Unet", encoder=ENCODER, image_size=256, scheduler="none", intensity="patient",
+                            decoder_channels=parse_decoder_channels(width))
+    path = work / f"random-{width.replace(',', '-')}.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return path
+
+
+def _csvs(checkpoint: Path) -> tuple[Path, Path]:
+    """The training and held-out CSVs a trained run names in its config.json."""
+    config = json.loads((checkpoint.parent / "config.json").read_text())
+    return Path(config["train_csv"]), Path(config["val_csv"])
 
 
 if __name__ == "__main__":

@@ -20,21 +20,32 @@ def _yaml(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture()
-def two_runs(tmp_path: Path) -> Path:
-    return _yaml(tmp_path / "two.yaml", """
+TWO_RUNS = """
 name: two
 description: two tiny runs
 base: {model: unet, encoder: resnet18}
 runs:
   - {name: dice, loss: dice, reference: 0.8}
   - {name: image-split, split: image, loss: bce}
-""")
+"""
 
 
-def test_runner_writes_results_then_skips_finished_runs(two_runs: Path, prepared: Path, tmp_path: Path, monkeypatch, capsys):
-    out = tmp_path / "exp"
-    results = run_experiment(two_runs, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+@pytest.fixture()
+def two_runs(tmp_path: Path) -> Path:
+    return _yaml(tmp_path / "two.yaml", TWO_RUNS)
+
+
+@pytest.fixture(scope="module")
+def two_runs_done(prepared: Path, tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
+    """The two-run experiment trained and scored once for the tests that read it: (spec, experiments folder, results)."""
+    root = tmp_path_factory.mktemp("two_runs")
+    spec = _yaml(root / "two.yaml", TWO_RUNS)
+    results = run_experiment(spec, prepared, root / "exp", epochs=1, image_size=64, extra_options=TINY)
+    return spec, root / "exp", results
+
+
+def test_runner_writes_results_then_skips_finished_runs(two_runs_done, prepared: Path, monkeypatch, capsys):
+    two_runs, out, results = two_runs_done
     assert list(results["run"]) == ["dice", "image-split"] and (results["status"] == "done").all()
     for name in ("results.csv", "results.md", "results.png", "experiment.json"):
         assert (out / "two" / name).is_file()
@@ -226,9 +237,8 @@ def test_shipped_experiments_load():
         load_experiment("encoder")
 
 
-def test_report_is_self_contained(two_runs: Path, prepared: Path, tmp_path: Path):
-    out = tmp_path / "exp"
-    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+def test_report_is_self_contained(two_runs_done, tmp_path: Path):
+    _, out, _ = two_runs_done
     assert main(["report", "--runs", str(out), "--out", str(tmp_path / "report.html")]) == 0
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # bar chart, 2 training curves, overlays
@@ -280,9 +290,12 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
     assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, crossval_light, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
 
 
-def test_runs_are_scored_on_the_device_they_trained_on(two_runs: Path, prepared: Path, tmp_path: Path, monkeypatch):
+def test_runs_are_scored_on_the_device_they_trained_on(two_runs_done, prepared: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    two_runs, trained, _ = two_runs_done
     out = tmp_path / "exp"
-    run_experiment(two_runs, prepared, out, epochs=1, image_size=64, only=["dice"], extra_options=TINY)
+    shutil.copytree(trained, out)  # a copy: this test rescores the run
     run = out / "two" / "dice"
     (run / "status.json").write_text(json.dumps({"state": "running", "trained": True}))  # trained, not yet scored
     import torch
