@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -35,10 +34,19 @@ def tcmalloc() -> str | None:
     return next((path for path in TCMALLOC if Path(path).is_file()), None)
 
 
+# The instruction sets that decide which speed path wins (docs/benchmarks.md has one table per class of them).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> str:
+    """The CPU model, its speed-relevant flags, cores, torch version and threads: what every figure is named with."""
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from gliomaseg.core.machine import cpu_has, cpu_identity
+
+    flags = " ".join(f for f in SPEED_FLAGS if cpu_has(f)) or "none of " + " ".join(SPEED_FLAGS)
+    return (f"{cpu_identity()['cpu']} [{flags}], {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def write_results(name: str, rows: list[dict], meta: dict) -> Path:

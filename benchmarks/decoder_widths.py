@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,8 @@ def main() -> None:
         rows.append(row)
     print(f"\n{len(images)} validation slices; data: {source}\nmachine: {machine()}")
     print_table(rows, list(rows[0]))
-    write_results("decoder_widths", rows, {"slices": len(images), "data": source})
+    write_results("decoder_widths", rows, {"slices": len(images), "data": source, "machine": machine(),
+                                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 
 def _random_weights(width: str, work: Path) -> Path:

@@ -147,16 +147,18 @@ def test_crossval_summary_names_failed_folds_and_refuses_repeated_patients(tmp_p
         crossval_summary(both, tmp_path)
 
 
-def test_compare_with_puts_each_run_beside_its_namesake(prepared: Path, tmp_path: Path):
+def test_compare_with_puts_each_run_beside_its_namesake(two_runs_done, prepared: Path, tmp_path: Path):
     """lowlr is shown as the case study does: each architecture's base and 0.1x rows side by side, with the difference."""
-    base = _yaml(tmp_path / "base.yaml", "name: base\nruns:\n  - {name: Unet, model: unet}\n")
-    low = _yaml(tmp_path / "low.yaml", "name: low\ncompare_with: base\nbase: {lowlr: true}\nruns:\n  - {name: Unet, model: unet}\n")
+    _, trained, first = two_runs_done  # the base experiment "two": its run "dice" is the namesake
     out = tmp_path / "exp"
-    first = run_experiment(base, prepared, out, epochs=1, image_size=64, extra_options=TINY)
+    (out / "two").mkdir(parents=True)
+    (out / "two" / "results.csv").write_bytes((trained / "two" / "results.csv").read_bytes())  # all compare_with reads
+    low = _yaml(tmp_path / "low.yaml", "name: low\ncompare_with: two\nbase: {lowlr: true, encoder: resnet18}\n"
+                                      "runs:\n  - {name: dice, model: unet, loss: dice}\n")
     second = run_experiment(low, prepared, out, epochs=1, image_size=64, extra_options=TINY)
-    assert second.loc[0, "base_patient_dice_mean"] == pytest.approx(first.loc[0, "patient_dice_mean"])
-    assert second.loc[0, "patient_dice_mean_minus_base"] == pytest.approx(second.loc[0, "patient_dice_mean"] - first.loc[0, "patient_dice_mean"])
-    assert "patient_dice_mean_minus_base" in (out / "low" / "results.md").read_text()
+    assert second.loc[0, "two_patient_dice_mean"] == pytest.approx(first.loc[0, "patient_dice_mean"])
+    assert second.loc[0, "patient_dice_mean_minus_two"] == pytest.approx(second.loc[0, "patient_dice_mean"] - first.loc[0, "patient_dice_mean"])
+    assert "patient_dice_mean_minus_two" in (out / "low" / "results.md").read_text()
     assert (out / "low" / "results.png").stat().st_size > 1000
 
 
