@@ -4,7 +4,7 @@ On a CPU with bf16 instructions (AVX512_BF16, AMX) a bf16 PyTorch model might ma
 alternating rounds so that other load hits all alike, on held-out slices of the run at the model's size
 (standardized as it was trained): ORT fp32 and int8 (the
 exported and quantized checkpoint, threads and micro-batch by ``predict``'s probe), PyTorch eager fp32 (what
-``predict --checkpoint`` runs), PyTorch eager with bf16 weights and inputs (no autocast) and, with ``--frozen``,
+``predict --checkpoint`` runs), PyTorch eager with bf16 weights and inputs (``--precision bf16``) and, with ``--frozen``,
 a TorchScript trace frozen under bf16 autocast (``torch.jit.freeze``: oneDNN's fused, pre-packed kernels; deprecated
 in torch 2.14, measured only to know what it is worth). Also the mask agreement of each path with PyTorch fp32.
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calibration-slices", type=int, default=128)
-    parser.add_argument("--bf16-batch", type=int, default=8)
+    parser.add_argument("--bf16-batch", type=int, default=8, help="the frozen trace's batch")
     parser.add_argument("--frozen", action="store_true", help="also time a frozen TorchScript trace under bf16 autocast")
     args = parser.parse_args()
     config = json.loads((args.checkpoint.parent / "config.json").read_text())
@@ -57,19 +57,13 @@ def main() -> None:
         print(f"int8 refused by its check: {exc}")
     fp32 = load_checkpoint(args.checkpoint)
     paths["torch eager fp32 (predict --checkpoint)"] = lambda x: fp32.logits(x).numpy()
-    bf16 = load_checkpoint(args.checkpoint)
-    bf16.model = bf16.model.to(torch.bfloat16)
+    bf16 = load_checkpoint(args.checkpoint, precision="bf16")  # bf16 weights and inputs on CPU
+    paths[f"torch eager bf16 weights (predict --checkpoint --precision bf16), batch {bf16.micro_batch}"] = lambda x: bf16.logits(x).numpy()
 
     def inputs(x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-        return ((t - bf16.mean) / bf16.std).contiguous(memory_format=torch.channels_last)
+        return ((t - fp32.mean) / fp32.std).contiguous(memory_format=torch.channels_last)
 
-    def bf16_weights(x: np.ndarray) -> np.ndarray:
-        step = args.bf16_batch
-        with torch.inference_mode():
-            return torch.cat([bf16.model(inputs(x[i : i + step]).bfloat16()).float() for i in range(0, len(x), step)]).numpy()
-
-    paths[f"torch eager bf16 weights, batch {args.bf16_batch}"] = bf16_weights
     if args.frozen:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             frozen = torch.jit.freeze(torch.jit.trace(fp32.model, inputs(images[: args.bf16_batch])))

@@ -115,6 +115,27 @@ def test_onnx_agrees_with_pytorch_and_skips_torch(onnx_model: Path, predictor, s
     assert (tmp_path / "cli" / "predictions.csv").is_file()
 
 
+def test_bf16_on_cpu_holds_bf16_weights_and_keeps_the_masks(trained_run: Path, predictor, synth_root: Path, monkeypatch):
+    import torch
+
+    bf16 = load_checkpoint(trained_run / "best.ckpt", precision="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}  # no per-call autocast of fp32 weights
+    assert (bf16.micro_batch, predictor.micro_batch) == (8, 2)
+    images = np.stack([cv2.resize(tifffile.imread(p), (64, 64), interpolation=cv2.INTER_AREA)
+                       for p in sorted(_patient(synth_root).glob("*.tif")) if not p.stem.endswith("_mask")])
+    logits, reference = bf16.logits(images), predictor.logits(images)
+    assert logits.dtype == torch.float32 and logits.shape == reference.shape
+    threshold = float(np.quantile(reference.numpy(), 0.9))  # about a tenth of the pixels marked: not vacuous
+    agreement = ((logits.numpy() > threshold) == (reference.numpy() > threshold)).mean()
+    assert agreement >= 0.98, agreement
+    assert not torch.equal(logits, reference)  # bf16 arithmetic ran: its rounding shows in the logits
+    import gliomaseg.modeling.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_runs_bf16", lambda: False)  # a CPU without bf16 instructions
+    with pytest.warns(UserWarning, match="bf16 would be emulated.*--precision 32 is faster here"):
+        load_checkpoint(trained_run / "best.ckpt", precision="bf16")
+
+
 def test_export_cli_and_metadata(trained_run: Path, tmp_path: Path, capsys):
     import json
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,18 @@ import numpy as np
 from gliomaseg.core.errors import CheckpointError, first_line
 from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file, model_state, pixel_normalization
 
+# Micro-batches on CPU: fp32 ran fastest per slice in batches of 2, bf16 weights in batches of 8 (the Xeon of
+# docs/benchmarks.md, benchmarks/torch_paths.py); on GPU the batch runs whole.
+CPU_MICRO_BATCH = {"32": 2, "bf16": 8}
+
 
 class TorchPredictor:
-    """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16`` (autocast)."""
+    """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16``.
+
+    bf16 on CPU holds the weights and feeds the inputs in bf16 (no autocast: autocast casts every weight again on
+    every call, which made bf16 barely faster than fp32 on an AMX Xeon, against 2x with bf16 weights); on GPU it
+    is autocast. Either way the logits come back as float32.
+    """
 
     backend = "torch"
 
@@ -27,9 +37,15 @@ class TorchPredictor:
         self.device = torch.device(device)
         self.precision = precision
         self.channels_last = channels_last
-        # On CPU, batches of 2 ran fastest per slice here (docs/benchmarks.md); on GPU, run the batch whole.
-        self.micro_batch = micro_batch or (2 if self.device.type == "cpu" else 1 << 30)
+        self.micro_batch = micro_batch or (CPU_MICRO_BATCH.get(precision, 2) if self.device.type == "cpu" else 1 << 30)
         self.model = model.to(self.device).eval()
+        self.bf16_weights = precision == "bf16" and self.device.type == "cpu"
+        if self.bf16_weights:
+            from gliomaseg.modeling.precision import NO_BF16, cpu_runs_bf16
+
+            if not cpu_runs_bf16():
+                warnings.warn(f"--precision bf16: {NO_BF16}; --precision 32 is faster here", stacklevel=2)
+            self.model = self.model.to(torch.bfloat16)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The float32 constants of modeling.spec.normalize, applied on the device in the same order.
@@ -45,7 +61,10 @@ class TorchPredictor:
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        if self.bf16_weights:
+            x = x.to(torch.bfloat16)
+        autocast = self.precision == "bf16" and not self.bf16_weights
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             return self.model(x).float()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
