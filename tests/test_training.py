@@ -40,7 +40,8 @@ def test_run_folder_and_checkpoint_contents(trained_run: Path, prepared: Path):
 
 
 def test_training_lowers_the_loss(prepared: Path, tmp_path: Path):
-    train(_config(prepared, tmp_path, epochs=4, loss="dice+bce", lr=0.02, scheduler="none", augment=False, seed=1))
+    train(_config(prepared, tmp_path, epochs=4, loss="dice+bce", lr=0.02, scheduler="none", augment=False, seed=1,
+                  limit_train_batches=4))
     metrics = read_metrics(tmp_path)
     losses = metrics["train_loss_epoch"].dropna().tolist()
     assert len(losses) == 4
@@ -532,7 +533,7 @@ def test_no_validation_run_trains_every_patient_and_ships_its_last_epoch(prepare
     assert first.summary["model_checkpoint"] is None and not (run / "final.ckpt").exists()  # unfinished: no model yet
     assert main(["train", "--train-csv", str(every), "--val-csv", "none", "--out", str(run), "--epochs", "2",
                  "--batch-size", "4", "--image-size", "64", "--workers", "0", "--no-progress", "--scheduler", "cosine",
-                 "--resume"]) == 0
+                 "--limit-train-batches", "3", "--resume"]) == 0
     assert "no validation (--val-csv none)" in capsys.readouterr().out
     # no best.ckpt (nothing was picked), and no checkpoint Lightning would add on its own in a subfolder
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*.ckpt")) == ["final.ckpt", "last.ckpt"]
