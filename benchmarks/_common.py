@@ -45,8 +45,11 @@ def machine() -> str:
     from gliomaseg.core.machine import cpu_has, cpu_identity
 
     flags = " ".join(f for f in SPEED_FLAGS if cpu_has(f)) or "none of " + " ".join(SPEED_FLAGS)
-    return (f"{cpu_identity()['cpu']} [{flags}], {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    # torch's kernels limited to fewer instructions than the CPU has (an emulation of an older class, for torch only:
+    # ONNX Runtime has no such switch)
+    limits = ", ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
+    return (f"{cpu_identity()['cpu']} [{flags}]{f' with torch limited by {limits}' if limits else ''}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def write_results(name: str, rows: list[dict], meta: dict) -> Path:

@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--widths", nargs="+", default=list(WIDTHS))
     parser.add_argument("--train-batch", type=int, default=16, help="the recipe's batch")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per precision (0: skip training)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="training images/s alone (e.g. with torch limited to AVX2: ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)")
     parser.add_argument("--checkpoints", nargs="+", type=Path, default=None,
                         help="trained runs' checkpoints to time instead of random weights at --widths")
     args = parser.parse_args()
@@ -69,10 +71,15 @@ def main() -> None:
         channels = info.decoder_channels
         width = ",".join(map(str, channels)) if channels else WIDTHS[0]  # None: smp's default, the first of WIDTHS
         name = f"{len(rows)}-{width.replace(',', '-')}"
-        export_onnx(ckpt, work / f"{name}.onnx")
         model = build_model("unet", ENCODER, encoder_weights=None, decoder_channels=channels)
         row = {"decoder_channels": width, "gflop_per_slice": round(gflops(model, 256), 2),
                "weights": f"trained ({ckpt.parent.parent.name}/{ckpt.parent.name})" if args.checkpoints else "random"}
+        if args.train_only:
+            _train_columns(row, args, channels)
+            rows.append(row)
+            print(row, flush=True)
+            continue
+        export_onnx(ckpt, work / f"{name}.onnx")
         try:
             report = write_variant(work / f"{name}.onnx", work / f"{name}.int8.onnx", "int8", check_csv=val_csv,
                                    calibration_csv=train_csv, calibration_slices=args.calibration_slices,
@@ -88,16 +95,21 @@ def main() -> None:
             rate, _ = timed(predictor.probabilities, images, 16)  # the network's speed (segment() standardizes first)
             row[f"{variant}_slices_per_s"] = round(rate, 1)
             row[f"{variant}_setting"] = f"{predictor.settings.threads} threads, micro-batch {predictor.micro_batch}"
-        if args.train_steps:
-            rates = probe_rates("Unet", ENCODER, 256, batch=args.train_batch, steps=args.train_steps, decoder_channels=channels)
-            row["train_images_per_s_fp32"] = rates[FP32]
-            row["train_images_per_s_bf16"] = rates[BF16] or None  # 0: not run (no bf16 instructions)
+        _train_columns(row, args, channels)
         print(row, flush=True)
         rows.append(row)
-    print(f"\n{len(images)} validation slices; data: {source}\nmachine: {machine()}")
+    print(f"\n{len(images)} held-out slices; data: {source}\nmachine: {machine()}")
     print_table(rows, list(rows[0]))
     write_results("decoder_widths", rows, {"slices": len(images), "data": source, "machine": machine(),
                                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+
+
+def _train_columns(row: dict, args: argparse.Namespace, channels: list[int] | None) -> None:
+    """Training images/s at this width, fp32 and bf16-mixed, by the precision probe's own timing."""
+    if args.train_steps:
+        rates = probe_rates("Unet", ENCODER, 256, batch=args.train_batch, steps=args.train_steps, decoder_channels=channels)
+        row["train_images_per_s_fp32"] = rates[FP32]
+        row["train_images_per_s_bf16"] = rates[BF16] or None  # 0: not run (no bf16 instructions)
 
 
 def _random_weights(width: str, work: Path) -> Path:
