@@ -64,3 +64,15 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:
         print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
+
+
+def held_out_csvs(checkpoint: Path) -> tuple[Path, Path]:
+    """The training and held-out CSVs of the run ``checkpoint`` belongs to (its config.json, resolved as training
+    resolved them); a run without a held-out CSV (``--val-csv none``) is refused: nothing to check a variant on."""
+    from gliomaseg.training.config import TrainConfig
+
+    config = json.loads((Path(checkpoint).parent / "config.json").read_text())
+    train, held_out = TrainConfig.from_dict(config).csv_paths()
+    if held_out is None or not held_out.is_file():
+        raise SystemExit(f"{checkpoint}: its run has no held-out CSV ({held_out}); give a run that validated on one")
+    return train, held_out

@@ -17,7 +17,6 @@ checked against fp32 on its own held-out CSV, so the drop is a real one; the wid
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, prepared_data, print_table, write_results  # noqa: E402
+from _common import held_out_csvs, machine, prepared_data, print_table, write_results  # noqa: E402
 from inference_throughput import timed  # noqa: E402
 
 from gliomaseg.core.defaults import MAX_DICE_DROP  # noqa: E402
@@ -60,7 +59,7 @@ def main() -> None:
     data, source = prepared_data(True)
     work = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-widths-"))
     if args.checkpoints:
-        runs = [(ckpt, *_csvs(ckpt)) for ckpt in args.checkpoints]
+        runs = [(ckpt, *held_out_csvs(ckpt)) for ckpt in args.checkpoints]
     else:
         runs = [(_random_weights(width, work), data / "data_train.csv", data / "data_val.csv") for width in args.widths]
     frame = pd.read_csv(runs[0][2])
@@ -71,8 +70,8 @@ def main() -> None:
         channels = info.decoder_channels
         width = ",".join(map(str, channels)) if channels else WIDTHS[0]  # None: smp's default, the first of WIDTHS
         name = f"{len(rows)}-{width.replace(',', '-')}"
-        model = build_model("unet", ENCODER, encoder_weights=None, decoder_channels=channels)
-        row = {"decoder_channels": width, "gflop_per_slice": round(gflops(model, 256), 2),
+        model = build_model(info.arch, info.encoder, encoder_weights=None, decoder_channels=channels)
+        row = {"decoder_channels": width, "gflop_per_slice": round(gflops(model, info.image_size), 2),
                "weights": f"trained ({ckpt.parent.parent.name}/{ckpt.parent.name})" if args.checkpoints else "random"}
         if args.train_only:
             _train_columns(row, args, channels)
@@ -100,7 +99,7 @@ def main() -> None:
         rows.append(row)
     print(f"\n{len(images)} held-out slices; data: {source}\nmachine: {machine()}")
     print_table(rows, list(rows[0]))
-    write_results("decoder_widths", rows, {"slices": len(images), "data": source, "machine": machine(),
+    write_results("decoder_widths_train" if args.train_only else "decoder_widths", rows, {"slices": len(images), "data": source, "machine": machine(),
                                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 
@@ -121,10 +120,6 @@ def _random_weights(width: str, work: Path) -> Path:
     return path
 
 
-def _csvs(checkpoint: Path) -> tuple[Path, Path]:
-    """The training and held-out CSVs a trained run names in its config.json."""
-    config = json.loads((checkpoint.parent / "config.json").read_text())
-    return Path(config["train_csv"]), Path(config["val_csv"])
 
 
 if __name__ == "__main__":

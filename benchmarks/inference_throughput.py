@@ -32,15 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, prepared_data, print_table, write_results  # noqa: E402
 
 from gliomaseg.data.files import read_image  # noqa: E402
-from gliomaseg.data.sources import open_source  # noqa: E402
-from gliomaseg.predict.files import predict  # noqa: E402
-from gliomaseg.inference.segment import predict_probabilities  # noqa: E402
-from gliomaseg.modeling.spec import ModelInfo  # noqa: E402
-from gliomaseg.inference.torch_backend import TorchPredictor, load_checkpoint  # noqa: E402
-from gliomaseg.inference.onnx_backend import OnnxPredictor  # noqa: E402
-from gliomaseg.modeling.models import build_model  # noqa: E402
-from gliomaseg.export.quantization import write_variant  # noqa: E402
 from gliomaseg.data.overlay import encode_png, overlay_contours, write_gif  # noqa: E402
+from gliomaseg.data.sources import open_source  # noqa: E402
+from gliomaseg.export.quantization import write_variant  # noqa: E402
+from gliomaseg.inference.onnx_backend import OnnxPredictor  # noqa: E402
+from gliomaseg.inference.segment import predict_probabilities  # noqa: E402
+from gliomaseg.inference.torch_backend import TorchPredictor, load_checkpoint  # noqa: E402
+from gliomaseg.modeling.models import build_model  # noqa: E402
+from gliomaseg.modeling.spec import ModelInfo  # noqa: E402
+from gliomaseg.predict.files import predict  # noqa: E402
 
 
 def timed(fn, images: np.ndarray, batch: int) -> tuple[float, np.ndarray]:

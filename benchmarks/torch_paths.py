@@ -8,13 +8,12 @@ exported and quantized checkpoint, threads and micro-batch by ``predict``'s prob
 a TorchScript trace frozen under bf16 autocast (``torch.jit.freeze``: oneDNN's fused, pre-packed kernels; deprecated
 in torch 2.14, measured only to know what it is worth). Also the mask agreement of each path with PyTorch fp32.
 
-    .venv/bin/python benchmarks/torch_paths.py --checkpoint RUN/last.ckpt [--slices 32] [--rounds 3] [--frozen]
+    .venv/bin/python benchmarks/torch_paths.py --checkpoint RUN/last.ckpt [--slices 32] [--rounds 3] [--bf16-batches 2 4 8 16] [--frozen]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, print_table, write_results  # noqa: E402
+from _common import held_out_csvs, machine, print_table, write_results  # noqa: E402
 
 from gliomaseg.export.onnx import export_onnx  # noqa: E402
 from gliomaseg.export.quantization import QuantizationError, load_slices, write_variant  # noqa: E402
@@ -39,26 +38,29 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calibration-slices", type=int, default=128)
+    parser.add_argument("--bf16-batches", type=int, nargs="+", default=[2, 4, 8, 16], help="micro-batches for bf16 weights")
     parser.add_argument("--bf16-batch", type=int, default=8, help="the frozen trace's batch")
     parser.add_argument("--frozen", action="store_true", help="also time a frozen TorchScript trace under bf16 autocast")
     args = parser.parse_args()
-    config = json.loads((args.checkpoint.parent / "config.json").read_text())
+    train_csv, val_csv = held_out_csvs(args.checkpoint)
     _, info = read_checkpoint(args.checkpoint)
     # held-out slices drawn at random, standardized as the model expects (per patient when it was trained so)
-    images = load_slices(config["val_csv"], info.image_size, limit=args.slices, intensity=info.intensity).images
+    images = load_slices(val_csv, info.image_size, limit=args.slices, intensity=info.intensity).images
     work = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-torch-"))
     export_onnx(args.checkpoint, work / "model.onnx")
     paths = {"ORT fp32": OnnxPredictor(work / "model.onnx").logits}
     try:
-        write_variant(work / "model.onnx", work / "model.int8.onnx", "int8", check_csv=config["val_csv"],
-                      calibration_csv=config["train_csv"], calibration_slices=args.calibration_slices)
+        write_variant(work / "model.onnx", work / "model.int8.onnx", "int8", check_csv=val_csv,
+                      calibration_csv=train_csv, calibration_slices=args.calibration_slices)
         paths["ORT int8"] = OnnxPredictor(work / "model.int8.onnx").logits
     except QuantizationError as exc:
         print(f"int8 refused by its check: {exc}")
     fp32 = load_checkpoint(args.checkpoint)
     paths["torch eager fp32 (predict --checkpoint)"] = lambda x: fp32.logits(x).numpy()
-    bf16 = load_checkpoint(args.checkpoint, precision="bf16")  # bf16 weights and inputs on CPU
-    paths[f"torch eager bf16 weights (predict --checkpoint --precision bf16), batch {bf16.micro_batch}"] = lambda x: bf16.logits(x).numpy()
+    for batch in args.bf16_batches:  # bf16 weights and inputs on CPU, at each micro-batch
+        bf16 = load_checkpoint(args.checkpoint, precision="bf16")
+        bf16.micro_batch = batch
+        paths[f"torch eager bf16 weights (--precision bf16), micro-batch {batch}"] = lambda x, p=bf16: p.logits(x).numpy()
 
     def inputs(x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
@@ -86,7 +88,7 @@ def main() -> None:
             rates[name].append(len(images) / (time.perf_counter() - started))
     rows = [{"path": name, "slices_per_s_best": round(max(r), 1), "rounds": " ".join(f"{v:.1f}" for v in r),
              "mask_agreement_with_torch_fp32": round(agreement[name], 6)} for name, r in rates.items()]
-    print(f"\n{len(images)} slices of {Path(config['val_csv']).name}; {args.checkpoint}\nmachine: {machine()}")
+    print(f"\n{len(images)} slices of {val_csv.name}; {args.checkpoint}\nmachine: {machine()}")
     print_table(rows, list(rows[0]))
     write_results("torch_paths", rows, {"checkpoint": str(args.checkpoint), "slices": len(images), "machine": machine(),
                                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})

@@ -31,7 +31,6 @@ from gliomaseg.data.transforms import train_transforms  # noqa: E402
 from gliomaseg.modeling.losses import build_loss  # noqa: E402
 from gliomaseg.modeling.models import build_model  # noqa: E402
 
-
 ROW_MARK = "auto row: "  # how the second process's one result line is found among whatever else it prints
 
 

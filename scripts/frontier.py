@@ -40,10 +40,13 @@ def frontier(dice: dict[str, pd.DataFrame], speed: dict) -> pd.DataFrame:
     for width, frame in dice.items():
         scores = frame[frame["fold"].isin(shared)]["dice_3d"]
         pairs = (frame[frame["fold"].isin(shared)].set_index(["fold", "patient"])["dice_3d"] - base).dropna()
-        matches = [r for r in speed["rows"] if r["decoder_channels"] == width]
+        matches = [r for r in speed["rows"] if r["decoder_channels"] == width and r.get("fp32_slices_per_s")]
         if not matches:
-            raise DataError(f"no speed row for decoder width {width} in the benchmark JSON")
+            raise DataError(f"no inference speed row for decoder width {width} in the benchmark JSON")
         row = sorted(matches, key=lambda r: not str(r.get("weights", "")).startswith("trained"))[0]
+        if len(pairs) != len(scores):
+            raise DataError(f"decoder width {width}: {len(scores)} patients on folds {', '.join(sorted(shared))}, but "
+                            f"{len(pairs)} of them also in the {reference} table; the folds hold other patients")
         rows.append({"decoder_channels": width, "folds": ", ".join(sorted(shared)), "patients": len(scores),
                      "patient_dice_mean": round(float(scores.mean()), 4),
                      "patient_dice_se": round(float(scores.std(ddof=1) / math.sqrt(len(scores))), 4),
@@ -52,6 +55,7 @@ def frontier(dice: dict[str, pd.DataFrame], speed: dict) -> pd.DataFrame:
                      "paired_se": round(float(pairs.std(ddof=1) / math.sqrt(len(pairs))), 4) if width != reference else 0.0,
                      "gflop_per_slice": row.get("gflop_per_slice"), "weights": row.get("weights", "random"),
                      "fp32_slices_per_s": row.get("fp32_slices_per_s"), "int8_slices_per_s": row.get("int8_slices_per_s"),
+                     "ort_setting": f"fp32 {row.get('fp32_setting')}; int8 {row.get('int8_setting')}",
                      "int8_check": row.get("int8_check"), "machine": speed.get("meta", {}).get("machine"),
                      "measured": speed.get("meta", {}).get("date")})
     return pd.DataFrame(rows)
@@ -76,7 +80,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
                             mfc="white" if name == "fp32" else None, color="C0" if row["decoder_channels"] == full["decoder_channels"] else "C1")
         ax.annotate(f"{row['decoder_channels']} ({row['gflop_per_slice']} GFLOP)", (max(rates), row["patient_dice_mean"]),
                     textcoords="offset points", xytext=(8, 4), fontsize=8)
-    ax.set_xlabel("slices/s, ONNX Runtime, 2 threads (circle fp32, square int8)")
+    ax.set_xlabel("slices/s, ONNX Runtime, threads and micro-batch by predict's probe (circle fp32, square int8)")
     ax.set_ylabel(f"mean per-patient 3D Dice, {table['patients'].iloc[0]} held-out patients\n"
                   "(bars: se of the paired difference against the widest decoder)")
     ax.set_title(f"Unet + EfficientNet-Lite0 at 256 px: decoder width, Dice against speed (folds {table['folds'].iloc[0]})",
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise DataError(f"--dice {item}: expected WIDTH=PATIENTS_CSV")
             frame = pd.read_csv(csv)
-            if not {"fold", "dice_3d"} <= set(frame.columns):
-                raise DataError(f"{csv}: needs the columns fold and dice_3d (a pooled cross-validation patients.csv)")
+            if not {"fold", "patient", "dice_3d"} <= set(frame.columns):
+                raise DataError(f"{csv}: needs the columns fold, patient and dice_3d (a pooled cross-validation patients.csv)")
             dice[width] = frame
         table = frontier(dice, json.loads(args.speed.read_text()))
     except (DataError, OSError, ValueError) as exc:

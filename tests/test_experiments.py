@@ -232,7 +232,8 @@ def test_shipped_experiments_load():
     assert [(r.name, r.split) for r in light.runs] == [(r.name, r.split) for r in robust.runs]
     for a, b in zip(robust.runs, light.runs):
         assert {k: v for k, v in b.options.items() if k != "decoder_channels"} == {k: v for k, v in a.options.items() if k != "decoder_channels"}
-        assert (a.options.get("decoder_channels"), b.options["decoder_channels"]) == (None, "128,64,32,16,8")
+        assert (a.options["decoder_channels"], b.options["decoder_channels"]) == ("256,128,64,32,16", "128,64,32,16,8")
+    assert (robust.score_last, robust.presets) == (light.score_last, light.presets)
     # the levers compare against the recipe they were measured with, whatever the cpu preset has become
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):

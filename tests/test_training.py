@@ -438,7 +438,9 @@ def test_kill_9_loses_at_most_the_epoch_in_progress(small64: Path, tmp_path: Pat
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     run = tmp_path / "run"
-    epochs = 6  # two kills, each after two validated epochs, leave the final resume at least one epoch
+    # Two kills, each after two validated epochs and a sleep of up to one more (which may finish and save a third):
+    # at most 2 x 3 epochs done before the final resume, which still has at least one left.
+    epochs = 7
     command = [sys.executable, str(driver), "train", "--data", str(small64), "--out", str(run), "--epochs", str(epochs),
                "--batch-size", "4", "--image-size", "64", "--workers", "0", "--no-progress", "--no-cache",
                "--optimizer", "sgd", "--lr", "1e-6", "--scheduler", "none", "--precision", "32", "--limit-train-batches", "2"]
