@@ -17,6 +17,7 @@ from gliomaseg.core.defaults import ONNX_OPSET
 from gliomaseg.core.errors import GliomasegError
 from gliomaseg.core.io import atomic_write, write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
+from gliomaseg.modeling.denormals import flush_onnx
 
 SAMPLE_SLICES = 8
 
@@ -112,6 +113,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = ONNX_OP
             opset_version=opset, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
         proto = onnx.load(str(tmp))
+        result["denormal_weights_flushed"] = flush_onnx(proto)  # BatchNorm folding can make new ones
         meta = {**predictor.info.portable(), "input": input_meaning(predictor.info.intensity),
                 "output": "logits: (N, 1, S, S); tumour where sigmoid(logit) > threshold"}
         set_onnx_metadata(proto, meta)

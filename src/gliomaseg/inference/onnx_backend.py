@@ -53,13 +53,20 @@ def file_digest(path: Path) -> str:
 
 
 def _session(path: Path, threads: int):
+    """An ONNX Runtime session of ``path``, with any denormal weight flushed to zero first (the file is not changed:
+    :mod:`gliomaseg.modeling.denormals` says why, and an older export may hold some)."""
+    import onnx
     import onnxruntime as ort
+
+    from gliomaseg.modeling.denormals import flush_onnx
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+        model = onnx.load(str(path))
+        source = model.SerializeToString() if flush_onnx(model) else str(path)
+        return ort.InferenceSession(source, options, providers=ort.get_available_providers())
     except Exception as exc:
         raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from exc
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gliomaseg.core.errors import CheckpointError, first_line
+from gliomaseg.modeling.denormals import flush_state
 from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file, model_state, pixel_normalization
 
 # Micro-batches on CPU: fp32 ran fastest per slice in batches of 2, bf16 weights in batches of 8 (the Xeon of
@@ -82,6 +83,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", precision: str = "32"
 
     checkpoint, info = load_checkpoint_file(path)
     state = model_state(checkpoint, path)
+    flush_state(state)  # denormal weights are zero to any precision that matters, and slow on x86 (modeling.denormals)
     card = checkpoint.get(CARD_KEY)
     try:
         model = build_model(info.arch, info.encoder, info.in_channels, info.classes, encoder_weights=None,
