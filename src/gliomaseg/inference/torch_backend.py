@@ -11,17 +11,17 @@ from gliomaseg.core.errors import CheckpointError, first_line
 from gliomaseg.modeling.denormals import flush_state
 from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file, model_state, pixel_normalization
 
-# Micro-batches on CPU: fp32 ran fastest per slice in batches of 2, bf16 weights in batches of 8 (the Xeon of
-# docs/benchmarks.md, benchmarks/torch_paths.py); on GPU the batch runs whole.
+# Micro-batches on CPU: fp32 ran fastest per slice in batches of 2, bf16 weights in batches of 8 (79 slices/s
+# against 71 at 4: benchmarks/torch_paths.py on the Xeon of docs/benchmarks.md); on GPU the batch runs whole.
 CPU_MICRO_BATCH = {"32": 2, "bf16": 8}
 
 
 class TorchPredictor:
     """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16``.
 
-    bf16 on CPU holds the weights and feeds the inputs in bf16 (no autocast: autocast casts every weight again on
-    every call, which made bf16 barely faster than fp32 on an AMX Xeon, against 2x with bf16 weights); on GPU it
-    is autocast. Either way the logits come back as float32.
+    bf16 on CPU holds the weights and feeds the inputs in bf16 (autocast would cast every weight again on every
+    call); on an AMX Xeon that ran 2.7x eager fp32 (docs/benchmarks.md). On GPU it is autocast. Either way the
+    logits come back as float32.
     """
 
     backend = "torch"
