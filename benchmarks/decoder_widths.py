@@ -54,11 +54,16 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=16, help="the recipe's batch")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per precision (0: skip training)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds over all models")
+    parser.add_argument("--fp32-only", action="store_true", help="training images/s in fp32 only (bf16 not timed)")
     parser.add_argument("--train-only", action="store_true",
                         help="training images/s alone (e.g. with torch limited to AVX2: ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)")
     parser.add_argument("--checkpoints", nargs="+", type=Path, default=None,
                         help="trained runs' checkpoints to time instead of random weights at --widths")
     args = parser.parse_args()
+    if args.fp32_only:  # e.g. with torch limited to AVX2, where bf16 is emulated and one step takes a minute
+        import gliomaseg.modeling.precision as precision
+
+        precision.cpu_runs_bf16 = lambda: False
     data, source = prepared_data(True)
     work = Path(tempfile.mkdtemp(prefix="gliomaseg-bench-widths-"))
     if args.checkpoints:
