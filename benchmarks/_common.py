@@ -76,3 +76,17 @@ def held_out_csvs(checkpoint: Path) -> tuple[Path, Path]:
     if held_out is None or not held_out.is_file():
         raise SystemExit(f"{checkpoint}: its run has no held-out CSV ({held_out}); give a run that validated on one")
     return train, held_out
+
+
+def alternating_rates(runs: dict, slices: int, rounds: int) -> dict[str, list[float]]:
+    """Slices/s of each ``runs[name]()`` (one call processes ``slices`` slices), timed in ``rounds`` rounds that each
+    call every run once, in turn: on a 2-core machine whose speed drifts by minutes, runs are compared within rounds."""
+    import time
+
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            rates[name].append(round(slices / (time.perf_counter() - started), 1))
+    return rates

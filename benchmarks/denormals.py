@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, prepared_data, print_table, write_results  # noqa: E402
+from _common import alternating_rates, machine, prepared_data, print_table, write_results  # noqa: E402
 
 from gliomaseg.assets import shipped_model_path  # noqa: E402
 from gliomaseg.export.quantization import load_slices  # noqa: E402
@@ -49,13 +49,11 @@ def main() -> None:
                                                                                 providers=["CPUExecutionProvider"])}
     outputs = {name: s.run(None, {"images": x[:4]})[0] for name, s in sessions.items()}
     difference = float(np.abs(np.subtract(*outputs.values())).max())
-    rates: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(args.rounds):
-        for name, session in sessions.items():
-            started = time.perf_counter()
-            for i in range(0, len(x), 2):
-                session.run(None, {"images": x[i : i + 2]})
-            rates[name].append(round(len(x) / (time.perf_counter() - started), 1))
+    def run(session) -> None:
+        for i in range(0, len(x), 2):
+            session.run(None, {"images": x[i : i + 2]})
+
+    rates = alternating_rates({name: (lambda s=session: run(s)) for name, session in sessions.items()}, len(x), args.rounds)
     rows = [{"model": name, "slices_per_s_best": max(r), "rounds": " ".join(map(str, r))} for name, r in rates.items()]
     print(f"\n{path.name}: {flushed} denormal weights; max abs logit difference {difference:.2e}; "
           f"{len(x)} slices, data: {source}\nmachine: {machine()}")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import held_out_csvs, machine, print_table, write_results  # noqa: E402
+from _common import alternating_rates, held_out_csvs, machine, print_table, write_results  # noqa: E402
 
 from gliomaseg.export.onnx import export_onnx  # noqa: E402
 from gliomaseg.export.quantization import QuantizationError, load_slices, write_variant  # noqa: E402
@@ -77,16 +77,11 @@ def main() -> None:
 
         paths[f"TorchScript frozen, bf16 autocast, batch {args.bf16_batch}"] = frozen_bf16
     reference = paths["torch eager fp32 (predict --checkpoint)"](images)[:, 0] > 0
-    rates: dict[str, list[float]] = {name: [] for name in paths}
     agreement = {}
     for name, run in paths.items():
         agreement[name] = float(((run(images)[:, 0] > 0) == reference).mean())  # warm-up, and its masks
-    for _ in range(args.rounds):
-        for name, run in paths.items():
-            started = time.perf_counter()
-            run(images)
-            rates[name].append(len(images) / (time.perf_counter() - started))
-    rows = [{"path": name, "slices_per_s_best": round(max(r), 1), "rounds": " ".join(f"{v:.1f}" for v in r),
+    rates = alternating_rates({name: (lambda r=run: r(images)) for name, run in paths.items()}, len(images), args.rounds)
+    rows = [{"path": name, "slices_per_s_best": max(r), "rounds": " ".join(f"{v:.1f}" for v in r),
              "mask_agreement_with_torch_fp32": round(agreement[name], 6)} for name, r in rates.items()]
     print(f"\n{len(images)} slices of {val_csv.name}; {args.checkpoint}\nmachine: {machine()}")
     print_table(rows, list(rows[0]))
