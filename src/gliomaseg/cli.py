@@ -413,8 +413,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
     p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
     p.add_argument("--precision", choices=["32", "bf16"], default="32",
-                   help="--checkpoint: inference precision; bf16 holds the weights in bf16 on CPU (about 2x fp32 where the "
-                        "CPU has AVX512_BF16 or AMX, many times slower where it has neither)")
+                   help="--checkpoint: inference precision; bf16 holds the weights in bf16 on CPU (2-3x fp32 where the "
+                        "CPU has AMX or AVX512_BF16, many times slower where it has neither)")
     p.add_argument("--verbose", action="store_true",
                    help="also say the measured slices/s of the model's variants and which ONNX Runtime threads and micro-batch were chosen")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,

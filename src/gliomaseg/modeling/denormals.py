@@ -2,10 +2,11 @@
 
 Adam leaves some weights of a trained model (and BatchNorm folding some of the exported ones) below float32's
 smallest normal number, about 1.2e-38. Each is zero to any precision that matters, but x86 CPUs run arithmetic on
-denormal operands through slow microcode: the shipped model held 1579 such weights among 5.2 million, and ONNX
-Runtime ran it at 17.5 slices/s against 24-31 once they were zero, a trained light-decoder model at 25 against 54,
-with identical outputs (max abs logit difference 0.0; docs/benchmarks.md). Random initial weights have none,
-which is why a benchmark on random weights had not shown it. Both backends flush them when they load a model,
+denormal operands through slow microcode: the shipped model holds 1579 such weights among 5.2 million, and ONNX
+Runtime's fp32 path ran it at 22.8 slices/s as stored against 27.2 with them zero, with identical outputs (max abs
+logit difference 0.0), and a trained light-decoder model's fp32 path went from no faster than the full decoder's to
+1.8x it (docs/benchmarks.md, benchmarks/denormals.py). Random initial weights have none, which is why benchmarks
+on random weights had not shown it. Both backends flush them when they load a model,
 and ``export`` writes none.
 """
 
