@@ -67,7 +67,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     full = table.loc[table["gflop_per_slice"].idxmax()]
     ax.axhspan(full["patient_dice_mean"] - WITHIN, full["patient_dice_mean"], color="0.9",
                label=f"within {WITHIN} of the full decoder's mean")
@@ -80,9 +80,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
                             mfc="white" if name == "fp32" else None, color="C0" if row["decoder_channels"] == full["decoder_channels"] else "C1")
         ax.annotate(f"{row['decoder_channels']} ({row['gflop_per_slice']} GFLOP)", (max(rates), row["patient_dice_mean"]),
                     textcoords="offset points", xytext=(8, 4), fontsize=8)
-    ax.set_xlabel("slices/s, ONNX Runtime, threads and micro-batch by predict's probe (circle fp32, square int8)")
+    ax.set_xlabel("slices/s, ONNX Runtime, threads and micro-batch by predict's probe (circle fp32, square int8)", fontsize=8)
     ax.set_ylabel(f"mean per-patient 3D Dice, {table['patients'].iloc[0]} held-out patients\n"
-                  "(bars: se of the paired difference against the widest decoder)")
+                  "(bars: se of the paired difference against the widest decoder)", fontsize=8)
     ax.set_title(f"Unet + EfficientNet-Lite0 at 256 px: decoder width, Dice against speed (folds {table['folds'].iloc[0]})",
                  fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
