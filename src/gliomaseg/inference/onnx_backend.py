@@ -52,20 +52,29 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
-def _session(path: Path, threads: int):
-    """An ONNX Runtime session of ``path``, with any denormal weight flushed to zero first (the file is not changed:
-    :mod:`gliomaseg.modeling.denormals` says why, and an older export may hold some)."""
+def _model_source(path: Path) -> str | bytes:
+    """What ONNX Runtime loads for ``path``: the file itself, or its bytes with any denormal weight flushed to zero
+    (the file is not changed: :mod:`gliomaseg.modeling.denormals` says why, and an older export may hold some).
+    Read once per predictor, however many sessions its thread probe opens."""
     import onnx
-    import onnxruntime as ort
 
     from gliomaseg.modeling.denormals import flush_onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from exc
+    return model.SerializeToString() if flush_onnx(model) else str(path)
+
+
+def _session(path: Path, threads: int, source: str | bytes):
+    """An ONNX Runtime session of ``source`` (:func:`_model_source` of ``path``) with ``threads`` intra-op threads."""
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
-        model = onnx.load(str(path))
-        source = model.SerializeToString() if flush_onnx(model) else str(path)
         return ort.InferenceSession(source, options, providers=ort.get_available_providers())
     except Exception as exc:
         raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from exc
@@ -153,7 +162,8 @@ class OnnxPredictor:
             raise CheckpointError(f"{path}: --threads must be at least 1, got {threads}")
         cpus = machine.available_cpus()
         thread_options = [threads] if threads else sorted({cpus, max(1, cpus // 2)} if cpus >= 4 else {cpus}, reverse=True)
-        self.session = _session(path, thread_options[0])
+        source = _model_source(path)
+        self.session = _session(path, thread_options[0], source)
         props = self.session.get_modelmeta().custom_metadata_map
         self.meta, self.info = onnx_model_info(props, path)
         self.card = onnx_card(props)  # the model card export wrote beside the description, if any
@@ -166,12 +176,12 @@ class OnnxPredictor:
                 raise CheckpointError(f"{path}: micro-batch must be at least 1, got {micro_batch}")
             self.settings = RuntimeSettings(thread_options[0], micro_batch, "given")
         else:
-            self.settings = self._choose(path, thread_options, use_cache, ort.__version__)
+            self.settings = self._choose(path, source, thread_options, use_cache, ort.__version__)
             if self.settings.threads != thread_options[0]:
-                self.session = _session(path, self.settings.threads)
+                self.session = _session(path, self.settings.threads, source)
         self.micro_batch = self.settings.micro_batch
 
-    def _choose(self, path: Path, thread_options: list[int], use_cache: bool, version: str) -> RuntimeSettings:
+    def _choose(self, path: Path, source: str | bytes, thread_options: list[int], use_cache: bool, version: str) -> RuntimeSettings:
         key = machine.machine_key(onnxruntime=version, model=file_digest(path), threads=thread_options)
         if use_cache:
             hit = machine.cached(CACHE_KIND, key)
@@ -180,7 +190,7 @@ class OnnxPredictor:
                                        hit.get("slices_per_second", {}))
         rates: dict[tuple[int, int], float] = {}
         for threads in thread_options:
-            session = self.session if threads == thread_options[0] else _session(path, threads)
+            session = self.session if threads == thread_options[0] else _session(path, threads, source)
             rates.update({(threads, batch): rate for batch, rate in _probe(session, path, self.input_name, self.image_size).items()})
         threads, batch = max(rates, key=rates.get)
         settings = RuntimeSettings(threads, batch, "measured now",
