@@ -8,8 +8,8 @@ import pytest
 
 from gliomaseg.cli import main
 from gliomaseg.core.errors import ConfigError, DataError
-from gliomaseg.experiments.spec import load_experiment
 from gliomaseg.experiments.runner import run_experiment, split_csvs
+from gliomaseg.experiments.spec import load_experiment
 from gliomaseg.training.records import read_metrics
 
 TINY = {"batch_size": 4, "limit_train_batches": 2, "workers": 0}
@@ -247,6 +247,22 @@ def test_report_is_self_contained(two_runs_done, tmp_path: Path):
     assert page.count("data:image/png;base64,") >= 4  # bar chart, 2 training curves, overlays
     assert "<table" in page and "Experiment: two" in page and "Sample overlays" in page
     assert "src=\"http" not in page and "href=\"http" not in page
+
+
+def test_report_lists_a_run_trained_without_validation(tmp_path: Path):
+    """A ``--val-csv none`` run (the shipped model's) has ``final.ckpt`` and no ``best.ckpt``: it is listed, said
+    to involve no pick, and a run folder without any checkpoint is not."""
+    final, empty = tmp_path / "runs" / "final", tmp_path / "runs" / "crashed"
+    for run in (final, empty):
+        (run / "logs" / "version_0").mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"model": "Unet", "encoder": "resnet18", "loss": "dice+bce",
+                                                      "epochs_completed": 2, "train_images_per_second": 3.5}))
+        (run / "logs" / "version_0" / "metrics.csv").write_text("epoch,step,train_loss_epoch\n0,9,0.8\n1,19,0.6\n")
+    (final / "final.ckpt").write_bytes(b"")
+    assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "<h3>final</h3>" in page and "<code>final.ckpt</code> (no validation pick)" in page
+    assert "crashed" not in page and page.count("data:image/png;base64,") == 1  # final's training curve
 
 
 def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):

@@ -130,3 +130,16 @@ def test_the_cli_loads_nothing_heavy_before_a_command_runs():
     code = "import sys, gliomaseg.cli; print(sorted(m for m in ('numpy', 'pandas', 'torch', 'cv2') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_predict_path_loads_neither_torch_nor_scipy():
+    # A predict on the ONNX model runs without torch, and scipy (0.3-0.4 s to import) only where a post-processing
+    # step or a surface distance needs it: both are imported inside those functions.
+    import subprocess
+    import sys
+
+    code = ("import sys, gliomaseg.predict.files, gliomaseg.inference.variants, gliomaseg.inference.postprocess, "
+            "gliomaseg.evaluation.scorer, gliomaseg.predict.report; "
+            "print(sorted(m for m in ('torch', 'scipy', 'lightning', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

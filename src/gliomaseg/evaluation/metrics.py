@@ -27,7 +27,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 # torch and smp are imported inside the functions that need them, so that the torch-free
 # inference path (ONNX Runtime) can use the plain-number metrics below.
@@ -113,6 +112,8 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | N
         return math.nan
     if not prediction.any() or not truth.any():
         return math.inf
+    from scipy import ndimage  # here, not at the top: a predict without a truth never needs it (0.3 s to import)
+
     pred_surface = prediction ^ ndimage.binary_erosion(prediction)
     true_surface = truth ^ ndimage.binary_erosion(truth)
     to_truth = ndimage.distance_transform_edt(~true_surface, sampling=spacing)[pred_surface]

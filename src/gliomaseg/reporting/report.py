@@ -369,6 +369,14 @@ def _scrub(text: str, runs: Path) -> str:
     return "".join(pieces)
 
 
+def _run_model(run: Path) -> Path | None:
+    """The model a run folder holds: ``best.ckpt`` (picked on validation), else ``final.ckpt`` (a ``--val-csv none``
+    run: no pick), else ``last.ckpt`` (an unfinished run); ``None`` when it holds none."""
+    from gliomaseg.training.config import FINAL_CHECKPOINT
+
+    return next((run / name for name in ("best.ckpt", FINAL_CHECKPOINT, "last.ckpt") if (run / name).is_file()), None)
+
+
 def build_report(runs: str | Path, out: str | Path) -> Path:
     """Collect every experiment (``results.csv``, a folder's own table, a runner's table kept as Markdown) and run
     (``summary.json``) under ``runs`` into one HTML file that names no absolute path."""
@@ -376,9 +384,9 @@ def build_report(runs: str | Path, out: str | Path) -> Path:
     if not runs.is_dir():
         raise DataError(f"{runs}: folder does not exist")
     sections = _sections(runs)
-    run_dirs = sorted(p.parent for p in runs.rglob("summary.json") if (p.parent / "best.ckpt").is_file())
+    run_dirs = sorted(p.parent for p in runs.rglob("summary.json") if _run_model(p.parent) is not None)
     if not sections and not run_dirs:
-        raise DataError(f"{runs}: no experiment (results.csv) or run (summary.json with best.ckpt) found")
+        raise DataError(f"{runs}: no experiment (results.csv) or run (summary.json with a checkpoint) found")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'>"
              f"<title>gliomaseg report</title><style>{STYLE}</style></head><body>",
              f"<h1>gliomaseg report</h1><p class='note'>From <code>{html.escape(runs.name if runs.is_absolute() else runs.as_posix())}</code>. "
@@ -422,9 +430,14 @@ def build_report(runs: str | Path, out: str | Path) -> Path:
         for run in run_dirs:
             summary = json.loads((run / "summary.json").read_text())
             curves = _curves(run)
+            from gliomaseg.training.config import FINAL_CHECKPOINT
+
+            model = _run_model(run)
+            picked = ("the best epoch on its validation patients" if model.name == "best.ckpt"
+                      else "no validation pick" if model.name == FINAL_CHECKPOINT else "its last epoch")
             parts.append(f"<h3>{html.escape(run.relative_to(runs).as_posix())}</h3><p class='note'>{summary['model']}-{summary['encoder']}, "
                          f"loss {summary['loss']}, {summary['epochs_completed']} epochs, "
-                         f"{summary['train_images_per_second']} images/s</p>")
+                         f"{summary['train_images_per_second']} images/s; model <code>{model.name}</code> ({picked})</p>")
             if curves:
                 parts.append(_img(curves, f"curves {run.name}"))
             if best is None:
