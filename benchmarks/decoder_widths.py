@@ -7,7 +7,7 @@ on real held-out slices, and training images/s (batch
 ``--train-batch``, fp32 and bf16-mixed where the CPU has bf16, by the precision probe's own timing: forward, dice loss,
 backward, optimizer step, channels_last; the fastest of ``--train-steps`` steps). Random weights by default: a quick
 look, but not the trained model's speed (trained weights include denormal ones, which slowed ONNX Runtime's fp32 path
-up to 2x before gliomaseg flushed them, :mod:`gliomaseg.modeling.denormals`; int8 speed moved with the weights too),
+before gliomaseg flushed them, :mod:`gliomaseg.modeling.denormals`; int8 speed moved with the weights too),
 and the int8 check's Dice is not meaningful then (its bound is lifted). ``--checkpoints`` times trained runs instead
 (e.g. one fold of ``crossval_robust`` and of ``crossval_light``): int8 is calibrated on each run's training CSV and
 checked against fp32 on its own held-out CSV, so the drop is a real one; the width comes from the checkpoint.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import held_out_csvs, machine, prepared_data, print_table, write_results  # noqa: E402
 from inference_throughput import timed  # noqa: E402
 
-from gliomaseg.core.defaults import MAX_DICE_DROP  # noqa: E402
+from gliomaseg.core.defaults import MAX_DICE_DROP, SMP_DECODER_CHANNELS  # noqa: E402
 from gliomaseg.data.files import read_image  # noqa: E402
 from gliomaseg.export.onnx import export_onnx  # noqa: E402
 from gliomaseg.export.quantization import QuantizationError, write_variant  # noqa: E402
@@ -42,7 +42,7 @@ from gliomaseg.modeling.precision import BF16, FP32, probe_rates  # noqa: E402
 from gliomaseg.modeling.spec import read_checkpoint  # noqa: E402
 from gliomaseg.training.task import SegmentationTask  # noqa: E402
 
-WIDTHS = ("256,128,64,32,16", "128,64,32,16,8", "64,32,16,16,8")
+WIDTHS = (",".join(map(str, SMP_DECODER_CHANNELS)), "128,64,32,16,8", "64,32,16,16,8")
 ENCODER = "timm-tf_efficientnet_lite0"
 
 
@@ -76,13 +76,13 @@ def main() -> None:
     for ckpt, train_csv, val_csv in runs:
         _, info = read_checkpoint(ckpt)
         channels = info.decoder_channels
-        width = ",".join(map(str, channels)) if channels else WIDTHS[0]  # None: smp's default, the first of WIDTHS
+        width = ",".join(map(str, channels or SMP_DECODER_CHANNELS))  # None: smp's default
         name = f"{len(rows)}-{width.replace(',', '-')}"
         model = build_model(info.arch, info.encoder, encoder_weights=None, decoder_channels=channels)
         row = {"decoder_channels": width, "gflop_per_slice": round(gflops(model, info.image_size), 2),
                "weights": f"trained ({ckpt.parent.parent.name}/{ckpt.parent.name})" if args.checkpoints else "random"}
         if args.train_only:
-            _train_columns(row, args, channels)
+            _train_columns(row, args, info)
             rows.append(row)
             print(row, flush=True)
             continue
@@ -100,7 +100,7 @@ def main() -> None:
                 predictor = OnnxPredictor(path)
                 predictors[(len(rows), variant)] = predictor
                 row[f"{variant}_setting"] = f"{predictor.settings.threads} threads, micro-batch {predictor.micro_batch}"
-        _train_columns(row, args, channels)
+        _train_columns(row, args, info)
         print(row, flush=True)
         rows.append(row)
     # Timed in alternating rounds, every model once a round: on this 2-core machine one model's rate moved by up to
@@ -117,10 +117,12 @@ def main() -> None:
                                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
 
 
-def _train_columns(row: dict, args: argparse.Namespace, channels: list[int] | None) -> None:
-    """Training images/s at this width, fp32 and bf16-mixed, by the precision probe's own timing."""
+def _train_columns(row: dict, args: argparse.Namespace, info) -> None:
+    """Training images/s of the model ``info`` describes (architecture, encoder, size, decoder widths), fp32 and
+    bf16-mixed, by the precision probe's own timing."""
     if args.train_steps:
-        rates = probe_rates("Unet", ENCODER, 256, batch=args.train_batch, steps=args.train_steps, decoder_channels=channels)
+        rates = probe_rates(info.arch, info.encoder, info.image_size, batch=args.train_batch, steps=args.train_steps,
+                            decoder_channels=info.decoder_channels)
         row["train_images_per_s_fp32"] = rates[FP32]
         row["train_images_per_s_bf16"] = rates[BF16] or None  # 0: not run (no bf16 instructions)
 

@@ -1,6 +1,6 @@
 """The Dice-vs-slices/s frontier of decoder widths: cross-validated per-patient Dice against measured speed.
 
-    .venv/bin/python scripts/frontier.py --speed benchmarks/results/decoder_widths.json \
+    .venv/bin/python scripts/frontier.py --speed docs/results/crossval_light/decoder_widths_speed.json \
         --dice 256,128,64,32,16=docs/results/crossval_robust/patients.csv 128,64,32,16,8=docs/results/crossval_light/patients.csv \
         --out docs/results/frontier
 
@@ -68,7 +68,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    full = table.loc[table["gflop_per_slice"].idxmax()]
+    full = table.loc[table["decoder_channels"] == table["paired_against"]].iloc[0]  # the reference of frontier()
     ax.axhspan(full["patient_dice_mean"] - WITHIN, full["patient_dice_mean"], color="0.9",
                label=f"within {WITHIN} of the full decoder's mean")
     for _, row in table.iterrows():
@@ -95,7 +95,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speed", type=Path, required=True, help="benchmarks/results/decoder_widths.json")
+    parser.add_argument("--speed", type=Path, required=True, help="the JSON of benchmarks/decoder_widths.py --checkpoints (benchmarks/results/decoder_widths.json; a copy is committed as docs/results/crossval_light/decoder_widths_speed.json)")
     parser.add_argument("--dice", nargs="+", required=True, metavar="WIDTH=PATIENTS_CSV")
     parser.add_argument("--out", type=Path, required=True, help="output stem: OUT.csv and OUT.png")
     args = parser.parse_args(argv)

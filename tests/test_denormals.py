@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gliomaseg.modeling.denormals import FLOAT32_TINY, flush_array, flush_onnx, flush_state
+from gliomaseg.modeling.denormals import FLOAT32_TINY, flush_array, flush_state
 
 DENORMAL = np.float32(1e-40)
 
@@ -75,3 +75,44 @@ def test_checkpoints_load_and_export_without_denormals(trained_run: Path, tmp_pa
     export_onnx(planted, tmp_path / "model.onnx")
     exported = onnx.load(str(tmp_path / "model.onnx"))
     assert all(_denormals(numpy_helper.to_array(i)) == 0 for i in exported.graph.initializer)
+
+
+def test_export_flushes_what_reaches_it(trained_run: Path, tmp_path: Path, monkeypatch):
+    # With the load's flush turned off, the planted denormals reach the export (and survive BatchNorm folding):
+    # export's own flush must find and zero them.
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    import gliomaseg.inference.torch_backend as torch_backend
+    from gliomaseg.export.onnx import export_onnx
+
+    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if k.startswith("model.") and v.ndim == 4)
+    weight = checkpoint["state_dict"][key].contiguous().clone()
+    weight.view(-1)[:50] = 1e-40
+    checkpoint["state_dict"][key] = weight
+    planted = tmp_path / "run" / "best.ckpt"
+    planted.parent.mkdir()
+    torch.save(checkpoint, planted)
+    monkeypatch.setattr(torch_backend, "flush_state", lambda state: 0)
+    result = export_onnx(planted, tmp_path / "model.onnx")
+    assert result["denormal_weights_flushed"] > 0
+    exported = onnx.load(str(tmp_path / "model.onnx"))
+    assert all(_denormals(numpy_helper.to_array(i)) == 0 for i in exported.graph.initializer)
+
+
+def test_a_damaged_onnx_model_is_one_line_naming_it(onnx_model: Path, tmp_path: Path):
+    # An initializer whose bytes are cut short loads, then fails in the flush: still a CheckpointError, no traceback.
+    import onnx
+
+    from gliomaseg.core.errors import CheckpointError
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
+
+    model = onnx.load(str(onnx_model))
+    weight = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.raw_data) > 8)
+    weight.raw_data = weight.raw_data[:-3]
+    damaged = tmp_path / "damaged.onnx"
+    onnx.save(model, str(damaged))
+    with pytest.raises(CheckpointError, match="damaged.onnx: not a loadable ONNX model"):
+        OnnxPredictor(damaged, threads=1, micro_batch=1)

@@ -14,11 +14,11 @@ import tifffile
 
 from gliomaseg.cli import main
 from gliomaseg.core.errors import CheckpointError, DataError
-from gliomaseg.inference.postprocess import PostProcess, process_patient
 from gliomaseg.data.sources import open_source
-from gliomaseg.predict.files import gif_from_folder, predict
+from gliomaseg.inference.postprocess import PostProcess, process_patient
 from gliomaseg.inference.torch_backend import load_checkpoint
 from gliomaseg.inference.tta import tta_probabilities
+from gliomaseg.predict.files import gif_from_folder, predict
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,9 @@ def test_bf16_on_cpu_holds_bf16_weights_and_keeps_the_masks(trained_run: Path, p
     logits, reference = bf16.logits(images), predictor.logits(images)
     assert logits.dtype == torch.float32 and logits.shape == reference.shape
     threshold = float(np.quantile(reference.numpy(), 0.9))  # about a tenth of the pixels marked: not vacuous
-    agreement = ((logits.numpy() > threshold) == (reference.numpy() > threshold)).mean()
-    assert agreement >= 0.98, agreement
+    ours, theirs = logits.numpy() > threshold, reference.numpy() > threshold
+    dice = 2 * (ours & theirs).sum() / (ours.sum() + theirs.sum())  # over the marked pixels, not the whole image
+    assert dice >= 0.95, dice
     assert not torch.equal(logits, reference)  # bf16 arithmetic ran: its rounding shows in the logits
     import gliomaseg.modeling.precision as precision
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gliomaseg.core.defaults import NIFTI_LAYOUTS, VARIANT_CHOICES
+from gliomaseg.core.defaults import INFERENCE_PRECISIONS, NIFTI_LAYOUTS, VARIANT_CHOICES
 from gliomaseg.core.errors import GliomasegError, first_line
 from gliomaseg.core.limits import MAX_IMAGE_SIDE
 
@@ -412,9 +412,9 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_ranged(float, 0, 100, open_low=True), default=GIF_FPS, help="frames per second of each patient's GIF")
     p.add_argument("--spacing", type=POSITIVE, nargs=3, default=None, metavar=("X", "Y", "Z"), help=SPACING_HELP)
     p.add_argument("--device", default="cpu", help="--checkpoint: torch device, e.g. cpu or cuda")
-    p.add_argument("--precision", choices=["32", "bf16"], default="32",
-                   help="--checkpoint: inference precision; bf16 holds the weights in bf16 on CPU (2-3x fp32 where the "
-                        "CPU has AMX or AVX512_BF16, many times slower where it has neither)")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=INFERENCE_PRECISIONS[0],
+                   help="--checkpoint: inference precision; bf16 holds the weights in bf16 on CPU (2.1-2.7x fp32 measured on "
+                        "an AMX Xeon; many times slower on a CPU without bf16 instructions)")
     p.add_argument("--verbose", action="store_true",
                    help="also say the measured slices/s of the model's variants and which ONNX Runtime threads and micro-batch were chosen")
     p.add_argument("--threads", type=POSITIVE_INT, default=None,

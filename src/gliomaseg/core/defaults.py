@@ -35,3 +35,8 @@ SPLIT_SEED = 42  # random_state of the split and of the folds
 VARIANT_CHOICES = ("auto", "fp32", "int8")
 # `convert --layout` (gliomaseg.data.convert): one 4D NIfTI per case, or one 3D file per sequence.
 NIFTI_LAYOUTS = ("channels", "sequences")
+
+# smp's Unet / Unet++ decoder widths when none are given (what ``decoder_channels=None`` builds), deepest first.
+SMP_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+# `predict --checkpoint --precision`: PyTorch inference in float32, or bf16 (weights and inputs, gliomaseg.inference.torch_backend).
+INFERENCE_PRECISIONS = ("32", "bf16")

@@ -51,6 +51,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, keep_ending
 
 
 RUN_PREFIX = ".gliomaseg-run-"  # a run in progress writes here, inside its output folder
+# The checkpoints of a training run folder: the epoch picked on validation, the latest epoch (what --resume
+# continues), and the model of a run without validation (--val-csv none: its last epoch, no pick).
+BEST_CHECKPOINT, LAST_CHECKPOINT, FINAL_CHECKPOINT = "best.ckpt", "last.ckpt", "final.ckpt"
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from gliomaseg.core.errors import ConfigError, DataError
-from gliomaseg.core.io import write_csv, write_text
+from gliomaseg.core.io import BEST_CHECKPOINT, LAST_CHECKPOINT, write_csv, write_text
 from gliomaseg.experiments.spec import FOLD_SPLIT, PRESETS, RunSpec, load_experiment
 from gliomaseg.experiments.summary import _has_scores, write_results
 from gliomaseg.training.config import TrainConfig
@@ -78,7 +78,7 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
 
     train_csv, val_csv = split_csvs(data, spec.split)
     options = {**spec.options, **overrides}
-    resume = (run_dir / "last.ckpt").is_file()
+    resume = (run_dir / LAST_CHECKPOINT).is_file()
     config = TrainConfig.from_dict({**options, "out": str(run_dir), "train_csv": str(train_csv), "val_csv": str(val_csv),
                                     "resume": resume, "progress": False})
     summary_path = run_dir / "summary.json"
@@ -90,13 +90,13 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
     summary = json.loads(summary_path.read_text())
     # Scored where it trained: on a GPU machine, CPU scoring of several runs at once took longer than their training.
     device = probe_device(config.accelerator)
-    report = evaluate(run_dir / "best.ckpt", val_csv, run_dir / "eval", compare=score_variants, device=device)
+    report = evaluate(run_dir / BEST_CHECKPOINT, val_csv, run_dir / "eval", compare=score_variants, device=device)
     variants = {f"variant_{name.replace(':', '_')}": scores["patient_dice_mean"] for name, scores in report.get("variants", {}).items()
                 if name != "none"}
     write_run_card(run_dir)  # the card now carries the evaluation too
     last = {}
     if score_last:
-        last_report = evaluate(run_dir / "last.ckpt", val_csv, run_dir / "eval_last", compare=False, device=device)
+        last_report = evaluate(run_dir / LAST_CHECKPOINT, val_csv, run_dir / "eval_last", compare=False, device=device)
         last = {f"{key}_last": last_report[key] for key in ("patient_dice_mean", "patient_dice_median", "iou_imagewise_tumour_slices", "iou_imagewise")}
     model = build_model(config.model, config.encoder, decoder_channels=parse_decoder_channels(config.decoder_channels))
     return {
@@ -159,7 +159,7 @@ def run_experiment(
             print(f"[{experiment.name}] {spec.name}: done, skipped")
             rows[spec.name] = status["row"]
             continue
-        print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / 'last.ckpt').is_file() else 'starting'}")
+        print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / LAST_CHECKPOINT).is_file() else 'starting'}")
         try:
             row = run_one(spec, data, run_dir, {**{k: v for k, v in preset_options.items() if k not in spec.options}, **overrides},
                           score_last=experiment.score_last, score_variants=experiment.score_variants)

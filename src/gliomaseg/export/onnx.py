@@ -85,7 +85,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = ONNX_OP
     ``out``. Otherwise the temporary file is removed and a :class:`GliomasegError` says both numbers.
     The metadata carries no path of the training machine. With ``write_card`` the model card also goes
     beside the file, named after it (``model.onnx`` -> ``model.MODEL_CARD.md``). Returns ``{"path", "inputs", "max_abs_diff", "max_rel_diff", "rtol",
-    "mask_agreement", "min_agreement", "positive_pixels", "card"}`` (and ``"model_card"``, the card's path).
+    "mask_agreement", "min_agreement", "positive_pixels", "card", "denormal_weights_flushed"}`` (and ``"model_card"``, the card's path).
     """
     import onnx
     import torch

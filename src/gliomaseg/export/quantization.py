@@ -18,6 +18,7 @@ Torch-free: needs onnx, onnxruntime, numpy and OpenCV.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -106,8 +107,11 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray) -> 
     work = Path(tempfile.mkdtemp(prefix=".gliomaseg-quant-", dir=dst.parent))
     try:
         prepared = work / "prepared.onnx"
-        # Shape inference and ONNX Runtime's graph optimizations (Conv+BatchNorm fusion) before quantizing.
-        quant_pre_process(str(src), str(prepared))
+        # Shape inference and ONNX Runtime's graph optimizations (Conv+BatchNorm fusion) before quantizing. Run from
+        # inside the work folder: where its symbolic shape inference fails it leaves a temporary model and a
+        # weights file of the model's size in the current folder, which must not be the user's.
+        with contextlib.chdir(work):
+            quant_pre_process(str(src.resolve()), str(prepared.resolve()))
         graph = onnx.load(str(prepared), load_external_data=False).graph
         outputs = {o.name for o in graph.output}
         head = [node.name for node in graph.node if set(node.output) & outputs]

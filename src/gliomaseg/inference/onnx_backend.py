@@ -60,11 +60,11 @@ def _model_source(path: Path) -> str | bytes:
 
     from gliomaseg.modeling.denormals import flush_onnx
 
-    try:
+    try:  # a damaged initializer fails in the flush, not in the load: both are one line naming the file
         model = onnx.load(str(path))
+        return model.SerializeToString() if flush_onnx(model) else str(path)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from exc
-    return model.SerializeToString() if flush_onnx(model) else str(path)
 
 
 def _session(path: Path, threads: int, source: str | bytes):
@@ -182,7 +182,9 @@ class OnnxPredictor:
         self.micro_batch = self.settings.micro_batch
 
     def _choose(self, path: Path, source: str | bytes, thread_options: list[int], use_cache: bool, version: str) -> RuntimeSettings:
-        key = machine.machine_key(onnxruntime=version, model=file_digest(path), threads=thread_options)
+        # "weights": rates cached before the flush (gliomaseg.modeling.denormals) were measured on slower weights
+        key = machine.machine_key(onnxruntime=version, model=file_digest(path), threads=thread_options,
+                                  weights="denormals flushed")
         if use_cache:
             hit = machine.cached(CACHE_KIND, key)
             if hit and isinstance(hit.get("threads"), int) and isinstance(hit.get("micro_batch"), int):

@@ -7,20 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
+from gliomaseg.core.defaults import INFERENCE_PRECISIONS
 from gliomaseg.core.errors import CheckpointError, first_line
 from gliomaseg.modeling.denormals import flush_state
 from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file, model_state, pixel_normalization
 
 # Micro-batches on CPU: fp32 ran fastest per slice in batches of 2, bf16 weights in batches of 8 (79 slices/s
 # against 71 at 4: benchmarks/torch_paths.py on the Xeon of docs/benchmarks.md); on GPU the batch runs whole.
-CPU_MICRO_BATCH = {"32": 2, "bf16": 8}
+CPU_MICRO_BATCH = dict(zip(INFERENCE_PRECISIONS, (2, 8)))
 
 
 class TorchPredictor:
     """A PyTorch model in eval mode; ``precision`` is ``32`` or ``bf16``.
 
     bf16 on CPU holds the weights and feeds the inputs in bf16 (autocast would cast every weight again on every
-    call); on an AMX Xeon that ran 2.7x eager fp32 (docs/benchmarks.md). On GPU it is autocast. Either way the
+    call); on an AMX Xeon that ran 2.1-2.7x eager fp32 (two runs, docs/benchmarks.md). On GPU it is autocast. Either way the
     logits come back as float32.
     """
 
@@ -36,9 +37,11 @@ class TorchPredictor:
         self.image_size = info.image_size
         self.threshold = info.threshold
         self.device = torch.device(device)
+        if precision not in INFERENCE_PRECISIONS:
+            raise CheckpointError(f"inference precision {precision!r}; valid: {', '.join(INFERENCE_PRECISIONS)}")
         self.precision = precision
         self.channels_last = channels_last
-        self.micro_batch = micro_batch or (CPU_MICRO_BATCH.get(precision, 2) if self.device.type == "cpu" else 1 << 30)
+        self.micro_batch = micro_batch or (CPU_MICRO_BATCH[precision] if self.device.type == "cpu" else 1 << 30)
         self.model = model.to(self.device).eval()
         self.bf16_weights = precision == "bf16" and self.device.type == "cpu"
         if self.bf16_weights:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from gliomaseg.core.io import atomic_write, write_text
+from gliomaseg.core.defaults import SMP_DECODER_CHANNELS
+from gliomaseg.core.io import BEST_CHECKPOINT, atomic_write, write_text
 from gliomaseg.data.intensity import DEFAULT_INTENSITY, INTENSITY_MEANING
 from gliomaseg.modeling.spec import CARD_KEY, ModelInfo, load_checkpoint_file
 
@@ -118,7 +119,7 @@ def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = 
         "architecture": info.arch,
         "encoder": info.encoder,
         "encoder_weights": _weights_origin(h.get("encoder_weights"), info.encoder),
-        "decoder_channels": info.decoder_channels or "smp's default (256, 128, 64, 32, 16)",
+        "decoder_channels": info.decoder_channels or f"smp's default {SMP_DECODER_CHANNELS}",
         "input": "uint8 RGB axial slice (H, W, 3), channels pre-contrast, FLAIR, post-contrast",
         "output": "per-pixel tumour probability; tumour where probability > threshold",
         "preprocessing": {
@@ -280,7 +281,7 @@ def checkpoint_card(path: str | Path, cross_validation: dict | None = None) -> t
     return checkpoint, json.loads(json.dumps(card, default=str))
 
 
-def write_run_card(run: str | Path, checkpoint_name: str = "best.ckpt", cross_validation: dict | None = None) -> dict:
+def write_run_card(run: str | Path, checkpoint_name: str = BEST_CHECKPOINT, cross_validation: dict | None = None) -> dict:
     """Write ``RUN/MODEL_CARD.md`` and store the same fields as ``model_card`` in ``RUN/<checkpoint_name>``.
 
     The checkpoint keeps loading with ``torch.load(weights_only=True)``: the card is plain data.

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from gliomaseg.core.errors import DataError
-from gliomaseg.core.io import write_text
+from gliomaseg.core.io import BEST_CHECKPOINT, FINAL_CHECKPOINT, LAST_CHECKPOINT, write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#222;font-size:14px}
 .wrap{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:12px;margin:.6em 0}
@@ -116,13 +116,13 @@ def _sample_overlays(run: Path, count: int = 4) -> list[bytes]:
     from gliomaseg.inference.torch_backend import load_checkpoint
 
     slices_csv = run / "eval" / "slices.csv"
-    if not (run / "best.ckpt").is_file() or not slices_csv.is_file():
+    if not (run / BEST_CHECKPOINT).is_file() or not slices_csv.is_file():
         return []
     from gliomaseg.data.files import read_slices_csv
 
     slices = read_slices_csv(slices_csv, check_paths=False)  # its paths are relative to the eval folder
     picked = slices.sort_values("true_pixels", ascending=False).drop_duplicates("patient").head(count)
-    predictor = load_checkpoint(run / "best.ckpt")
+    predictor = load_checkpoint(run / BEST_CHECKPOINT)
     out = []
     for row in picked.itertuples():
         image, truth = read_slice_pair(row.image_path, row.mask_path, expected_size=None)
@@ -332,10 +332,10 @@ def _dice_chart(section: Section, table: pd.DataFrame) -> bytes | None:
     from gliomaseg.evaluation.charts import plot_bar_panels
 
     series, errors = {}, {}
-    for which, column in (("best.ckpt", "patient_dice_mean"), ("last.ckpt", "patient_dice_mean_last")):
+    for which, column in ((BEST_CHECKPOINT, "patient_dice_mean"), (LAST_CHECKPOINT, "patient_dice_mean_last")):
         if column in table and table[column].notna().any():
             series[which] = [_number(v) for v in table[column]]
-            errors[which] = [_number(v) for v in table[f"se_{'best' if which == 'best.ckpt' else 'last'}"]]
+            errors[which] = [_number(v) for v in table[f"se_{'best' if which == BEST_CHECKPOINT else 'last'}"]]
     if not series:
         return None
     if len(series) == 1:
@@ -370,11 +370,15 @@ def _scrub(text: str, runs: Path) -> str:
 
 
 def _run_model(run: Path) -> Path | None:
-    """The model a run folder holds: ``best.ckpt`` (picked on validation), else ``final.ckpt`` (a ``--val-csv none``
-    run: no pick), else ``last.ckpt`` (an unfinished run); ``None`` when it holds none."""
-    from gliomaseg.training.config import FINAL_CHECKPOINT
-
-    return next((run / name for name in ("best.ckpt", FINAL_CHECKPOINT, "last.ckpt") if (run / name).is_file()), None)
+    """The model a run folder holds: the one its ``summary.json`` names (``model_checkpoint``, written by training),
+    else ``best.ckpt`` (picked on validation), ``final.ckpt`` (a ``--val-csv none`` run: no pick) or ``last.ckpt``
+    (an unfinished run); ``None`` when it holds none. Only the file name is used: the run may have moved."""
+    try:
+        named = json.loads((run / "summary.json").read_text()).get("model_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    names = ([Path(named).name] if isinstance(named, str) else []) + [BEST_CHECKPOINT, FINAL_CHECKPOINT, LAST_CHECKPOINT]
+    return next((run / name for name in names if (run / name).is_file()), None)
 
 
 def build_report(runs: str | Path, out: str | Path) -> Path:
@@ -423,17 +427,15 @@ def build_report(runs: str | Path, out: str | Path) -> Path:
         if section.folder is not None and "patient_dice_mean" in section.results:
             for run, score in zip(section.results["run"].astype(str), section.results["patient_dice_mean"]):
                 score = _number(score)
-                if score is not None and (section.folder / run / "best.ckpt").is_file() and (best is None or score > best[0]):
+                if score is not None and (section.folder / run / BEST_CHECKPOINT).is_file() and (best is None or score > best[0]):
                     best = (score, section.folder / run)
     if run_dirs:
         parts.append("<h2>Training curves</h2>")
         for run in run_dirs:
             summary = json.loads((run / "summary.json").read_text())
             curves = _curves(run)
-            from gliomaseg.training.config import FINAL_CHECKPOINT
-
             model = _run_model(run)
-            picked = ("the best epoch on its validation patients" if model.name == "best.ckpt"
+            picked = ("the best epoch on its validation patients" if model.name == BEST_CHECKPOINT
                       else "no validation pick" if model.name == FINAL_CHECKPOINT else "its last epoch")
             parts.append(f"<h3>{html.escape(run.relative_to(runs).as_posix())}</h3><p class='note'>{summary['model']}-{summary['encoder']}, "
                          f"loss {summary['loss']}, {summary['epochs_completed']} epochs, "

@@ -17,9 +17,8 @@ from gliomaseg.modeling.models import canonical_architecture, check_image_size, 
 # best.ckpt is picked on the figure users read: mean per-patient 3D Dice at the masks' own resolution.
 MONITOR = "val_patient_dice"
 # --val-csv none: no validation and no pick. The run trains its fixed number of epochs (the length a
-# cross-validation chose) on the training CSV alone and its model is FINAL_CHECKPOINT, the last epoch.
+# cross-validation chose) on the training CSV alone and its model is core.io.FINAL_CHECKPOINT, the last epoch.
 NO_VALIDATION = "none"
-FINAL_CHECKPOINT = "final.ckpt"
 
 
 @dataclass

@@ -25,7 +25,9 @@ def read_metrics(run: str | Path) -> pd.DataFrame:
 
 def best_epoch(run: str | Path) -> int | None:
     """The epoch (counted from 1) that ``best.ckpt`` holds; None when there is none."""
-    path = Path(run) / "best.ckpt"
+    from gliomaseg.core.io import BEST_CHECKPOINT
+
+    path = Path(run) / BEST_CHECKPOINT
     if not path.is_file():
         return None
     import torch

@@ -23,13 +23,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from gliomaseg.core.defaults import PRECISIONS
 from gliomaseg.core.errors import ConfigError
-from gliomaseg.core.io import atomic_write, write_text
+from gliomaseg.core.io import BEST_CHECKPOINT, FINAL_CHECKPOINT, LAST_CHECKPOINT, atomic_write, write_text
 from gliomaseg.data.files import read_slices_csv
 from gliomaseg.modeling.models import canonical_architecture, count_parameters, encoder_normalization, parse_decoder_channels
 from gliomaseg.modeling.precision import choose_precision
 from gliomaseg.modeling.spec import load_checkpoint_file
 from gliomaseg.training.callbacks import LastCheckpoint, Throughput
-from gliomaseg.training.config import FINAL_CHECKPOINT, MONITOR, TrainConfig
+from gliomaseg.training.config import MONITOR, TrainConfig
 from gliomaseg.training.loaders import build_loaders
 from gliomaseg.training.task import SegmentationTask
 
@@ -111,7 +111,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Train one run into ``config.out``; resume from ``last.ckpt`` when ``config.resume``."""
     config.validate()
     out = Path(config.out)
-    last = out / "last.ckpt"
+    last = out / LAST_CHECKPOINT
     resume_from = last if config.resume and last.is_file() else None
     if not config.resume and last.exists():
         raise ConfigError(f"{out}: holds a run already (last.ckpt); pass --resume to continue it or pick another --out")
@@ -119,7 +119,7 @@ def train(config: TrainConfig) -> TrainResult:
     if resume_from is None:
         # A session killed after its first best.ckpt but before any last.ckpt starts again from scratch: its
         # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
-        (out / "best.ckpt").unlink(missing_ok=True)
+        (out / BEST_CHECKPOINT).unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
     else:
         _check_same_selection(out / "config.json", config)
@@ -135,7 +135,7 @@ def train(config: TrainConfig) -> TrainResult:
     throughput = Throughput()
     # No version counter: Lightning would write best-v1.ckpt beside a best.ckpt it does not track, and every
     # reader of the run takes best.ckpt.
-    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor=MONITOR, mode="max", save_last=False, save_top_k=1,
+    checkpoint = ModelCheckpoint(dirpath=out, filename=Path(BEST_CHECKPOINT).stem, monitor=MONITOR, mode="max", save_last=False, save_top_k=1,
                                  enable_version_counter=False) if config.validates else None
     callbacks = [c for c in (checkpoint, LastCheckpoint(last), LearningRateMonitor("epoch"), throughput) if c is not None]
     max_time = _max_time(config.max_time)
@@ -176,7 +176,7 @@ def train(config: TrainConfig) -> TrainResult:
     per_epoch = trainer.num_training_batches
     finished = trainer.current_epoch >= config.epochs and (
         not math.isfinite(per_epoch) or trainer.global_step >= config.epochs * int(per_epoch))
-    model_path = out / "best.ckpt" if config.validates else out / FINAL_CHECKPOINT
+    model_path = out / BEST_CHECKPOINT if config.validates else out / FINAL_CHECKPOINT
     if not config.validates and finished and not model_path.is_file() and trainer.is_global_zero:
         write_final_checkpoint(last, model_path)  # an earlier session's final.ckpt of these epochs is kept with its card
     trainer.strategy.barrier()  # every rank sees final.ckpt before it reports it
@@ -200,7 +200,7 @@ def train(config: TrainConfig) -> TrainResult:
         "train_minutes": round(throughput.minutes, 2),
         "parameters": count_parameters(task.model),
         f"best_{MONITOR}": None if best_score is None else float(best_score),
-        "best_checkpoint": str(out / "best.ckpt") if config.validates else None,
+        "best_checkpoint": str(out / BEST_CHECKPOINT) if config.validates else None,
         "model_checkpoint": str(model_path) if model_path.is_file() else None,
         "train_csv": str(train_csv),
         "model_selection_csv": str(val_csv) if val_csv else None,
@@ -226,5 +226,5 @@ def train(config: TrainConfig) -> TrainResult:
         from gliomaseg.modeling.card import write_run_card
 
         write_run_card(out, model_path.name)
-    return TrainResult(out=out, best_checkpoint=out / "best.ckpt" if config.validates else None, last_checkpoint=last,
+    return TrainResult(out=out, best_checkpoint=out / BEST_CHECKPOINT if config.validates else None, last_checkpoint=last,
                        summary=summary)
