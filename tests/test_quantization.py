@@ -172,3 +172,25 @@ def test_calibration_ranges_cover_every_batch(onnx_model: Path, tmp_path: Path):
     hi = max((255 - 255 * m) / (255 * s) for m, s in zip(meta["mean"], meta["std"]))
     assert scale == pytest.approx((hi - lo) / 255, rel=1e-3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]
+
+
+def test_quantization_leaves_nothing_in_the_current_folder(onnx_model: Path, tmp_path: Path, monkeypatch):
+    # ONNX Runtime's pre-processing writes a temporary model and a weights file into the current folder when its
+    # symbolic shape inference fails; here it is made to write one, and the user's folder must stay empty.
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from gliomaseg.export.quantization import quantize_int8
+
+    real = shape_inference.quant_pre_process
+
+    def leaky(src, dst, *args, **kwargs):
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"left behind")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", leaky)
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.chdir(user)
+    images = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    quantize_int8(onnx_model, Path("..") / "q.onnx", images)  # a relative output, as a user types it
+    assert list(user.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "user"]

@@ -110,8 +110,9 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray) -> 
         # Shape inference and ONNX Runtime's graph optimizations (Conv+BatchNorm fusion) before quantizing. Run from
         # inside the work folder: where its symbolic shape inference fails it leaves a temporary model and a
         # weights file of the model's size in the current folder, which must not be the user's.
+        source, target = str(src.resolve()), str(prepared.resolve())  # resolved before the folder changes
         with contextlib.chdir(work):
-            quant_pre_process(str(src.resolve()), str(prepared.resolve()))
+            quant_pre_process(source, target)
         graph = onnx.load(str(prepared), load_external_data=False).graph
         outputs = {o.name for o in graph.output}
         head = [node.name for node in graph.node if set(node.output) & outputs]
