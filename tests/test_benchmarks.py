@@ -24,3 +24,29 @@ def test_benchmark_imports_and_has_main(script: Path, monkeypatch):
 
 def test_there_are_benchmarks():
     assert {p.stem for p in SCRIPTS} >= {"inference_throughput", "train_throughput", "cpu_paths"}
+
+
+@pytest.mark.parametrize("how", ["d2s", "expand"])
+def test_ort_profile_rewrites_nearest_upsampling_exactly(how: str, tmp_path: Path, monkeypatch):
+    # benchmarks/ort_profile.py's claim "each rewrite gives the original's logits exactly" rests on this helper.
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_ort_profile", BENCHMARKS / "ort_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scales = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("two", [1, 1, 2, 2]), ("three", [1, 1, 3, 3]))]
+    nodes = [helper.make_node("Resize", ["x", "", "two"], ["y"], mode="nearest", name="up2"),
+             helper.make_node("Resize", ["y", "", "three"], ["z"], mode="nearest", name="up3")]  # not 2x: left alone
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 5, 6])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4, 30, 36])], scales)
+    original, rewritten = tmp_path / "m.onnx", tmp_path / f"m.{how}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(original))
+    assert module.rewrite_upsampling(original, rewritten, how) == 1
+    assert [n.op_type for n in onnx.load(str(rewritten)).graph.node].count("Resize") == 1
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 6)).astype(np.float32)
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    assert np.array_equal(run(original), run(rewritten))
