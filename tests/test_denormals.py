@@ -16,6 +16,21 @@ def _denormals(values: np.ndarray) -> int:
     return int(((values != 0) & (np.abs(values) < FLOAT32_TINY)).sum())
 
 
+def _planted_checkpoint(trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of the session's trained checkpoint with 50 denormal values planted in one convolution weight."""
+    import torch
+
+    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if k.startswith("model.") and v.ndim == 4)
+    weight = checkpoint["state_dict"][key].contiguous().clone()
+    weight.view(-1)[:50] = 1e-40
+    checkpoint["state_dict"][key] = weight
+    planted = tmp_path / "run" / "best.ckpt"
+    planted.parent.mkdir()
+    torch.save(checkpoint, planted)
+    return planted
+
+
 def test_flush_zeroes_denormals_only():
     values = np.array([1e-40, -3e-39, 1e-30, 0.5, 0.0, -1e-45], np.float32)
     flushed, count = flush_array(values)
@@ -56,20 +71,12 @@ def test_onnx_runtime_runs_a_model_with_denormal_weights_flushed_and_leaves_the_
 
 def test_checkpoints_load_and_export_without_denormals(trained_run: Path, tmp_path: Path):
     import onnx
-    import torch
     from onnx import numpy_helper
 
     from gliomaseg.export.onnx import export_onnx
     from gliomaseg.inference.torch_backend import load_checkpoint
 
-    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
-    key = next(k for k, v in checkpoint["state_dict"].items() if k.startswith("model.") and v.ndim == 4)
-    weight = checkpoint["state_dict"][key].contiguous().clone()
-    weight.view(-1)[:50] = 1e-40
-    checkpoint["state_dict"][key] = weight
-    planted = tmp_path / "run" / "best.ckpt"
-    planted.parent.mkdir()
-    torch.save(checkpoint, planted)
+    planted = _planted_checkpoint(trained_run, tmp_path)
     predictor = load_checkpoint(planted)
     assert all(_denormals(p.detach().numpy()) == 0 for p in predictor.model.state_dict().values() if p.is_floating_point())
     export_onnx(planted, tmp_path / "model.onnx")
@@ -81,20 +88,12 @@ def test_export_flushes_what_reaches_it(trained_run: Path, tmp_path: Path, monke
     # With the load's flush turned off, the planted denormals reach the export (and survive BatchNorm folding):
     # export's own flush must find and zero them.
     import onnx
-    import torch
     from onnx import numpy_helper
 
     import gliomaseg.inference.torch_backend as torch_backend
     from gliomaseg.export.onnx import export_onnx
 
-    checkpoint = torch.load(trained_run / "best.ckpt", map_location="cpu", weights_only=True)
-    key = next(k for k, v in checkpoint["state_dict"].items() if k.startswith("model.") and v.ndim == 4)
-    weight = checkpoint["state_dict"][key].contiguous().clone()
-    weight.view(-1)[:50] = 1e-40
-    checkpoint["state_dict"][key] = weight
-    planted = tmp_path / "run" / "best.ckpt"
-    planted.parent.mkdir()
-    torch.save(checkpoint, planted)
+    planted = _planted_checkpoint(trained_run, tmp_path)
     monkeypatch.setattr(torch_backend, "flush_state", lambda state: 0)
     result = export_onnx(planted, tmp_path / "model.onnx")
     assert result["denormal_weights_flushed"] > 0
