@@ -227,6 +227,9 @@ def test_shipped_experiments_load():
         assert all((r.options["missing_sequence_p"], r.options["intensity_augment_p"], r.options["scale_min"]) == (0, 0, 0.96)
                    for r in load_experiment(name).runs), name
     assert all(r.options["missing_sequence_p"] == 0.15 for r in load_experiment("crossval_robust").runs)
+    # ... and smp's decoder, measured before the cpu preset took the lighter one (crossval_light.md)
+    for name in ("crossval", "crossval_intensity", "levers", "architectures", "encoders", "losses", "lowlr", "split"):
+        assert all(r.options["decoder_channels"] is None for r in load_experiment(name).runs), name
     # the lighter decoder pairs fold by fold with the shipped recipe: the decoder is its only change
     robust, light = load_experiment("crossval_robust"), load_experiment("crossval_light")
     assert [(r.name, r.split) for r in light.runs] == [(r.name, r.split) for r in robust.runs]
@@ -238,6 +241,23 @@ def test_shipped_experiments_load():
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
         load_experiment("encoder")
+
+
+def test_the_cpu_preset_decoder_goes_only_to_architectures_that_have_one():
+    from gliomaseg.experiments.runner import _preset_for
+    from gliomaseg.experiments.spec import PRESETS, RunSpec
+    from gliomaseg.training.config import TrainConfig
+
+    assert PRESETS["cpu"]["decoder_channels"] == "128,64,32,16,8"  # adopted by crossval_light.md's rule
+    unet, fpn = RunSpec("u", {"model": "unet"}), RunSpec("f", {"model": "fpn"})
+    pinned = RunSpec("p", {"model": "unetplusplus", "decoder_channels": None})
+    assert _preset_for(unet, PRESETS["cpu"])["decoder_channels"] == "128,64,32,16,8"
+    assert "decoder_channels" not in _preset_for(fpn, PRESETS["cpu"])  # FPN has no decoder widths: not an error
+    assert "decoder_channels" not in _preset_for(pinned, PRESETS["cpu"])  # the run's own (smp's default) wins
+    assert _preset_for(fpn, PRESETS["cpu"])["missing_sequence_p"] == 0.15  # the rest of the preset still applies
+    architectures = load_experiment("architectures")
+    for spec in architectures.runs:  # every architecture trains with the preset, none is refused
+        TrainConfig(out=Path("x"), train_csv=Path("t.csv"), **{**spec.options, **_preset_for(spec, PRESETS["cpu"])}).validate()
 
 
 def test_report_is_self_contained(two_runs_done, tmp_path: Path):

@@ -14,7 +14,7 @@ from gliomaseg.core.errors import ConfigError, DataError
 from gliomaseg.core.io import BEST_CHECKPOINT, LAST_CHECKPOINT, write_csv, write_text
 from gliomaseg.experiments.spec import FOLD_SPLIT, PRESETS, RunSpec, load_experiment
 from gliomaseg.experiments.summary import _has_scores, write_results
-from gliomaseg.training.config import TrainConfig
+from gliomaseg.training.config import TrainConfig, train_default
 
 
 def split_csvs(data: Path, split: str) -> tuple[Path, Path]:
@@ -59,6 +59,18 @@ def _status(run_dir: Path) -> dict:
 def _set_status(run_dir: Path, **values) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(json.dumps({**_status(run_dir), **values}, indent=2), run_dir / "status.json")
+
+
+def _preset_for(spec: RunSpec, preset_options: dict[str, Any]) -> dict[str, Any]:
+    """The preset's options that ``spec`` does not set itself; a preset's decoder widths go only to an architecture
+    that has them (Unet, Unet++), so one preset serves every architecture."""
+    from gliomaseg.modeling.models import DECODER_WIDTH_ARCHITECTURES, canonical_architecture
+
+    options = {k: v for k, v in preset_options.items() if k not in spec.options}
+    model = spec.options.get("model", options.get("model", train_default("model")))
+    if options.get("decoder_channels") is not None and canonical_architecture(model) not in DECODER_WIDTH_ARCHITECTURES:
+        del options["decoder_channels"]
+    return options
 
 
 def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any], score_last: bool = False,
@@ -161,7 +173,7 @@ def run_experiment(
             continue
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / LAST_CHECKPOINT).is_file() else 'starting'}")
         try:
-            row = run_one(spec, data, run_dir, {**{k: v for k, v in preset_options.items() if k not in spec.options}, **overrides},
+            row = run_one(spec, data, run_dir, {**_preset_for(spec, preset_options), **overrides},
                           score_last=experiment.score_last, score_variants=experiment.score_variants)
             _set_status(run_dir, state="done", row=row, error=None)
         except (KeyboardInterrupt, SystemExit):
