@@ -237,6 +237,11 @@ def test_shipped_experiments_load():
         assert {k: v for k, v in b.options.items() if k != "decoder_channels"} == {k: v for k, v in a.options.items() if k != "decoder_channels"}
         assert (a.options["decoder_channels"], b.options["decoder_channels"]) == ("256,128,64,32,16", "128,64,32,16,8")
     assert (robust.score_last, robust.presets) == (light.score_last, light.presets)
+    # longer training pairs fold by fold with the shipped recipe: 16 epochs is its only change
+    long = load_experiment("crossval_long")
+    assert [(r.name, r.split) for r in long.runs] == [(r.name, r.split) for r in light.runs] and long.score_last
+    for a, b in zip(light.runs, long.runs):
+        assert {k: v for k, v in b.options.items() if k != "epochs"} == a.options and b.options["epochs"] == 16
     # the levers compare against the recipe they were measured with, whatever the cpu preset has become
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
