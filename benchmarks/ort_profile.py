@@ -27,6 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
+EXACT_NEAREST = {(b"asymmetric", b"floor"), (b"half_pixel", b"round_prefer_floor")}
+
 
 def rewrite_upsampling(src: Path, dst: Path, how: str) -> int:
     """Copy ``src`` to ``dst`` with every exact-2x nearest Resize replaced (``how``: ``d2s`` or ``expand``); returns
@@ -46,7 +48,10 @@ def rewrite_upsampling(src: Path, dst: Path, how: str) -> int:
         modes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         x, y = node.input[0], node.output[0]
         src_shape, dst_shape = shapes.get(x), shapes.get(y)
-        exact = (modes.get("mode", b"nearest") == b"nearest" and src_shape and dst_shape
+        # Pixel duplication only for the sampling rules where output x reads input x // 2: torch's export
+        # (asymmetric, floor) and ONNX's defaults (half_pixel, round_prefer_floor); e.g. ceil is not.
+        rule = (modes.get("coordinate_transformation_mode", b"half_pixel"), modes.get("nearest_mode", b"round_prefer_floor"))
+        exact = (modes.get("mode", b"nearest") == b"nearest" and rule in EXACT_NEAREST and src_shape and dst_shape
                  and None not in src_shape[1:] and dst_shape[2:] == [2 * src_shape[2], 2 * src_shape[3]])
         if not exact:
             nodes.append(node)

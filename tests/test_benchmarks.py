@@ -39,14 +39,18 @@ def test_ort_profile_rewrites_nearest_upsampling_exactly(how: str, tmp_path: Pat
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     scales = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("two", [1, 1, 2, 2]), ("three", [1, 1, 3, 3]))]
-    nodes = [helper.make_node("Resize", ["x", "", "two"], ["y"], mode="nearest", name="up2"),
-             helper.make_node("Resize", ["y", "", "three"], ["z"], mode="nearest", name="up3")]  # not 2x: left alone
+    nodes = [helper.make_node("Resize", ["x", "", "two"], ["y"], mode="nearest", name="up2"),  # ONNX's defaults
+             helper.make_node("Resize", ["y", "", "two"], ["y2"], mode="nearest", name="torch", nearest_mode="floor",
+                              coordinate_transformation_mode="asymmetric"),  # as torch exports it
+             helper.make_node("Resize", ["y2", "", "two"], ["y3"], mode="nearest", name="ceil", nearest_mode="ceil",
+                              coordinate_transformation_mode="asymmetric"),  # 2x, but not duplication: left alone
+             helper.make_node("Resize", ["y3", "", "three"], ["z"], mode="nearest", name="up3")]  # not 2x: left alone
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 5, 6])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4, 30, 36])], scales)
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4, 120, 144])], scales)
     original, rewritten = tmp_path / "m.onnx", tmp_path / f"m.{how}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(original))
-    assert module.rewrite_upsampling(original, rewritten, how) == 1
-    assert [n.op_type for n in onnx.load(str(rewritten)).graph.node].count("Resize") == 1
+    assert module.rewrite_upsampling(original, rewritten, how) == 2
+    assert [n.name for n in onnx.load(str(rewritten)).graph.node if n.op_type == "Resize"] == ["ceil", "up3"]
     x = np.random.default_rng(0).standard_normal((2, 4, 5, 6)).astype(np.float32)
     run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run(original), run(rewritten))

@@ -255,14 +255,19 @@ def test_the_cpu_preset_decoder_goes_only_to_architectures_that_have_one():
 
     assert PRESETS["cpu"]["decoder_channels"] == "128,64,32,16,8"  # adopted by crossval_light.md's rule
     unet, fpn = RunSpec("u", {"model": "unet"}), RunSpec("f", {"model": "fpn"})
-    pinned = RunSpec("p", {"model": "unetplusplus", "decoder_channels": None})
+    pinned = RunSpec("p", {"model": "unet", "decoder_channels": None})
     assert _preset_for(unet, PRESETS["cpu"])["decoder_channels"] == "128,64,32,16,8"
     assert "decoder_channels" not in _preset_for(fpn, PRESETS["cpu"])  # FPN has no decoder widths: not an error
+    assert "decoder_channels" not in _preset_for(RunSpec("pp", {"model": "unetplusplus"}), PRESETS["cpu"])  # not measured there
     assert "decoder_channels" not in _preset_for(pinned, PRESETS["cpu"])  # the run's own (smp's default) wins
+    assert "decoder_channels" not in _preset_for(unet, PRESETS["cpu"], {"model": "fpn"})  # a model given on the command line
     assert _preset_for(fpn, PRESETS["cpu"])["missing_sequence_p"] == 0.15  # the rest of the preset still applies
     architectures = load_experiment("architectures")
-    for spec in architectures.runs:  # every architecture trains with the preset, none is refused
-        TrainConfig(out=Path("x"), train_csv=Path("t.csv"), **{**spec.options, **_preset_for(spec, PRESETS["cpu"])}).validate()
+    for spec in architectures.runs:  # every architecture, unpinned, trains with the preset: none is refused
+        unpinned = RunSpec(spec.name, {k: v for k, v in spec.options.items() if k != "decoder_channels"})
+        options = {**unpinned.options, **_preset_for(unpinned, PRESETS["cpu"])}
+        assert ("decoder_channels" in options) == (options["model"] == "unet"), spec.name
+        TrainConfig(out=Path("x"), train_csv=Path("t.csv"), **options).validate()
 
 
 def test_report_is_self_contained(two_runs_done, tmp_path: Path):

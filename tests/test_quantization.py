@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from gliomaseg.export import quantization
 from gliomaseg.cli import main
 from gliomaseg.core.errors import GliomasegError
-from gliomaseg.inference.onnx_backend import OnnxPredictor
+from gliomaseg.export import quantization
 from gliomaseg.export.quantization import QuantizationError, load_slices, write_variant
+from gliomaseg.inference.onnx_backend import OnnxPredictor
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +181,10 @@ def test_quantization_leaves_nothing_in_the_current_folder(onnx_model: Path, tmp
 
     from gliomaseg.export.quantization import quantize_int8
 
-    real = shape_inference.quant_pre_process
+    real, calls = shape_inference.quant_pre_process, []
 
     def leaky(src, dst, *args, **kwargs):
+        calls.append(src)
         Path("sym_shape_infer_temp.onnx").write_bytes(b"left behind")
         return real(src, dst, *args, **kwargs)
 
@@ -193,4 +194,5 @@ def test_quantization_leaves_nothing_in_the_current_folder(onnx_model: Path, tmp
     monkeypatch.chdir(user)
     images = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     quantize_int8(onnx_model, Path("..") / "q.onnx", images)  # a relative output, as a user types it
+    assert len(calls) == 1  # the leak really ran
     assert list(user.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "user"]

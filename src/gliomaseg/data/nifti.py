@@ -187,18 +187,15 @@ def _voxels(path: Path, proxy, slicer=(), dtype=None) -> np.ndarray:
 
 
 def _load_uint8(path: Path, image) -> np.ndarray:
-    """A 4D (X, Y, Z, C) image's voxels as uint8: as stored when plain uint8, else decoded once as float32 (what
-    :func:`held_bytes` budgets, checked by :func:`_header`) and each channel scaled to 0..255 (see
-    :func:`_scale_channel`). Once, not a channel at a time: a gzip stream cannot seek, so channel ``c`` of a
-    ``.nii.gz`` costs the decompression of every channel before it."""
+    """A 4D (X, Y, Z, C) image's voxels as uint8: as stored when plain uint8, else one float32 channel at a time
+    scaled to 0..255 (see :func:`_scale_channel`), so the float copy is one channel, never the volume."""
     if _plain(image):
         return _voxels(path, image.dataobj, dtype=np.uint8)
     warnings.warn(f"{path}: {image.get_data_dtype()} intensities scaled per channel to 8 bits "
                   f"({DEEP_PERCENTILES[0]}th..{DEEP_PERCENTILES[1]}th percentile)", stacklevel=3)
-    volume = _voxels(path, image.dataobj, dtype=np.float32)
     out = np.empty(image.shape, np.uint8)
     for c in range(image.shape[-1]):
-        out[..., c] = _scale_channel(path, volume[..., c])
+        out[..., c] = _scale_channel(path, _voxels(path, image.dataobj, (..., c), np.float32))
     return out
 
 

@@ -61,14 +61,20 @@ def _set_status(run_dir: Path, **values) -> None:
     write_text(json.dumps({**_status(run_dir), **values}, indent=2), run_dir / "status.json")
 
 
-def _preset_for(spec: RunSpec, preset_options: dict[str, Any]) -> dict[str, Any]:
-    """The preset's options that ``spec`` does not set itself; a preset's decoder widths go only to an architecture
-    that has them (Unet, Unet++), so one preset serves every architecture."""
-    from gliomaseg.modeling.models import DECODER_WIDTH_ARCHITECTURES, canonical_architecture
+# The architecture a preset's decoder widths were measured on (crossval_light.md: Unet); others keep smp's decoder.
+PRESET_DECODER_ARCHITECTURE = "Unet"
 
+
+def _preset_for(spec: RunSpec, preset_options: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's options that ``spec`` does not set itself; a preset's decoder widths go only to the architecture
+    they were measured on (Unet), so one preset serves every architecture. ``overrides`` (command line, extra
+    options) may name the model too."""
+    from gliomaseg.modeling.models import canonical_architecture
+
+    overrides = overrides or {}
     options = {k: v for k, v in preset_options.items() if k not in spec.options}
-    model = spec.options.get("model", options.get("model", train_default("model")))
-    if options.get("decoder_channels") is not None and canonical_architecture(model) not in DECODER_WIDTH_ARCHITECTURES:
+    model = overrides.get("model", spec.options.get("model", options.get("model", train_default("model"))))
+    if options.get("decoder_channels") is not None and canonical_architecture(model) != PRESET_DECODER_ARCHITECTURE:
         del options["decoder_channels"]
     return options
 
@@ -173,7 +179,7 @@ def run_experiment(
             continue
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / LAST_CHECKPOINT).is_file() else 'starting'}")
         try:
-            row = run_one(spec, data, run_dir, {**_preset_for(spec, preset_options), **overrides},
+            row = run_one(spec, data, run_dir, {**_preset_for(spec, preset_options, overrides), **overrides},
                           score_last=experiment.score_last, score_variants=experiment.score_variants)
             _set_status(run_dir, state="done", row=row, error=None)
         except (KeyboardInterrupt, SystemExit):

@@ -96,7 +96,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray) -> 
     """Static QDQ quantization of ``src`` into ``dst``: per-channel int8 weights, uint8 activations, min/max ranges.
 
     ``calibration``: (N, S, S, 3) uint8 RGB training slices at the model's size, fed in batches of
-    :data:`CALIBRATION_BATCH`. The node producing the model's output stays fp32.
+    :data:`CALIBRATION_BATCH`. The node producing the model's output stays fp32. Not thread-safe: ONNX Runtime's
+    pre-processing runs with the process's working folder set to a private work folder.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
