@@ -23,6 +23,7 @@ def test_shipped_model_metadata_and_card():
     info = json.loads(meta["gliomaseg"])
     assert (info["arch"], info["encoder"], info["image_size"], info["threshold"]) == ("Unet", "timm-tf_efficientnet_lite0", 256, 0.5)
     assert info["intensity"] == "patient"  # the cpu preset's recipe: each patient standardized before the network
+    assert info["decoder_channels"] == [128, 64, 32, 16, 8]  # the lighter decoder, adopted by crossval_light.md's rule
     # TensorFlow EfficientNet-Lite normalization, which the pretrained encoder was trained with
     assert info["mean"] == pytest.approx([127 / 255] * 3) and info["std"] == pytest.approx([128 / 255] * 3)
     assert "/work/" not in meta["gliomaseg"] + meta["model_card"]  # no paths of the training machine
