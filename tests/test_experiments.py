@@ -336,7 +336,7 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
-    assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, crossval_light, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
+    assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, crossval_light, crossval_long, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
 
 
 def test_runs_are_scored_on_the_device_they_trained_on(two_runs_done, prepared: Path, tmp_path: Path, monkeypatch):
