@@ -388,7 +388,8 @@ def build_report(runs: str | Path, out: str | Path) -> Path:
     if not runs.is_dir():
         raise DataError(f"{runs}: folder does not exist")
     sections = _sections(runs)
-    run_dirs = sorted(p.parent for p in runs.rglob("summary.json") if _run_model(p.parent) is not None)
+    models = {p.parent: _run_model(p.parent) for p in runs.rglob("summary.json")}
+    run_dirs = sorted(run for run, model in models.items() if model is not None)
     if not sections and not run_dirs:
         raise DataError(f"{runs}: no experiment (results.csv) or run (summary.json with a checkpoint) found")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width,initial-scale=1'>"
@@ -434,7 +435,7 @@ def build_report(runs: str | Path, out: str | Path) -> Path:
         for run in run_dirs:
             summary = json.loads((run / "summary.json").read_text())
             curves = _curves(run)
-            model = _run_model(run)
+            model = models[run]
             picked = ("the best epoch on its validation patients" if model.name == BEST_CHECKPOINT
                       else "no validation pick" if model.name == FINAL_CHECKPOINT else "its last epoch")
             parts.append(f"<h3>{html.escape(run.relative_to(runs).as_posix())}</h3><p class='note'>{summary['model']}-{summary['encoder']}, "
