@@ -10,16 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from script_helpers import load_script
 
+from gliomaseg.core.errors import CheckpointError, ConfigError, InputWarning
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.files import read_image
+from gliomaseg.data.intensity import BRAIN_THRESHOLD, Z_CENTRE, Z_SCALE, brain_mask, patient_statistics, standardize, standardize_patient
 from gliomaseg.data.resize import resize_pair
-from gliomaseg.data.intensity import (BRAIN_THRESHOLD, Z_CENTRE, Z_SCALE, brain_mask, patient_statistics, standardize,
-                                      standardize_patient)
-from gliomaseg.core.errors import CheckpointError, ConfigError, InputWarning
-from gliomaseg.modeling.spec import ModelInfo
 from gliomaseg.inference.segment import predict_probabilities
-from script_helpers import load_script
+from gliomaseg.modeling.spec import ModelInfo
 
 
 def _slice(values: tuple[int, int, int], size: int = 16) -> np.ndarray:
@@ -147,8 +146,8 @@ def test_a_model_trained_per_patient_says_so_in_checkpoint_and_onnx(prepared: Pa
     import onnx
 
     from gliomaseg.export.onnx import export_onnx
-    from gliomaseg.inference.torch_backend import load_checkpoint
     from gliomaseg.inference.onnx_backend import OnnxPredictor
+    from gliomaseg.inference.torch_backend import load_checkpoint
     from gliomaseg.training.config import TrainConfig
     from gliomaseg.training.loaders import build_loaders
     from gliomaseg.training.run import train
@@ -272,3 +271,18 @@ def test_standardize_equals_the_z_score_formula_pixel_by_pixel():
     want[image.max(axis=2) <= BRAIN_THRESHOLD] = 0
     np.testing.assert_array_equal(standardize(image, mean, std), want)
     np.testing.assert_array_equal(brain_mask(image), image.max(axis=2) > BRAIN_THRESHOLD)
+
+
+def test_the_opencv_paths_give_the_numpy_results_on_views_too():
+    """Statistics, standardization and the brain mask of a strided view equal those of its contiguous copy, and the
+    sums match numpy's own (the OpenCV histogram counts in float32: exact below 2^24 pixels a slice)."""
+    rng = np.random.default_rng(3)
+    big = np.where(rng.random((80, 90, 3)) < 0.7, rng.integers(0, 256, (80, 90, 3)), 0).astype(np.uint8)
+    view = big[::2, 1::3]  # not contiguous
+    copy = np.ascontiguousarray(view)
+    mean, std = patient_statistics([view, big])
+    want = np.concatenate([a[a.max(axis=2) > BRAIN_THRESHOLD] for a in (copy, big)]).astype(np.float64)
+    np.testing.assert_allclose(mean, want.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, want.std(axis=0), rtol=1e-9)
+    np.testing.assert_array_equal(standardize(view, mean, std), standardize(copy, mean, std))
+    np.testing.assert_array_equal(brain_mask(view), copy.max(axis=2) > BRAIN_THRESHOLD)

@@ -43,3 +43,45 @@ def test_segment_threshold_tta_and_postprocess(bright_predictor):
 def test_segment_refuses_non_rgb_uint8(bright_predictor):
     with pytest.raises(ValueError, match=r"image 0: expected uint8 RGB"):
         segment(bright_predictor, [np.zeros((32, 32), np.uint8)])
+
+
+def test_normalize_is_the_formula_in_nchw_and_refuses_what_is_not_uint8_rgb():
+    from gliomaseg.modeling.spec import normalize, pixel_normalization
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    scaled_mean, scaled_std = pixel_normalization(mean, std)
+    want = (images.transpose(0, 3, 1, 2).astype(np.float32) - scaled_mean) / scaled_std
+    out = normalize(images, mean, std)
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == (3, 3, 40, 40)
+    np.testing.assert_array_equal(out, want)  # the same float32 arithmetic, bit for bit
+    np.testing.assert_array_equal(normalize(images[:, ::-1, ::2], mean, std), want[:, :, ::-1, ::2])
+    for bad in (images.astype(np.float32), images[..., :1]):
+        with pytest.raises(ValueError, match="uint8"):
+            normalize(bad, mean, std)
+
+
+def test_thread_map_keeps_order_raises_the_first_error_and_runs_serially_on_one_cpu(monkeypatch):
+    import threading
+
+    from gliomaseg.core import parallel
+
+    seen: set[str] = set()
+
+    def square(x: int) -> int:
+        seen.add(threading.current_thread().name)
+        return x * x
+
+    assert parallel.thread_map(square, range(50)) == [x * x for x in range(50)]
+
+    def fail_on_7(x: int) -> int:
+        if x == 7:
+            raise KeyError("seven")
+        return x
+
+    with pytest.raises(KeyError, match="seven"):
+        parallel.thread_map(fail_on_7, range(20))
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 1)
+    seen.clear()
+    assert parallel.thread_map(square, [3, 4]) == [9, 16] and seen == {threading.current_thread().name}

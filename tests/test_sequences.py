@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gliomaseg.core.errors import InputWarning
 from gliomaseg.data.sequences import COPY_TOLERANCE, describe, missing_sequences
 from gliomaseg.data.transforms import ChannelIntensity, MissingSequence, train_transforms
-from gliomaseg.core.errors import InputWarning
 
 
 def brain_slice(seed: int, size: int = 64) -> np.ndarray:
@@ -140,3 +140,16 @@ def test_augmentation_options_are_checked(option):
 
     with pytest.raises(ConfigError):
         TrainConfig(out="run", data="data", **option).validate()
+
+
+def test_the_sequence_check_sums_what_numpy_sums():
+    from gliomaseg.data.intensity import brain_mask
+    from gliomaseg.data.sequences import SequenceCheck
+
+    image = with_copy(brain_slice(5, size=96), (2,), noise=3)[::-1, ::2]  # a strided view, as a flipped volume gives
+    check = SequenceCheck().add(image)
+    brain = brain_mask(image)
+    flair = image[..., 1][brain].astype(np.int64)
+    for channel in (0, 2):
+        assert check.difference[channel] == np.abs(image[..., channel][brain].astype(np.int64) - flair).sum()
+    assert check.pixels == brain.sum() and check.difference[1] == 0

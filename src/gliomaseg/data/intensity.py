@@ -47,10 +47,15 @@ def check_intensity(mode: str) -> str:
     return mode
 
 
+def brain_mask_255(image: np.ndarray) -> np.ndarray:
+    """(H, W) uint8, 255 on the brain pixels of an (H, W, 3) uint8 slice and 0 elsewhere: :func:`brain_mask` as an OpenCV mask."""
+    red, green, blue = cv2.split(np.ascontiguousarray(image))
+    return cv2.compare(cv2.max(cv2.max(red, green), blue), BRAIN_THRESHOLD, cv2.CMP_GT)
+
+
 def brain_mask(image: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels brighter than :data:`BRAIN_THRESHOLD` in any channel of an (H, W, 3) uint8 slice."""
-    # channel by channel: numpy's max over a length-3 last axis is about 15x slower on (256, 256, 3)
-    return np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > BRAIN_THRESHOLD
+    return brain_mask_255(image).astype(bool)
 
 
 def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,13 +64,13 @@ def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nda
     A patient with no brain pixels at all (every slice dark) gets mean 0 and std 1 (no division by
     zero); standardized, all of its pixels are background, 0.
     """
-    # uint8 pixels: a histogram per channel gives the exact sums without a float copy of every pixel
-    histogram = np.zeros((3, 256), np.int64)
+    # uint8 pixels: a histogram per channel (OpenCV's, over the brain mask) gives the exact sums without a float copy
+    histogram = np.zeros((3, 256), np.float64)
     for image in images:
-        pixels = image[brain_mask(image)]  # (K, 3) uint8
-        for channel in range(3):
-            histogram[channel] += np.bincount(pixels[:, channel], minlength=256)
-    count = int(histogram[0].sum())
+        brain = brain_mask_255(image)
+        for channel, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
+            histogram[channel] += cv2.calcHist([plane], [0], brain, [256], [0, 256]).ravel()
+    count = float(histogram[0].sum())
     if count == 0:
         return np.zeros(3), np.ones(3)
     values = np.arange(256, dtype=np.float64)
@@ -80,9 +85,9 @@ def standardize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     values = np.arange(256, dtype=np.float32)[:, None]
     z = (values - mean.astype(np.float32)) / std.astype(np.float32)
     table = np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255).astype(np.uint8).reshape(256, 1, 3)
-    out = cv2.LUT(np.ascontiguousarray(image), table)
-    out[~brain_mask(image)] = 0
-    return out
+    image = np.ascontiguousarray(image)
+    out = cv2.LUT(image, table)
+    return cv2.bitwise_and(out, out, mask=brain_mask_255(image))
 
 
 class PatientStatistics:

@@ -10,12 +10,12 @@ import numpy as np
 
 from gliomaseg.core.defaults import GIF_FPS
 from gliomaseg.core.io import atomic_write
+from gliomaseg.data.sequences import FLAIR_CHANNEL  # kaggle_3m's RGB is pre-contrast, FLAIR, post-contrast
 
 # On a grey FLAIR slice (where the tumour is bright), yellow and red stay apart from the image and from each other;
 # green, on the RGB composite whose green channel is FLAIR, melted into the tumour.
 PREDICTION_COLOUR = (255, 215, 0)  # RGB yellow
 TRUTH_COLOUR = (230, 30, 30)  # RGB red
-FLAIR_CHANNEL = 1  # kaggle_3m's RGB is pre-contrast, FLAIR, post-contrast
 
 
 def overlay_contours(
@@ -77,11 +77,12 @@ def write_gif(frames: Iterable[np.ndarray], path: str | Path, fps: float = GIF_F
 
     Each frame gets its own 256-colour palette by Pillow's fast octree quantizer, without dithering: on a
     20-slice patient 0.08 s instead of 2.5 s for median cut (imageio's default), at a mean error of 2.3 instead
-    of 1.5 grey levels (of 255).
+    of 1.5 grey levels (of 255). Pillow's palette optimization is off: on an 88-slice patient it halved the
+    save time (0.15 to 0.08 s) for a file 4% larger.
     """
     images = _gif_images(frames, str(path))
     return atomic_write(path, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                         duration=round(1000.0 / fps), loop=0))
+                                                         duration=round(1000.0 / fps), loop=0, optimize=False))
 
 
 def _gif_images(frames: Iterable[np.ndarray], name: str) -> list:
@@ -99,5 +100,6 @@ def gif_bytes(frames: Iterable[np.ndarray], fps: float = GIF_FPS, name: str = "G
 
     images = _gif_images(frames, name)
     buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000.0 / fps), loop=0)
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000.0 / fps), loop=0,
+                   optimize=False)
     return buffer.getvalue()

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 
-from gliomaseg.data.intensity import brain_mask
+from gliomaseg.data.intensity import brain_mask_255
 
 # Channel order of a slice, and the sequence each channel holds.
 SEQUENCES = ("pre-contrast", "FLAIR", "post-contrast")
@@ -36,13 +37,14 @@ class SequenceCheck:
         self.pixels = 0
 
     def add(self, image: np.ndarray) -> "SequenceCheck":
-        brain = brain_mask(image)
-        count = int(brain.sum())
+        image = np.ascontiguousarray(image)
+        brain = brain_mask_255(image)
+        count = cv2.countNonZero(brain)
         if count:
-            flair = image[..., FLAIR_CHANNEL][brain].astype(np.int16)
+            planes = cv2.split(image)
             for channel in range(3):
-                if channel != FLAIR_CHANNEL:
-                    self.difference[channel] += np.abs(image[..., channel][brain].astype(np.int16) - flair).sum()
+                if channel != FLAIR_CHANNEL:  # the exact sum of |channel - FLAIR| over the brain (OpenCV's L1 norm)
+                    self.difference[channel] += cv2.norm(planes[channel], planes[FLAIR_CHANNEL], cv2.NORM_L1, mask=brain)
             self.pixels += count
         return self
 

@@ -18,6 +18,7 @@ import pandas as pd
 from gliomaseg.core.defaults import GIF_FPS
 from gliomaseg.core.errors import DataError, GliomasegError, InputWarning
 from gliomaseg.core.io import natural_key, run_folder, write_bytes, write_csv
+from gliomaseg.core.parallel import thread_map
 from gliomaseg.core.units import UNKNOWN, Spacing, check_spacing, spacing_text, volume_ml
 from gliomaseg.data.dicom import DicomGeometry
 from gliomaseg.data.files import IMAGE_SUFFIXES, read_image, scale_volume
@@ -226,19 +227,25 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         return Path(path).relative_to(work).as_posix()
 
     for patient in patients:
-        loaded: list[tuple[SliceInput, np.ndarray, np.ndarray | None]] = []
-        for item in patient.slices:
+        def read(item: SliceInput) -> tuple[SliceInput, np.ndarray, np.ndarray | None] | DataError:
             try:
                 image = item.image(allow_grayscale=allow_grayscale, allow_16bit=allow_16bit)
-                loaded.append((item, image, _read_truth(item, image.shape[:2])))
+                return item, image, _read_truth(item, image.shape[:2])
             except DataError as exc:
-                skipped.append((str(item.image_path), str(exc).partition(": ")[2] or str(exc)))
+                return exc
+
+        loaded: list[tuple[SliceInput, np.ndarray, np.ndarray | None]] = []
+        for item, result in zip(patient.slices, thread_map(read, patient.slices)):
+            if isinstance(result, DataError):
+                skipped.append((str(item.image_path), str(result).partition(": ")[2] or str(result)))
+            else:
+                loaded.append(result)
         if not loaded:
             continue
         scaled = scale_volume([image for _, image, _ in loaded])
         loaded = [(item, image, truth) for (item, _, truth), image in zip(loaded, scaled)]
         # each slice's check, and the patient's as their sum: every slice is scanned once
-        slice_checks = [SequenceCheck().add(image) for _, image, _ in loaded]
+        slice_checks = thread_map(lambda image: SequenceCheck().add(image), [image for _, image, _ in loaded])
         patient_check = SequenceCheck()
         for check in slice_checks:
             patient_check += check
@@ -253,22 +260,30 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         seg_out = None
         if isinstance(patient.geometry, DicomGeometry):
             seg_out = rel(DICOM.write_mask(masks, work / DICOM.prediction_name(patient.name), patient.geometry, model=model_name(predictor)))
-        frames = []
+        def draw(index: int) -> tuple[dict, np.ndarray | None]:
+            """One slice's files (mask, overlay) and GIF frame: per slice, so the slice threads share them out."""
+            item, image, truth = loaded[index]
+            files = {"mask_out": volume_out or rel(SLICES.write_mask(masks[index], folder / SLICES.prediction_name(item.name)))}
+            frame = None
+            if overlays or gifs:
+                overlay = overlay_contours(image, prediction=masks[index], truth=truth, legend=True)
+                frame = label_frame(overlay, f"slice {item.slice if item.slice is not None else index + 1}")
+                if overlays:
+                    files["overlay_out"] = rel(_write_png(folder / SLICES.overlay_name(item.name), overlay))
+            return files, frame
+
+        drawn = thread_map(draw, range(len(loaded)))
+        frames = [frame for _, frame in drawn if frame is not None]
         first = len(rows)
         scorer = PatientScorer()  # this patient's slices that have a truth mask
         patient_spacing = spacing or (patient.geometry.spacing if patient.geometry is not None else None)
-        for (item, image, truth), prob, mask, check in zip(loaded, probs, masks, slice_checks):
+        for (item, image, truth), prob, mask, check, (files, _) in zip(loaded, probs, masks, slice_checks, drawn):
             row = {
                 "patient": patient.name, "slice": item.slice, "image_path": str(item.image_path),
                 "tumour_pixels": int(mask.sum()), "max_probability": float(prob.max()),
                 "missing_sequences": describe(check.missing()),
-                "mask_out": volume_out or rel(SLICES.write_mask(mask, folder / SLICES.prediction_name(item.name))),
+                **files,
             }
-            if overlays or gifs:
-                overlay = overlay_contours(image, prediction=mask, truth=truth, legend=True)
-                frames.append(label_frame(overlay, f"slice {item.slice if item.slice is not None else len(frames) + 1}"))
-            if overlays:
-                row["overlay_out"] = rel(_write_png(folder / SLICES.overlay_name(item.name), overlay))
             if truth is not None:
                 counts = scorer.add_masks(patient.name, mask, truth)
                 row.update(true_pixels=int(truth.sum()), tp=counts.tp, fp=counts.fp, fn=counts.fn, dice=counts.dice, iou=counts.iou)

@@ -7,6 +7,7 @@ import io
 import zipfile
 
 from gliomaseg.core.io import clean_name
+from gliomaseg.core.parallel import thread_map
 from gliomaseg.data.formats.slice_files import SLICES
 from gliomaseg.data.overlay import encode_png, gif_bytes, label_frame, overlay_contours
 from gliomaseg.serve.pipeline import CaseResult
@@ -17,8 +18,11 @@ def gif_ready(case: CaseResult) -> bool:
 
 
 def gif_frames(case: CaseResult) -> list:
-    return [label_frame(overlay_contours(image, prediction=mask, truth=truth, legend=True), f"slice {k + 1}")
-            for k, (image, truth, mask) in enumerate(zip(case.case.images, case.case.truths, case.masks))]
+    def frame(k: int):
+        image, truth, mask = case.case.images[k], case.case.truths[k], case.masks[k]
+        return label_frame(overlay_contours(image, prediction=mask, truth=truth, legend=True), f"slice {k + 1}")
+
+    return thread_map(frame, range(len(case.masks)))
 
 
 def patient_report(case: CaseResult):
