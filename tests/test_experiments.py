@@ -428,3 +428,27 @@ def test_report_of_committed_results_charts_patient_dice_with_its_noise(tmp_path
     assert cv_errors["last.ckpt"][:2] == pytest.approx([0.05, 0.1])  # (0.7, 0.8) and (0.5, 0.7) over 2 patients each
     (_, own_series), = by_title["a"][0]
     assert own_series["ours"] == pytest.approx([0.71, 0.73])  # evaluate's number where it scored, training's logged one elsewhere
+
+
+def test_a_run_resumes_with_the_recipe_it_started_with_when_the_preset_changed(prepared: Path, tmp_path: Path, monkeypatch,
+                                                                               capsys):
+    """A preset adopted while a run was half way (here: another lr and decoder) does not reach the resumed run: it
+    keeps the options it started with, says so, and trains on; what the file itself sets is taken as given."""
+    from gliomaseg.experiments.spec import PRESETS
+
+    spec = _yaml(tmp_path / "one.yaml", "name: one\ndescription: one run\nbase: {model: unet, encoder: resnet18}\n"
+                                        "runs:\n  - {name: only, loss: dice}\n")
+    monkeypatch.setitem(PRESETS, "tiny", {"image_size": 64, "epochs": 1, "lr": 0.05, "scheduler": "none"})
+    run_experiment(spec, prepared, tmp_path / "exp", preset="tiny", extra_options=TINY)
+    run = tmp_path / "exp" / "one" / "only"
+    (run / "status.json").unlink()  # as if the session had been killed after its first epoch
+    monkeypatch.setitem(PRESETS, "tiny", {"image_size": 64, "epochs": 1, "lr": 0.01, "scheduler": "none",
+                                          "decoder_channels": "64,32,16,8,8"})
+    capsys.readouterr()
+    results = run_experiment(spec, prepared, tmp_path / "exp", preset="tiny", epochs=2, extra_options=TINY)
+    printed = capsys.readouterr().out
+    assert results.loc[0, "status"] == "done" and results.loc[0, "epochs"] == 2
+    assert "resumed with lr=0.05 as it started (the preset now gives 0.01)" in printed
+    assert "resumed with decoder_channels=None as it started" in printed
+    config = json.loads((run / "config.json").read_text())
+    assert (config["lr"], config["decoder_channels"], config["epochs"], config["loss"]) == (0.05, None, 2, "dice")

@@ -73,7 +73,7 @@ def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path, capsys)
     done = train(_config(prepared, tmp_path, epochs=2, resume=True))  # nothing left to train
     assert done.summary["train_images_this_session"] == 0 and done.summary["train_images_per_second"] == speed
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--image-size", "64",
-                 "--workers", "0", "--no-progress", "--scheduler", "none", "--resume"]) == 0
+                 "--workers", "0", "--no-progress", "--scheduler", "none", "--lr", "0.05", "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "had no epochs left to train" in printed and "nan" not in printed
 
@@ -589,3 +589,15 @@ def test_a_final_model_is_whole_epochs_and_never_stale(prepared: Path, tmp_path:
     done = train(_config(prepared, run, epochs=4, resume=True, **options))
     final = torch.load(run / "final.ckpt", weights_only=True)
     assert final["epoch"] == 3 and final["global_step"] == 4 * 2 and done.summary["stopped_by"] == "epochs"
+
+
+def test_a_resume_with_another_recipe_is_refused_naming_the_options(prepared: Path, tmp_path: Path):
+    """Only how a session runs (epochs, workers, precision, devices...) may change on a resume; another model or
+    recipe would mix two runs in one folder (or fail on weights of another shape)."""
+    train(_config(prepared, tmp_path, epochs=1, limit_train_batches=2))
+    with pytest.raises(ConfigError, match=r"started with other options \(decoder_channels None then, "
+                                          r"'64,32,16,8,8' now; lr 0\.05 then, 0\.01 now\)"):
+        train(_config(prepared, tmp_path, epochs=2, resume=True, lr=0.01, decoder_channels="64,32,16,8,8", limit_train_batches=2))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 0  # nothing trained on
+    resumed = train(_config(prepared, tmp_path, epochs=2, resume=True, workers=0, precision="32", limit_train_batches=2))
+    assert resumed.summary["epochs_completed"] == 2

@@ -6,7 +6,7 @@ import json
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -79,13 +79,38 @@ def _preset_for(spec: RunSpec, preset_options: dict[str, Any], overrides: dict[s
     return options
 
 
+def _as_started(spec: RunSpec, run_dir: Path, options: dict[str, Any], preset_keys: Iterable[str]) -> dict[str, Any]:
+    """``options`` for resuming the run in ``run_dir``: every recipe option that neither the experiment file nor the
+    command line sets comes from the run's ``config.json``, as the run was started. A preset that changed since (a
+    recipe adopted while a run was half way) would otherwise mix two recipes in one run, or fail on weights of
+    another shape. A change in the file or on the command line is refused by ``train``, with the options named."""
+    from dataclasses import fields
+
+    from gliomaseg.training.run import SESSION_OPTIONS, started_config
+
+    earlier = started_config(run_dir)
+    if earlier is None:
+        return options
+    given = set(spec.options) | (set(options) - set(preset_keys))
+    now = TrainConfig.from_dict({**spec.options, **options, "out": str(run_dir)})
+    kept = {k: v for k, v in options.items() if k in given or k in SESSION_OPTIONS}
+    for name in (f.name for f in fields(TrainConfig) if f.name not in SESSION_OPTIONS | given):
+        then = getattr(earlier, name)
+        if getattr(now, name) != then:
+            print(f"[{spec.name}] resumed with {name}={then!r} as it started (the preset now gives {getattr(now, name)!r})")
+        kept[name] = then
+    return kept
+
+
 def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any], score_last: bool = False,
-            score_variants: bool = False) -> dict:
+            score_variants: bool = False, preset_keys: Iterable[str] = ()) -> dict:
     """Train (or resume) and evaluate one run; returns its results row.
 
     ``best.ckpt`` is scored into ``eval/``; with ``score_last`` also ``last.ckpt`` into ``eval_last/``: the
     last epoch involves no pick on the validation CSV, so the gap between the two shows how lucky the pick was.
     ``score_variants`` adds evaluate's TTA and post-processing table (``variant_*`` columns: per-patient Dice mean).
+    ``preset_keys``: the options of ``overrides`` that came from the preset; a resumed run keeps the values it started
+    with (:func:`_as_started`).
     """
     from gliomaseg.evaluation.evaluate import evaluate
     from gliomaseg.modeling.card import write_run_card
@@ -95,8 +120,10 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
     from gliomaseg.training.run import train
 
     train_csv, val_csv = split_csvs(data, spec.split)
-    options = {**spec.options, **overrides}
     resume = (run_dir / LAST_CHECKPOINT).is_file()
+    if resume:
+        overrides = _as_started(spec, run_dir, overrides, preset_keys)
+    options = {**spec.options, **overrides}
     config = TrainConfig.from_dict({**options, "out": str(run_dir), "train_csv": str(train_csv), "val_csv": str(val_csv),
                                     "resume": resume, "progress": False})
     summary_path = run_dir / "summary.json"
@@ -179,8 +206,9 @@ def run_experiment(
             continue
         print(f"[{experiment.name}] {spec.name}: {'resuming' if (run_dir / LAST_CHECKPOINT).is_file() else 'starting'}")
         try:
-            row = run_one(spec, data, run_dir, {**_preset_for(spec, preset_options, overrides), **overrides},
-                          score_last=experiment.score_last, score_variants=experiment.score_variants)
+            from_preset = _preset_for(spec, preset_options, overrides)
+            row = run_one(spec, data, run_dir, {**from_preset, **overrides}, score_last=experiment.score_last,
+                          score_variants=experiment.score_variants, preset_keys=[k for k in from_preset if k not in overrides])
             _set_status(run_dir, state="done", row=row, error=None)
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -13,8 +13,9 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -74,18 +75,47 @@ class TrainResult:
         return self.best_checkpoint or self.out / FINAL_CHECKPOINT
 
 
-def _check_same_selection(saved: Path, config: TrainConfig) -> None:
-    """A resume keeps the run's model selection: a run with validation (best.ckpt) does not turn into one without
-    (final.ckpt), or back, half way; the two models would sit side by side."""
+# How a session runs, not what it trains: these may change between the sessions of one run (a longer --epochs, other
+# devices, another machine's precision). Any other option that differs on a resume would mix two recipes in one run.
+SESSION_OPTIONS = frozenset({"out", "data", "train_csv", "val_csv", "weights_dir", "epochs", "workers", "precision",
+                             "max_time", "devices", "accelerator", "num_nodes", "strategy", "cache", "resume", "progress",
+                             "limit_train_batches", "limit_val_batches"})
+
+
+def started_config(out: Path) -> TrainConfig | None:
+    """The options a run in ``out`` was started with (its ``config.json``), or ``None`` when there is none to read
+    (no run yet, or an older or hand-edited file)."""
+    saved = Path(out) / "config.json"
     if not saved.is_file():
-        return
+        return None
     try:
-        earlier = TrainConfig.from_dict({**json.loads(saved.read_text()), "out": config.out})
+        return TrainConfig.from_dict({**json.loads(saved.read_text()), "out": str(out)})
     except (ValueError, TypeError, ConfigError):
-        return  # an older or hand-edited config.json: nothing to compare with
+        return None
+
+
+def recipe_differences(earlier: TrainConfig, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{option: (earlier, now)}`` for the options outside :data:`SESSION_OPTIONS` that differ."""
+    return {f.name: (getattr(earlier, f.name), getattr(config, f.name)) for f in fields(TrainConfig)
+            if f.name not in SESSION_OPTIONS and getattr(earlier, f.name) != getattr(config, f.name)}
+
+
+def _check_same_run(out: Path, config: TrainConfig) -> None:
+    """A resume continues the run it finds: the same model, data handling and recipe (only :data:`SESSION_OPTIONS`
+    may change), and the same model selection (a run with validation, best.ckpt, does not turn into one without,
+    final.ckpt, half way: the two models would sit side by side)."""
+    earlier = started_config(out)
+    if earlier is None:
+        return  # nothing to compare with
+    saved = Path(out) / "config.json"
     if earlier.validates != config.validates:
         was = "with validation (best.ckpt)" if earlier.validates else "without validation (--val-csv none, final.ckpt)"
         raise ConfigError(f"{saved}: the run was trained {was}; --resume it the same way or train into another --out")
+    changed = recipe_differences(earlier, config)
+    if changed:
+        listed = "; ".join(f"{name} {before!r} then, {now!r} now" for name, (before, now) in changed.items())
+        raise ConfigError(f"{saved}: the run was started with other options ({listed}); --resume it with the options it "
+                          "started with, or train into another --out")
 
 
 def _drop_stale_final(final: Path, epochs: int) -> None:
@@ -122,7 +152,7 @@ def train(config: TrainConfig) -> TrainResult:
         (out / BEST_CHECKPOINT).unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
     else:
-        _check_same_selection(out / "config.json", config)
+        _check_same_run(out, config)
         _drop_stale_final(out / FINAL_CHECKPOINT, config.epochs)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
