@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, prepared_data, print_table, write_results  # noqa: E402
 
+from gliomaseg.core.parallel import thread_map  # noqa: E402
 from gliomaseg.data.files import read_image  # noqa: E402
 from gliomaseg.data.overlay import encode_png, overlay_contours, write_gif  # noqa: E402
 from gliomaseg.data.sources import open_source  # noqa: E402
@@ -67,20 +68,19 @@ def stages(predictor, patient_csv: Path, out: Path, batch: int) -> dict[str, flo
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     patients, _ = open_source(patient_csv)
-    images = [item.image() for patient in patients for item in patient.slices]
+    images = thread_map(lambda item: item.image(), [item for patient in patients for item in patient.slices])
     seconds["read"] = time.perf_counter() - t
     t = time.perf_counter()
     probs = predict_probabilities(predictor, images, batch)
     seconds["predict"] = time.perf_counter() - t
     t = time.perf_counter()
     masks = [(p > predictor.threshold).astype(np.uint8) for p in probs]
-    for i, mask in enumerate(masks):
-        (out / f"{i}_pred.png").write_bytes(encode_png(mask * 255))
+    # on the slice threads, as predict() writes them
+    thread_map(lambda i: (out / f"{i}_pred.png").write_bytes(encode_png(masks[i] * 255)), range(len(masks)))
     seconds["masks"] = time.perf_counter() - t
     t = time.perf_counter()
-    frames = [overlay_contours(image, prediction=mask, legend=True) for image, mask in zip(images, masks)]
-    for i, frame in enumerate(frames):
-        (out / f"{i}_overlay.png").write_bytes(encode_png(frame))
+    frames = thread_map(lambda i: overlay_contours(images[i], prediction=masks[i], legend=True), range(len(masks)))
+    thread_map(lambda i: (out / f"{i}_overlay.png").write_bytes(encode_png(frames[i])), range(len(frames)))
     seconds["overlays"] = time.perf_counter() - t
     t = time.perf_counter()
     write_gif(frames, out / "patient.gif")
