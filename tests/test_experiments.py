@@ -58,6 +58,7 @@ def test_runner_writes_results_then_skips_finished_runs(two_runs_done, prepared:
     assert "reference_iou" in (out / "two" / "results.md").read_text()
     configs = {name: json.loads((out / "two" / name / "config.json").read_text()) for name in ("dice", "image-split")}
     assert configs["dice"]["loss"] == "dice" and configs["image-split"]["loss"] == "bce"  # what a run compares beats the preset
+    assert "Unet runs only" in json.loads((out / "two" / "experiment.json").read_text())["preset_scope"]
     assert configs["dice"]["optimizer"] == "adam" and configs["dice"]["image_size"] == 64  # the cpu preset, then the command line
     assert configs["dice"]["intensity"] == "patient"  # the cpu preset's recipe standardizes each patient
 

@@ -194,7 +194,10 @@ def run_experiment(
     root = Path(out) / experiment.name
     root.mkdir(parents=True, exist_ok=True)
     write_text(json.dumps({"experiment": experiment.name, "description": experiment.description, "file": _portable_path(experiment.path),
-                           "preset": preset, "preset_options": preset_options, "overrides": overrides,
+                           "preset": preset, "preset_options": preset_options,
+                           "preset_scope": (f"decoder_channels goes to {PRESET_DECODER_ARCHITECTURE} runs only; each run's "
+                                            "config.json holds the options it trained with"),
+                           "overrides": overrides,
                            "data": str(data)}, indent=2), root / "experiment.json")  # no absolute path of this machine
     rows: dict[str, dict] = {}
     for spec in runs:
