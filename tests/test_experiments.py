@@ -449,7 +449,13 @@ def test_a_run_resumes_with_the_recipe_it_started_with_when_the_preset_changed(p
     results = run_experiment(spec, prepared, tmp_path / "exp", preset="tiny", epochs=2, extra_options=TINY)
     printed = capsys.readouterr().out
     assert results.loc[0, "status"] == "done" and results.loc[0, "epochs"] == 2
-    assert "resumed with lr=0.05 as it started (the preset now gives 0.01)" in printed
+    assert "resumed with lr=0.05 as it started (this session would have used 0.01)" in printed
     assert "resumed with decoder_channels=None as it started" in printed
     config = json.loads((run / "config.json").read_text())
     assert (config["lr"], config["decoder_channels"], config["epochs"], config["loss"]) == (0.05, None, 2, "dice")
+    # what the experiment file sets is taken as given: changed under a half-done run, it is refused, named
+    (run / "status.json").unlink()
+    spec.write_text(spec.read_text().replace("loss: dice", "loss: bce"))
+    failed = run_experiment(spec, prepared, tmp_path / "exp", preset="tiny", epochs=2, extra_options=TINY)
+    assert "loss 'dice' then, 'bce' now" in failed.loc[0, "status"]
+    assert json.loads((run / "config.json").read_text())["loss"] == "dice"  # the run is left as it was

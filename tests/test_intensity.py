@@ -284,5 +284,10 @@ def test_the_opencv_paths_give_the_numpy_results_on_views_too():
     want = np.concatenate([a[a.max(axis=2) > BRAIN_THRESHOLD] for a in (copy, big)]).astype(np.float64)
     np.testing.assert_allclose(mean, want.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, want.std(axis=0), rtol=1e-9)
-    np.testing.assert_array_equal(standardize(view, mean, std), standardize(copy, mean, std))
+    z = (copy.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
+    formula = np.where(copy.max(axis=2, keepdims=True) > BRAIN_THRESHOLD,
+                       np.clip(np.rint(Z_CENTRE + Z_SCALE * z), 1, 255), 0).astype(np.uint8)
+    np.testing.assert_array_equal(standardize(view, mean, std), formula)
     np.testing.assert_array_equal(brain_mask(view), copy.max(axis=2) > BRAIN_THRESHOLD)
+    one = np.array([[[BRAIN_THRESHOLD + 1, 0, 0]]], np.uint8)  # a 1x1 slice: OpenCV must not read it as a scalar
+    assert brain_mask(one).tolist() == [[True]] and standardize(one, *patient_statistics([one])).shape == (1, 1, 3)

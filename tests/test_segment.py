@@ -62,26 +62,38 @@ def test_normalize_is_the_formula_in_nchw_and_refuses_what_is_not_uint8_rgb():
             normalize(bad, mean, std)
 
 
-def test_thread_map_keeps_order_raises_the_first_error_and_runs_serially_on_one_cpu(monkeypatch):
+def test_thread_map_keeps_order_settles_before_raising_and_runs_serially_on_one_cpu(monkeypatch):
     import threading
+    import time
 
     from gliomaseg.core import parallel
 
+    monkeypatch.setattr(parallel, "available_cpus", lambda: 2)
+    monkeypatch.setattr(parallel, "_executor", None)  # a pool of 2 for this test
     seen: set[str] = set()
 
     def square(x: int) -> int:
         seen.add(threading.current_thread().name)
+        time.sleep(0.002)
         return x * x
 
     assert parallel.thread_map(square, range(50)) == [x * x for x in range(50)]
+    assert len(seen) == 2 and threading.current_thread().name not in seen  # both pool threads did the work
 
-    def fail_on_7(x: int) -> int:
-        if x == 7:
-            raise KeyError("seven")
+    finished: list[int] = []
+
+    def slow_then_fail(x: int) -> int:
+        time.sleep(0.05 if x == 0 else 0.0)
+        if x in (3, 5):
+            raise KeyError(f"item {x}")
+        finished.append(x)
         return x
 
-    with pytest.raises(KeyError, match="seven"):
-        parallel.thread_map(fail_on_7, range(20))
+    with pytest.raises(KeyError, match="item 3"):  # the first failing item in input order
+        parallel.thread_map(slow_then_fail, range(200))
+    count = len(finished)
+    time.sleep(0.1)
+    assert 0 in finished and len(finished) == count < 200  # the running call finished before the raise; the rest never ran
     monkeypatch.setattr(parallel, "available_cpus", lambda: 1)
     seen.clear()
     assert parallel.thread_map(square, [3, 4]) == [9, 16] and seen == {threading.current_thread().name}

@@ -73,9 +73,10 @@ def test_resume_continues_at_saved_epoch(prepared: Path, tmp_path: Path, capsys)
     done = train(_config(prepared, tmp_path, epochs=2, resume=True))  # nothing left to train
     assert done.summary["train_images_this_session"] == 0 and done.summary["train_images_per_second"] == speed
     assert main(["train", "--data", str(prepared), "--out", str(tmp_path), "--epochs", "2", "--batch-size", "4", "--image-size", "64",
-                 "--workers", "0", "--no-progress", "--scheduler", "none", "--lr", "0.05", "--resume"]) == 0
+                 "--workers", "0", "--no-progress", "--scheduler", "none", "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "had no epochs left to train" in printed and "nan" not in printed
+    assert "resuming with the run's own lr=0.05" in printed  # left out on the command line: taken from config.json
 
 
 def test_restart_after_a_kill_before_last_ckpt_keeps_one_best(prepared: Path, tmp_path: Path):
@@ -592,12 +593,17 @@ def test_a_final_model_is_whole_epochs_and_never_stale(prepared: Path, tmp_path:
 
 
 def test_a_resume_with_another_recipe_is_refused_naming_the_options(prepared: Path, tmp_path: Path):
-    """Only how a session runs (epochs, workers, precision, devices...) may change on a resume; another model or
-    recipe would mix two runs in one folder (or fail on weights of another shape)."""
-    train(_config(prepared, tmp_path, epochs=1, limit_train_batches=2))
+    """Only how a session runs on its machine (workers, precision, memory layout, devices...) may change on a resume;
+    another model or recipe would mix two runs in one folder (or fail on weights of another shape). Spellings of the
+    same thing ('Unet' for 'unet', 'none' for no weights) are the same run."""
+    train(_config(prepared, tmp_path, epochs=1, limit_train_batches=2, scheduler="cosine"))
     with pytest.raises(ConfigError, match=r"started with other options \(decoder_channels None then, "
                                           r"'64,32,16,8,8' now; lr 0\.05 then, 0\.01 now\)"):
-        train(_config(prepared, tmp_path, epochs=2, resume=True, lr=0.01, decoder_channels="64,32,16,8,8", limit_train_batches=2))
+        train(_config(prepared, tmp_path, epochs=1, resume=True, lr=0.01, decoder_channels="64,32,16,8,8", scheduler="cosine"))
+    # under the cosine schedule the epochs are the recipe: its curve spans the epochs the run started with
+    with pytest.raises(ConfigError, match=r"epochs 1 then, 2 now\) \(the cosine schedule spans"):
+        train(_config(prepared, tmp_path, epochs=2, resume=True, scheduler="cosine"))
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 0  # nothing trained on
-    resumed = train(_config(prepared, tmp_path, epochs=2, resume=True, workers=0, precision="32", limit_train_batches=2))
-    assert resumed.summary["epochs_completed"] == 2
+    resumed = train(_config(prepared, tmp_path, epochs=1, resume=True, scheduler="cosine", model="Unet", encoder_weights="none",
+                            workers=1, precision="32", channels_last=False, limit_train_batches=2))
+    assert resumed.summary["epochs_completed"] == 1 and resumed.summary["train_images_this_session"] == 0

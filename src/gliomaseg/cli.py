@@ -84,7 +84,16 @@ def _train(args: argparse.Namespace) -> None:
     from gliomaseg.training.config import TrainConfig
     from gliomaseg.training.run import train
 
-    result = train(TrainConfig.from_dict({k: v for k, v in vars(args).items() if k != "command"}))
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "named_options")}
+    if args.resume:  # what the command line leaves out comes from the run's config.json, as it started
+        from gliomaseg.training.run import resume_options
+
+        resumed = resume_options(Path(args.out), values, set(getattr(args, "named_options", ())) | {"out", "resume"})
+        taken = {k: v for k, v in resumed.items() if values.get(k) != v}
+        if taken:
+            print("resuming with the run's own " + ", ".join(f"{k}={v!r}" for k, v in taken.items()) + " (config.json)")
+        values = resumed
+    result = train(TrainConfig.from_dict(values))
     s = result.summary
     score = (f"best val per-patient Dice {s['best_val_patient_dice']}" if s["model_selection_csv"]
              else "no validation (--val-csv none): the last epoch is the model")
@@ -319,6 +328,17 @@ def _add_model_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None
                         "whichever is faster on this machine (a short cached probe); fp32 or int8 force one")
 
 
+def _named_train_options(argv: Sequence[str]) -> set[str]:
+    """The ``train`` options named in ``argv`` (the words after ``train``), whatever their value: parsed again with
+    every default suppressed, so abbreviations and ``--opt=value`` count as argparse counts them."""
+    p = argparse.ArgumentParser(add_help=False)
+    _add_train_options(p)
+    for action in p._actions:  # a SUPPRESS default leaves an option out of the namespace unless it is given
+        action.default = argparse.SUPPRESS
+    named, _ = p.parse_known_args(list(argv))
+    return set(vars(named))
+
+
 def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     """The parser; the ``train`` options (generated from ``TrainConfig``, which imports torch) are added
     only when ``command_name`` is ``train``, so the other commands stay torch-free."""
@@ -510,6 +530,8 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    if args.command == "train":
+        args.named_options = _named_train_options(argv[1:])
     from gliomaseg.core.terminal import quiet_terminal
 
     quiet_terminal(args.command)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ SLICE_SIZE = (256, 256)
 DEEP_PERCENTILES = (0.5, 99.5)
 # Bytes a decoded pixel may take: OpenCV returns up to 4 channels of 16 bits (IMREAD_UNCHANGED).
 _PIXEL_BYTES = 8
+_HEADER_LOCK = threading.Lock()
 
 
 def _check_dimensions(path: Path, raw: np.ndarray, max_side: int = MAX_IMAGE_SIDE) -> None:
@@ -37,9 +39,10 @@ def _check_dimensions(path: Path, raw: np.ndarray, max_side: int = MAX_IMAGE_SID
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
-            with Image.open(io.BytesIO(raw.tobytes())) as header:
+        # the limit below is ours; the lock because catch_warnings swaps process-wide state (slices are read on threads)
+        with _HEADER_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as header:
                 width, height = header.size
     except Image.DecompressionBombError as exc:  # over twice Pillow's own pixel limit: the side check refuses it
         found = re.search(r"(\d+) pixels", str(exc))

@@ -50,7 +50,8 @@ def check_intensity(mode: str) -> str:
 def brain_mask_255(image: np.ndarray) -> np.ndarray:
     """(H, W) uint8, 255 on the brain pixels of an (H, W, 3) uint8 slice and 0 elsewhere: :func:`brain_mask` as an OpenCV mask."""
     red, green, blue = cv2.split(np.ascontiguousarray(image))
-    return cv2.compare(cv2.max(cv2.max(red, green), blue), BRAIN_THRESHOLD, cv2.CMP_GT)
+    # threshold, not compare: OpenCV reads a 1x1 array beside a number as two scalars
+    return cv2.threshold(cv2.max(cv2.max(red, green), blue), BRAIN_THRESHOLD, 255, cv2.THRESH_BINARY)[1]
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:

@@ -79,27 +79,24 @@ def _preset_for(spec: RunSpec, preset_options: dict[str, Any], overrides: dict[s
     return options
 
 
-def _as_started(spec: RunSpec, run_dir: Path, options: dict[str, Any], preset_keys: Iterable[str]) -> dict[str, Any]:
+def _as_started(spec: RunSpec, run_dir: Path, options: dict[str, Any], preset_keys: Iterable[str], announce: bool) -> dict[str, Any]:
     """``options`` for resuming the run in ``run_dir``: every recipe option that neither the experiment file nor the
-    command line sets comes from the run's ``config.json``, as the run was started. A preset that changed since (a
-    recipe adopted while a run was half way) would otherwise mix two recipes in one run, or fail on weights of
-    another shape. A change in the file or on the command line is refused by ``train``, with the options named."""
-    from dataclasses import fields
+    command line sets comes from the run's ``config.json``, as the run was started
+    (:func:`~gliomaseg.training.run.resume_options`). A preset that changed since (a recipe adopted while a run was
+    half way) would otherwise mix two recipes in one run, or fail on weights of another shape. A change in the file
+    or on the command line is refused by ``train``, with the options named. ``announce``: say which option kept its
+    start value against what this session would have used (not when only the scoring is left)."""
+    from gliomaseg.training.run import comparable, resume_options
 
-    from gliomaseg.training.run import SESSION_OPTIONS, started_config
-
-    earlier = started_config(run_dir)
-    if earlier is None:
-        return options
-    given = set(spec.options) | (set(options) - set(preset_keys))
-    now = TrainConfig.from_dict({**spec.options, **options, "out": str(run_dir)})
-    kept = {k: v for k, v in options.items() if k in given or k in SESSION_OPTIONS}
-    for name in (f.name for f in fields(TrainConfig) if f.name not in SESSION_OPTIONS | given):
-        then = getattr(earlier, name)
-        if getattr(now, name) != then:
-            print(f"[{spec.name}] resumed with {name}={then!r} as it started (the preset now gives {getattr(now, name)!r})")
-        kept[name] = then
-    return kept
+    given = set(spec.options) | (set(options) - set(preset_keys)) | {"out", "data", "train_csv", "val_csv", "resume", "progress"}
+    resumed = resume_options(run_dir, options, given)
+    if announce:
+        now = TrainConfig.from_dict({**spec.options, **options, "out": str(run_dir)})
+        for name, then in resumed.items():
+            if name not in given and hasattr(now, name) and comparable(name, then) != comparable(name, getattr(now, name)):
+                print(f"[{spec.name}] resumed with {name}={then!r} as it started (this session would have used "
+                      f"{getattr(now, name)!r})")
+    return resumed
 
 
 def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any], score_last: bool = False,
@@ -121,13 +118,13 @@ def run_one(spec: RunSpec, data: Path, run_dir: Path, overrides: dict[str, Any],
 
     train_csv, val_csv = split_csvs(data, spec.split)
     resume = (run_dir / LAST_CHECKPOINT).is_file()
+    summary_path = run_dir / "summary.json"
+    trained = _status(run_dir).get("trained") and summary_path.is_file()
     if resume:
-        overrides = _as_started(spec, run_dir, overrides, preset_keys)
+        overrides = _as_started(spec, run_dir, overrides, preset_keys, announce=not trained)
     options = {**spec.options, **overrides}
     config = TrainConfig.from_dict({**options, "out": str(run_dir), "train_csv": str(train_csv), "val_csv": str(val_csv),
                                     "resume": resume, "progress": False})
-    summary_path = run_dir / "summary.json"
-    trained = _status(run_dir).get("trained") and summary_path.is_file()
     if not trained:
         _set_status(run_dir, state="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
         train(config)

@@ -75,47 +75,111 @@ class TrainResult:
         return self.best_checkpoint or self.out / FINAL_CHECKPOINT
 
 
-# How a session runs, not what it trains: these may change between the sessions of one run (a longer --epochs, other
-# devices, another machine's precision). Any other option that differs on a resume would mix two recipes in one run.
-SESSION_OPTIONS = frozenset({"out", "data", "train_csv", "val_csv", "weights_dir", "epochs", "workers", "precision",
-                             "max_time", "devices", "accelerator", "num_nodes", "strategy", "cache", "resume", "progress",
-                             "limit_train_batches", "limit_val_batches"})
+# How a session runs on its machine, not what it trains: these may differ between the sessions of one run, and a
+# resume does not take them from the run's config.json. Every other option is the run's recipe.
+MACHINE_OPTIONS = frozenset({"out", "resume", "progress", "workers", "precision", "devices", "accelerator", "num_nodes",
+                             "strategy", "cache", "channels_last", "weights_dir", "max_time", "limit_train_batches",
+                             "limit_val_batches"})
+# Where the data is may move between sessions; which CSVs train and validate may not (compared by file name).
+_DATA_OPTIONS = frozenset({"data", "train_csv", "val_csv"})
 
 
-def started_config(out: Path) -> TrainConfig | None:
-    """The options a run in ``out`` was started with (its ``config.json``), or ``None`` when there is none to read
-    (no run yet, or an older or hand-edited file)."""
+def started_config(out: Path) -> dict[str, Any] | None:
+    """The options a run in ``out`` was started with (its ``config.json``), or ``None`` when there is none to read.
+
+    Options this version does not know (a file from an older gliomaseg) are left out with a note, so the rest still
+    guards the resume."""
     saved = Path(out) / "config.json"
     if not saved.is_file():
         return None
     try:
-        return TrainConfig.from_dict({**json.loads(saved.read_text()), "out": str(out)})
-    except (ValueError, TypeError, ConfigError):
+        values = json.loads(saved.read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(values, dict):
+        return None
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        print(f"{saved}: option(s) {', '.join(unknown)} of an older gliomaseg left out")
+    return {k: v for k, v in values.items() if k in known}
 
 
-def recipe_differences(earlier: TrainConfig, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """``{option: (earlier, now)}`` for the options outside :data:`SESSION_OPTIONS` that differ."""
-    return {f.name: (getattr(earlier, f.name), getattr(config, f.name)) for f in fields(TrainConfig)
-            if f.name not in SESSION_OPTIONS and getattr(earlier, f.name) != getattr(config, f.name)}
+def resume_options(out: Path, current: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """The options to resume the run in ``out`` with: ``current`` (what this session would use), with every option of
+    the run's recipe that is not in ``given`` (the options named on the command line, or by an experiment file)
+    taken from its ``config.json``, as the run was started. :data:`MACHINE_OPTIONS` stay as ``current`` has them."""
+    earlier = started_config(out)
+    if earlier is None:
+        return dict(current)
+    return {**current, **{k: v for k, v in earlier.items() if k not in MACHINE_OPTIONS and k not in given}}
+
+
+def _csv_name(path: str | None, default: str) -> str:
+    return Path(path).name if path else default
+
+
+def comparable(name: str, value: Any) -> Any:
+    """One form for the spellings of a value that mean the same run ('unet' and 'Unet'; 'none' and None; widths)."""
+    if name == "model" and isinstance(value, str):
+        try:
+            return canonical_architecture(value)
+        except ConfigError:
+            return value
+    if name == "decoder_channels":
+        try:
+            return parse_decoder_channels(value)
+        except ConfigError:
+            return value
+    if name == "encoder_weights":
+        return None if value in (None, "", "none", "None") else Path(str(value)).name  # a file may move with its run
+    return value
+
+
+def recipe_differences(earlier: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{option: (earlier, now)}`` for the recipe options (all but :data:`MACHINE_OPTIONS`) that differ in meaning.
+
+    ``epochs`` is part of the recipe only under the cosine schedule: its curve spans the epochs the run started with
+    (the resumed scheduler keeps that span, so more epochs would climb the learning rate back up)."""
+    start = TrainConfig.from_dict({**earlier, "out": config.out})
+    changed = {}
+    for f in fields(TrainConfig):
+        name = f.name
+        if name in MACHINE_OPTIONS or name in _DATA_OPTIONS or (name == "epochs" and config.scheduler != "cosine"):
+            continue
+        before, now = getattr(start, name), getattr(config, name)
+        if comparable(name, before) != comparable(name, now):
+            changed[name] = (before, now)
+    for name, default in (("train_csv", "data_train.csv"), ("val_csv", "data_val.csv")):
+        before, now = _csv_name(getattr(start, name), default), _csv_name(getattr(config, name), default)
+        if before != now:
+            changed[name] = (before, now)
+    return changed
 
 
 def _check_same_run(out: Path, config: TrainConfig) -> None:
-    """A resume continues the run it finds: the same model, data handling and recipe (only :data:`SESSION_OPTIONS`
-    may change), and the same model selection (a run with validation, best.ckpt, does not turn into one without,
-    final.ckpt, half way: the two models would sit side by side)."""
+    """A resume continues the run it finds: the same model, data and recipe (only :data:`MACHINE_OPTIONS` may change),
+    and the same model selection (a run with validation, best.ckpt, does not turn into one without, final.ckpt,
+    half way: the two models would sit side by side)."""
     earlier = started_config(out)
     if earlier is None:
         return  # nothing to compare with
     saved = Path(out) / "config.json"
-    if earlier.validates != config.validates:
-        was = "with validation (best.ckpt)" if earlier.validates else "without validation (--val-csv none, final.ckpt)"
+    try:
+        changed = recipe_differences(earlier, config)
+        validated = TrainConfig.from_dict({**earlier, "out": config.out}).validates
+    except (ValueError, TypeError, ConfigError):
+        return  # a hand-edited config.json: nothing to compare with
+    if validated != config.validates:
+        was = "with validation (best.ckpt)" if validated else "without validation (--val-csv none, final.ckpt)"
         raise ConfigError(f"{saved}: the run was trained {was}; --resume it the same way or train into another --out")
-    changed = recipe_differences(earlier, config)
     if changed:
         listed = "; ".join(f"{name} {before!r} then, {now!r} now" for name, (before, now) in changed.items())
-        raise ConfigError(f"{saved}: the run was started with other options ({listed}); --resume it with the options it "
-                          "started with, or train into another --out")
+        hint = (" (the cosine schedule spans the epochs the run started with: train a longer run into another --out)"
+                if "epochs" in changed else "")
+        raise ConfigError(f"{saved}: the run was started with other options ({listed}){hint}; --resume it with the "
+                          "options it started with (leave them out: a resume takes them from config.json), or train "
+                          "into another --out")
 
 
 def _drop_stale_final(final: Path, epochs: int) -> None:
