@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gliomaseg.core.errors import DataError
+from gliomaseg.core.parallel import thread_map
 from gliomaseg.data.files import read_slices_csv
 from gliomaseg.data.formats.nifti_volumes import NIFTI
 from gliomaseg.data.formats.slice_files import SLICES
@@ -68,13 +69,13 @@ def held_out_counts(patients: list[PatientInput], csv: str | None) -> dict | Non
 
 def truth_masks(patient: PatientInput) -> list[np.ndarray]:
     """The truth masks of a patient's slices, uint8 0/1 (H, W) each; an error names the first slice without one."""
-    truths = []
-    for item in patient.slices:
-        truth = item.mask()
-        if truth is None:
+    def truth(item) -> np.ndarray:
+        mask = item.mask()
+        if mask is None:
             raise DataError(f"{item.image_path}: slice has no truth mask to score against")
-        truths.append(truth)
-    return truths
+        return mask
+
+    return thread_map(truth, patient.slices)  # read on the slice threads; the error of the first slice in order
 
 
 def score_masks(cases: Iterable[tuple[PatientInput, list[np.ndarray], list[np.ndarray]]],
@@ -168,7 +169,7 @@ def evaluate(
         counts[f"tta:{tta}"] = []
     cases = []
     for patient in patients:
-        images = [item.image(lenient=False) for item in patient.slices]
+        images = thread_map(lambda item: item.image(lenient=False), patient.slices)
         truths = truth_masks(patient)
         probs, raw = segment(predictor, images, threshold, batch_size=batch_size)
         cases.append((patient, raw, truths))
