@@ -75,11 +75,20 @@ def test_killed_run_resumes(prepared: Path, tmp_path: Path, monkeypatch):
     spec = _yaml(tmp_path / "one.yaml", "name: one\nruns:\n  - {name: unet, model: unet}\n")
     import gliomaseg.training.run as training
 
-    real_train = training.train
+    real_train, real_last = training.train, training.LastCheckpoint
+
+    class StopAfterFirstEpoch(real_last):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            super().on_train_epoch_end(trainer, pl_module)  # last.ckpt of epoch 1 written
+            trainer.should_stop = True
 
     def killed_after_first_epoch(config):
-        config.epochs = 1
-        real_train(config)
+        # the run keeps its 2 epochs (under the preset's cosine schedule they are its recipe) and stops after one
+        monkeypatch.setattr(training, "LastCheckpoint", StopAfterFirstEpoch)
+        try:
+            real_train(config)
+        finally:
+            monkeypatch.setattr(training, "LastCheckpoint", real_last)
         raise KeyboardInterrupt  # the user pressed Ctrl-C (or the machine went away) after epoch 1
 
     monkeypatch.setattr(training, "train", killed_after_first_epoch)
