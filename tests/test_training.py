@@ -607,3 +607,19 @@ def test_a_resume_with_another_recipe_is_refused_naming_the_options(prepared: Pa
     resumed = train(_config(prepared, tmp_path, epochs=1, resume=True, scheduler="cosine", model="Unet", encoder_weights="none",
                             workers=1, precision="32", channels_last=False, limit_train_batches=2))
     assert resumed.summary["epochs_completed"] == 1 and resumed.summary["train_images_this_session"] == 0
+
+
+def test_resume_options_come_from_config_json_and_an_older_file_still_guards(tmp_path: Path, capsys):
+    from gliomaseg.training.run import recipe_differences, resume_options, started_config
+
+    started = {**TrainConfig(out=str(tmp_path), lr=0.05, epochs=8, scheduler="cosine", workers=3).__dict__, "retired_option": 1}
+    (tmp_path / "config.json").write_text(json.dumps(started))
+    earlier = started_config(tmp_path)
+    assert "retired_option" not in earlier and "retired_option of an older gliomaseg left out" in capsys.readouterr().out
+    current = TrainConfig(out=str(tmp_path), workers=0, lr=0.01).__dict__
+    resumed = resume_options(tmp_path, current, given={"out", "resume", "workers"})
+    # the recipe as it started (lr, epochs, scheduler); the machine's own options as this session has them
+    assert (resumed["lr"], resumed["epochs"], resumed["scheduler"], resumed["workers"]) == (0.05, 8, "cosine", 0)
+    assert recipe_differences(earlier, TrainConfig.from_dict(resumed)) == {}
+    named = resume_options(tmp_path, current, given={"out", "resume", "lr"})
+    assert recipe_differences(earlier, TrainConfig.from_dict(named)) == {"lr": (0.05, 0.01)}
