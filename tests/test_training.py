@@ -10,13 +10,13 @@ import torch
 
 from gliomaseg.cli import main
 from gliomaseg.core.errors import ConfigError, TrainingDivergedError
-from gliomaseg.evaluation.metrics import dice, iou
 from gliomaseg.evaluation.evaluate import evaluate
+from gliomaseg.evaluation.metrics import dice, iou
 from gliomaseg.evaluation.scorer import PatientScorer
-from gliomaseg.training.task import SegmentationTask
 from gliomaseg.training.config import TrainConfig
 from gliomaseg.training.records import read_metrics
 from gliomaseg.training.run import train
+from gliomaseg.training.task import SegmentationTask
 
 
 def _config(prepared: Path, out: Path, **overrides) -> TrainConfig:
@@ -504,9 +504,9 @@ def test_decoder_width_travels_with_the_model(prepared: Path, tmp_path: Path):
     """A lighter Unet decoder (issue 23): trained, stored in the checkpoint, rebuilt by predict, exported to ONNX."""
     from gliomaseg.core.errors import CheckpointError, ConfigError
     from gliomaseg.export.onnx import export_onnx
-    from gliomaseg.modeling.spec import ModelInfo
-    from gliomaseg.inference.torch_backend import load_checkpoint
     from gliomaseg.inference.onnx_backend import OnnxPredictor
+    from gliomaseg.inference.torch_backend import load_checkpoint
+    from gliomaseg.modeling.spec import ModelInfo
 
     result = train(_config(prepared, tmp_path / "run", epochs=1, limit_train_batches=1, decoder_channels="32,16,8,8,4"))
     predictor = load_checkpoint(result.best_checkpoint)
