@@ -84,11 +84,11 @@ MACHINE_OPTIONS = frozenset({"out", "resume", "progress", "workers", "precision"
 _DATA_OPTIONS = frozenset({"data", "train_csv", "val_csv"})
 
 
-def started_config(out: Path) -> dict[str, Any] | None:
+def started_config(out: Path, note: bool = False) -> dict[str, Any] | None:
     """The options a run in ``out`` was started with (its ``config.json``), or ``None`` when there is none to read.
 
-    Options this version does not know (a file from an older gliomaseg) are left out with a note, so the rest still
-    guards the resume."""
+    Options this version does not know (a file from an older gliomaseg) are left out, so the rest still guards the
+    resume; ``note``: say so (once a resume: the check in :func:`train` asks, the callers before it do not)."""
     saved = Path(out) / "config.json"
     if not saved.is_file():
         return None
@@ -100,7 +100,7 @@ def started_config(out: Path) -> dict[str, Any] | None:
         return None
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
-    if unknown:
+    if unknown and note:
         print(f"{saved}: option(s) {', '.join(unknown)} of an older gliomaseg left out")
     return {k: v for k, v in values.items() if k in known}
 
@@ -161,7 +161,7 @@ def _check_same_run(out: Path, config: TrainConfig) -> None:
     """A resume continues the run it finds: the same model, data and recipe (only :data:`MACHINE_OPTIONS` may change),
     and the same model selection (a run with validation, best.ckpt, does not turn into one without, final.ckpt,
     half way: the two models would sit side by side)."""
-    earlier = started_config(out)
+    earlier = started_config(out, note=True)
     if earlier is None:
         return  # nothing to compare with
     saved = Path(out) / "config.json"
