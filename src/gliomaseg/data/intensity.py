@@ -47,11 +47,16 @@ def check_intensity(mode: str) -> str:
     return mode
 
 
-def brain_mask_255(image: np.ndarray) -> np.ndarray:
-    """(H, W) uint8, 255 on the brain pixels of an (H, W, 3) uint8 slice and 0 elsewhere: :func:`brain_mask` as an OpenCV mask."""
-    red, green, blue = cv2.split(np.ascontiguousarray(image))
+def brain_mask_of_planes(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`brain_mask_255` of a slice already split into its three (H, W) planes (``cv2.split``)."""
+    red, green, blue = planes
     # threshold, not compare: OpenCV reads a 1x1 array beside a number as two scalars
     return cv2.threshold(cv2.max(cv2.max(red, green), blue), BRAIN_THRESHOLD, 255, cv2.THRESH_BINARY)[1]
+
+
+def brain_mask_255(image: np.ndarray) -> np.ndarray:
+    """(H, W) uint8, 255 on the brain pixels of an (H, W, 3) uint8 slice and 0 elsewhere: :func:`brain_mask` as an OpenCV mask."""
+    return brain_mask_of_planes(cv2.split(np.ascontiguousarray(image)))
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -68,8 +73,9 @@ def patient_statistics(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nda
     # uint8 pixels: a histogram per channel (OpenCV's, over the brain mask) gives the exact sums without a float copy
     histogram = np.zeros((3, 256), np.float64)
     for image in images:
-        brain = brain_mask_255(image)
-        for channel, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
+        planes = cv2.split(np.ascontiguousarray(image))
+        brain = brain_mask_of_planes(planes)
+        for channel, plane in enumerate(planes):
             histogram[channel] += cv2.calcHist([plane], [0], brain, [256], [0, 256]).ravel()
     count = float(histogram[0].sum())
     if count == 0:

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from gliomaseg.data.intensity import brain_mask_255
+from gliomaseg.data.intensity import brain_mask_of_planes
 
 # Channel order of a slice, and the sequence each channel holds.
 SEQUENCES = ("pre-contrast", "FLAIR", "post-contrast")
@@ -37,11 +37,10 @@ class SequenceCheck:
         self.pixels = 0
 
     def add(self, image: np.ndarray) -> "SequenceCheck":
-        image = np.ascontiguousarray(image)
-        brain = brain_mask_255(image)
+        planes = cv2.split(np.ascontiguousarray(image))
+        brain = brain_mask_of_planes(planes)
         count = cv2.countNonZero(brain)
         if count:
-            planes = cv2.split(image)
             for channel in range(3):
                 if channel != FLAIR_CHANNEL:  # the exact sum of |channel - FLAIR| over the brain (OpenCV's L1 norm)
                     self.difference[channel] += cv2.norm(planes[channel], planes[FLAIR_CHANNEL], cv2.NORM_L1, mask=brain)
