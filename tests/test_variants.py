@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -43,14 +44,52 @@ def test_naming_rule():
     assert variant_path(Path("a/model.onnx")) == Path("a/model.int8.onnx")
 
 
-def test_auto_runs_the_faster_checked_variant(pair: Path, monkeypatch):
+def test_auto_runs_the_faster_checked_variant(pair: Path, monkeypatch, tmp_path: Path):
     assert check_problem(pair, variant_path(pair)) is None
+    monkeypatch.setenv("GLIOMASEG_CACHE_DIR", str(tmp_path / "cache"))
     for faster in ("int8", "fp32"):
-        monkeypatch.setattr(variants, "_best_rate", lambda p, f=faster: 100.0 if p.path.name.count(".int8") == (f == "int8") else 10.0)
-        predictor = open_fastest(pair)
+        monkeypatch.setattr(variants, "_rate", lambda p, images, f=faster: 100.0 if p.path.name.count(".int8") == (f == "int8") else 10.0)
+        predictor = open_fastest(pair, use_cache=False)
         assert predictor.choice.variant == faster and predictor.path == (variant_path(pair) if faster == "int8" else pair)
-        assert set(predictor.choice.rates) == {"fp32", "int8"} and "faster than" in predictor.choice.message()
+        assert predictor.choice.rates == {"fp32": 100.0 if faster == "fp32" else 10.0, "int8": 100.0 if faster == "int8" else 10.0}
+        assert "faster than" in predictor.choice.message()
         assert "slices/s" in predictor.choice.message(verbose=True) and "slices/s" not in predictor.choice.message()
+    assert not (tmp_path / "cache" / f"{variants.CACHE_KIND}.json").exists()  # use_cache=False stores nothing
+
+
+def test_the_two_are_timed_alternately_and_the_choice_is_cached(pair: Path, monkeypatch, tmp_path: Path):
+    """A slow spell of the machine must not decide the choice: the rounds alternate and each keeps its best;
+    a second run takes the cached choice and opens only the winner's session."""
+    from gliomaseg.inference import onnx_backend
+
+    monkeypatch.setenv("GLIOMASEG_CACHE_DIR", str(tmp_path / "cache"))
+    timed: list[str] = []
+    # int8 is truly faster (80 against 50) but its first round falls in a slow spell (20): it must still win.
+    spells = {"int8": itertools.chain([20.0], itertools.repeat(80.0)), "fp32": itertools.repeat(50.0)}
+
+    def rate(predictor, images):
+        name = "int8" if ".int8" in predictor.path.name else "fp32"
+        timed.append(name)
+        assert images.shape == (variants.COMPARE_SLICES, predictor.image_size, predictor.image_size, 3)
+        return next(spells[name])
+
+    monkeypatch.setattr(variants, "_rate", rate)
+    first = open_fastest(pair)
+    assert timed == ["fp32", "int8"] * variants.COMPARE_ROUNDS
+    assert first.choice.variant == "int8" and first.choice.rates == {"fp32": 50.0, "int8": 80.0}
+    assert first.choice.reason == "faster than fp32 here, measured"
+
+    opened: list[str] = []
+    real_init = onnx_backend.OnnxPredictor.__init__
+    monkeypatch.setattr(onnx_backend.OnnxPredictor, "__init__",
+                        lambda self, path, **kw: (opened.append(Path(path).name), real_init(self, path, **kw))[1])
+    again = open_fastest(pair)
+    assert opened == [variant_path(pair).name] and len(timed) == 2 * variants.COMPARE_ROUNDS  # nothing timed again
+    assert again.choice.variant == "int8" and again.choice.rates == {"fp32": 50.0, "int8": 80.0}
+    assert again.choice.reason == "faster than fp32 here, measured earlier on this machine"
+    opened.clear()
+    assert open_fastest(pair, threads=1).choice.reason.endswith("here, measured")  # other options: measured anew
+    assert sorted(opened) == sorted([pair.name, variant_path(pair).name])
 
 
 def test_forced_variants(pair: Path):

@@ -7,8 +7,11 @@ counts only when its ``gliomaseg`` metadata carries the check against fp32 that 
 encoder, size, intensity, threshold) and, when recorded, its fp32 digest is that of the file beside it.
 
 Which one runs is measured, not assumed: int8 is 2-3x faster on CPUs with VNNI, but not on every CPU. Each
-candidate's ONNX Runtime probe (:mod:`gliomaseg.inference.onnx_backend`, a second or two, cached per machine) gives
-its slices/s; the fastest wins.
+candidate first finds its own threads and micro-batch (:mod:`gliomaseg.inference.onnx_backend`); then the two are
+timed in alternating rounds at those settings, each keeping its best round, since on a small machine the speed
+drifts within seconds and whichever ran in a slow moment would lose (the same slices, :data:`COMPARE_ROUNDS`
+rounds, about a second). The faster wins; the choice is cached per machine, ONNX Runtime version and pair of files
+(kind :data:`CACHE_KIND`), so a later run opens only the winner.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gliomaseg.core import machine
 from gliomaseg.core.defaults import VARIANT_CHOICES
 from gliomaseg.core.errors import CheckpointError
 from gliomaseg.modeling.spec import read_onnx_metadata
 
 # The fields a variant must share with its fp32 model to count as the same model.
 SAME_MODEL_FIELDS = ("arch", "encoder", "decoder_channels", "image_size", "intensity", "threshold", "mean", "std")
+CACHE_KIND = "onnx_variant"
+COMPARE_ROUNDS = 3
+COMPARE_SLICES = 8
 
 
 def variant_path(model: str | Path, variant: str = "int8") -> Path:
@@ -115,29 +122,57 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
         predictor = OnnxPredictor(sibling, **onnx_options)
         predictor.choice = Choice(sibling, "int8", "as asked", check=check)
         return predictor
-    candidates = {"fp32": OnnxPredictor(model, **onnx_options), "int8": OnnxPredictor(sibling, **onnx_options)}
-    rates = {name: _best_rate(p) for name, p in candidates.items()}
-    best = max(rates, key=rates.get)
-    predictor = candidates[best]
+    paths = {"fp32": model, "int8": sibling}
+    key = _choice_key(paths, onnx_options)
+    hit = machine.cached(CACHE_KIND, key) if onnx_options.get("use_cache", True) else None
+    if hit and hit.get("variant") in paths and isinstance(hit.get("rates"), dict):
+        best, rates, when = hit["variant"], hit["rates"], "measured earlier on this machine"
+        predictor = OnnxPredictor(paths[best], **onnx_options)  # the loser's session is never opened
+    else:
+        candidates = {name: OnnxPredictor(path, **onnx_options) for name, path in paths.items()}
+        rates = _compare(candidates)
+        best, when = max(rates, key=rates.get), "measured"
+        predictor = candidates[best]
+        if onnx_options.get("use_cache", True):
+            machine.store(CACHE_KIND, key, {"variant": best, "rates": rates})
     other = "int8" if best == "fp32" else "fp32"
-    predictor.choice = Choice(Path(predictor.path), best, f"faster than {other} here, measured", rates,
+    predictor.choice = Choice(Path(predictor.path), best, f"faster than {other} here, {when}", rates,
                               check if best == "int8" else {})
     return predictor
 
 
-def _best_rate(predictor) -> float:
-    """Slices/s of ``predictor`` at its chosen setting: from its runtime probe, or a quick measurement when the
-    setting was given (no probe ran)."""
-    rates = predictor.settings.slices_per_second
-    key = f"{predictor.settings.threads}x{predictor.settings.micro_batch}"
-    if key in rates:
-        return float(rates[key])
-    import time
+def _choice_key(paths: dict[str, Path], onnx_options: dict) -> dict:
+    """The cache key of a choice between ``paths``: this machine, ONNX Runtime, both files' digests and the options
+    given (a choice measured with ``--threads 1`` says nothing about 2)."""
+    import onnxruntime as ort
 
+    from gliomaseg.inference.onnx_backend import file_digest
+
+    given = {k: onnx_options.get(k) for k in ("threads", "micro_batch")}
+    return machine.machine_key(onnxruntime=ort.__version__, given=given,
+                               **{name: file_digest(path) for name, path in paths.items()})
+
+
+def _compare(candidates: dict) -> dict[str, float]:
+    """Slices/s of each predictor in ``candidates`` at its own setting, timed in :data:`COMPARE_ROUNDS` alternating
+    rounds on the same :data:`COMPARE_SLICES` slices, each keeping its best round."""
     import numpy as np
 
-    images = np.random.default_rng(0).integers(0, 255, (4, predictor.image_size, predictor.image_size, 3), dtype=np.uint8)
-    predictor.logits(images[:1])
+    size = next(iter(candidates.values())).image_size
+    images = np.random.default_rng(0).integers(0, 255, (COMPARE_SLICES, size, size, 3), dtype=np.uint8)
+    for predictor in candidates.values():
+        predictor.logits(images[: predictor.micro_batch])  # first call: ONNX Runtime's own warm-up
+    best = dict.fromkeys(candidates, 0.0)
+    for _ in range(COMPARE_ROUNDS):
+        for name, predictor in candidates.items():
+            best[name] = max(best[name], _rate(predictor, images))
+    return {name: round(rate, 2) for name, rate in best.items()}
+
+
+def _rate(predictor, images) -> float:
+    """Slices/s of one pass of ``images`` through ``predictor``."""
+    import time
+
     started = time.perf_counter()
     predictor.logits(images)
     return len(images) / (time.perf_counter() - started)
