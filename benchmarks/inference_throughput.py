@@ -7,10 +7,12 @@ package carries one. Per model:
 - slices/s of eager fp32 at batch 1 (the case study's way), eager fp32 channels_last at --batch (micro-batches
   of 2), ONNX Runtime fp32 and int8 at --batch (threads and micro-batch as ``predict`` chooses them);
 - the int8 model's check against fp32 on the validation CSV (mask pixel agreement, per-patient Dice, as
-  ``gliomaseg export --quantize int8`` does, calibrated on --calibration-slices training slices);
+  ``gliomaseg export --quantize int8`` does, calibrated on --calibration-slices training slices); for the shipped
+  model, the int8 file that ships beside it and the check stored in it (quantized here only when none ships);
+- the shipped model's eager rows use its architecture (decoder widths included) with random weights;
 - one patient end to end (read, predict, masks, overlays, GIF) with each ONNX model, and where the time goes.
 
-    .venv/bin/python benchmarks/inference_throughput.py [--checkpoint runs/x/best.ckpt] [--slices 64] [--quick]
+    .venv/bin/python benchmarks/inference_throughput.py [--checkpoint runs/x/best.ckpt] [--slices 64] [--shipped-only] [--quick]
 
 --quick: 16 slices, calibration on 16 slices, the check on 2 validation patients (to see that it runs).
 """
@@ -39,8 +41,9 @@ from gliomaseg.export.quantization import write_variant  # noqa: E402
 from gliomaseg.inference.onnx_backend import OnnxPredictor  # noqa: E402
 from gliomaseg.inference.segment import predict_probabilities  # noqa: E402
 from gliomaseg.inference.torch_backend import TorchPredictor, load_checkpoint  # noqa: E402
+from gliomaseg.inference.variants import check_problem, variant_path  # noqa: E402
 from gliomaseg.modeling.models import build_model  # noqa: E402
-from gliomaseg.modeling.spec import ModelInfo  # noqa: E402
+from gliomaseg.modeling.spec import read_onnx_metadata  # noqa: E402
 from gliomaseg.predict.files import predict  # noqa: E402
 
 
@@ -151,6 +154,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--calibration-slices", type=int, default=128)
     parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--shipped-only", action="store_true", help="only the shipped model's rows (no Unet-resnet18)")
     parser.add_argument("--quick", action="store_true", help="a short run to check that the benchmark works")
     args = parser.parse_args()
     if args.quick:
@@ -177,16 +181,17 @@ def main() -> None:
         return np.stack([im if im.shape[0] == size else cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in raw])
 
     # Unet-resnet18
-    from gliomaseg.export.onnx import export_onnx
+    if not args.shipped_only:
+        from gliomaseg.export.onnx import export_onnx
 
-    ckpt = checkpoint_for_bench(args.checkpoint, work)
-    eager = load_checkpoint(ckpt, channels_last=True)
-    export_onnx(ckpt, work / "r18.onnx")
-    int8, report = int8_variant(work / "r18.onnx", work / "r18-int8.onnx", data, check_csv, args.calibration_slices)
-    label = f"Unet-resnet18 {eager.image_size}px ({'given checkpoint' if args.checkpoint else 'random init'})"
-    notes.append(f"{label}: int8 calibrated on {report['calibration_slices']} training slices in {report['seconds']} s (quantize + check)")
-    rows += bench_model(label, eager, work / "r18.onnx", int8, at(eager.image_size), patient_csv, n_patient, args.batch, work)
-    rows.append(check_row(label, report))
+        ckpt = checkpoint_for_bench(args.checkpoint, work)
+        eager = load_checkpoint(ckpt, channels_last=True)
+        export_onnx(ckpt, work / "r18.onnx")
+        int8, report = int8_variant(work / "r18.onnx", work / "r18-int8.onnx", data, check_csv, args.calibration_slices)
+        label = f"Unet-resnet18 {eager.image_size}px ({'given checkpoint' if args.checkpoint else 'random init'})"
+        notes.append(f"{label}: int8 calibrated on {report['calibration_slices']} training slices in {report['seconds']} s (quantize + check)")
+        rows += bench_model(label, eager, work / "r18.onnx", int8, at(eager.image_size), patient_csv, n_patient, args.batch, work)
+        rows.append(check_row(label, report))
 
     # The shipped model
     from gliomaseg.assets import shipped_model_path
@@ -198,20 +203,26 @@ def main() -> None:
         notes.append(f"shipped model: missing ({exc}); no rows for it")
         print(notes[-1], flush=True)
     else:
-        meta = OnnxPredictor(shipped, micro_batch=1).meta
-        info = ModelInfo(arch=meta["arch"], encoder=meta["encoder"], image_size=int(meta["image_size"]), mean=meta["mean"],
-                         std=meta["std"], threshold=float(meta["threshold"]))
+        probe = OnnxPredictor(shipped, micro_batch=1)
+        meta, info = probe.meta, probe.info  # the shipped model's own description, decoder widths included
         shipped_label = f"shipped {info.arch}-{info.encoder} {info.image_size}px"
         # Eager speed does not depend on the weights: the same architecture, randomly initialised.
-        shipped_eager = TorchPredictor(build_model(info.arch, info.encoder), info, channels_last=True)
+        shipped_eager = TorchPredictor(build_model(info.arch, info.encoder, decoder_channels=info.decoder_channels), info,
+                                       channels_last=True)
         weights = meta.get("variant", {}).get("weights", "fp32")
+        sibling = variant_path(shipped)
         if weights == "int8":
             fp32, shipped_int8 = None, shipped
             notes.append(f"{shipped_label}: the shipped file is int8 already; no ORT fp32 row")
+        elif sibling.is_file() and check_problem(shipped, sibling) is None:
+            # the int8 file that ships, with the check export stored in it (not a new quantization)
+            fp32, shipped_int8 = shipped, sibling
+            report = read_onnx_metadata(sibling)["variant"]
+            rows.append(check_row(f"{shipped_label} (the shipped {sibling.name}, its stored check)", report))
         else:
             fp32 = shipped
             shipped_int8, report = int8_variant(shipped, work / "shipped-int8.onnx", data, check_csv, args.calibration_slices)
-            rows.append(check_row(shipped_label, report))
+            rows.append(check_row(f"{shipped_label} (quantized here: no checked {sibling.name} ships)", report))
         rows += bench_model(shipped_label, shipped_eager, fp32, shipped_int8, at(info.image_size), patient_csv, n_patient, args.batch, work,
                             eager_same_weights=False)
 
@@ -221,7 +232,7 @@ def main() -> None:
     for note in notes:
         print(note)
     print_table(rows, ["path", "slices_per_s", "mask_agreement_vs_first_row", "seconds_per_patient", "stages_s", "patient_dice"])
-    print(f"wrote {write_results('inference_throughput', rows, {'data': source, 'machine': machine(), 'notes': notes, **vars(args)})}")
+    print(f"wrote {write_results('inference_throughput_shipped' if args.shipped_only else 'inference_throughput', rows, {'data': source, 'machine': machine(), 'notes': notes, **vars(args)})}")
 
 
 if __name__ == "__main__":

@@ -474,7 +474,7 @@ def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. model.onnx (an int8 variant: model.int8.onnx)")
     p.add_argument("--opset", type=_ranged(int, 7, 30), default=ONNX_OPSET, help="ONNX opset")
     p.add_argument("--quantize", choices=EXPORT_VARIANTS, default=None,
-                   help="int8: static QDQ quantization (per-channel weights) calibrated on training slices, ~2x faster on "
+                   help="int8: static QDQ quantization (per-channel weights) calibrated on training slices, 1.2-2.4x as fast on "
                         "CPUs with VNNI; fp16: weights stored in float16 (half the file, fp32 arithmetic). Either is "
                         f"checked against fp32 on the validation slices and refused when the mean per-patient Dice drops by more than "
                         f"{MAX_DICE_DROP} (or one patient's by more than {MAX_PATIENT_DICE_DROP})")

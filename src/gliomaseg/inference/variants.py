@@ -3,10 +3,11 @@
 Naming rule: the int8 variant of ``NAME.onnx`` is ``NAME.int8.onnx`` in the same folder (what
 ``gliomaseg export --quantize int8 --out NAME.int8.onnx`` writes, and how the shipped pair is named). A variant
 counts only when its ``gliomaseg`` metadata carries the check against fp32 that ``export`` stores (see
-:mod:`gliomaseg.export.quantization`), that check passed its own limits, its model is the same one (architecture,
-encoder, size, intensity, threshold) and, when recorded, its fp32 digest is that of the file beside it.
+:mod:`gliomaseg.export.quantization`), that check passed its own limits, its model is the same one
+(:data:`SAME_MODEL_FIELDS`) and, when recorded, its fp32 digest is that of the file beside it.
 
-Which one runs is measured, not assumed: int8 is 2-3x faster on CPUs with VNNI, but not on every CPU. Each
+Which one runs is measured, not assumed: int8 ran 1.2-2.4x as fast as fp32 on CPUs with VNNI (the gain depends
+on the model: docs/benchmarks.md), and can be slower on CPUs without fast int8. Each
 candidate first finds its own threads and micro-batch (:mod:`gliomaseg.inference.onnx_backend`); then the two are
 timed in alternating rounds at those settings, each keeping its best round, since on a small machine the speed
 drifts within seconds and whichever ran in a slow moment would lose (the same slices, :data:`COMPARE_ROUNDS`

@@ -2,8 +2,8 @@
 
 Adam leaves some weights of a trained model (and BatchNorm folding some of the exported ones) below float32's
 smallest normal number, about 1.2e-38. Each is zero to any precision that matters, but x86 CPUs run arithmetic on
-denormal operands through slow microcode: the shipped model holds 1579 such weights among 5.2 million, and ONNX
-Runtime's fp32 path ran it at 22.8 slices/s as stored against 27.2 with them zero, with identical outputs (max abs
+denormal operands through slow microcode: the full-decoder model shipped in session 9 held 1579 such weights among
+5.2 million, and ONNX Runtime's fp32 path ran it at 22.8 slices/s as stored against 27.2 with them zero, with identical outputs (max abs
 logit difference 0.0; alternating rounds, benchmarks/denormals.py). Runs taken before and after the flush (not
 alternated, so the machine's drift is in them) showed larger gains for the cross-validation's trained models
 (docs/benchmarks.md). Random initial weights have none, which is why benchmarks
