@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from gliomaseg.core.errors import DataError
 from gliomaseg.core.limits import MAX_IMAGE_SIDE
 from gliomaseg.data import files, nifti
-from gliomaseg.core.errors import DataError
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -233,9 +233,10 @@ def test_bad_numbers_are_refused_at_the_cli_with_one_message(argv, option, capsy
 def test_csv_with_empty_cells_and_a_patient_named_na(tmp_path: Path):
     from gliomaseg.data.sources import open_source
 
-    image = tmp_path / "s_1.png"
-    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
-    (tmp_path / "a.csv").write_text(f"patient,image_path,mask_path,slice\nNA,{image},,1\nNA,{image},,\n")
+    image, other = tmp_path / "s_1.png", tmp_path / "s_2.png"
+    for path in (image, other):
+        cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "a.csv").write_text(f"patient,image_path,mask_path,slice\nNA,{image},,1\nNA,{other},,\n")
     patients, _ = open_source(tmp_path / "a.csv")
     assert [p.name for p in patients] == ["NA"] and [s.mask_path for s in patients[0].slices] == [None, None]
     assert files.read_slices_csv(tmp_path / "a.csv", require_mask=False)["slice"].tolist()[0] == 1
@@ -349,8 +350,8 @@ def test_checkpoint_with_nan_weights_is_refused_and_not_exported(tmp_path: Path)
 
     from gliomaseg.core.errors import CheckpointError
     from gliomaseg.export.onnx import export_onnx
-    from gliomaseg.modeling.spec import ModelInfo, read_checkpoint
     from gliomaseg.inference.torch_backend import TorchPredictor
+    from gliomaseg.modeling.spec import ModelInfo, read_checkpoint
 
     path = tmp_path / "nan.ckpt"
     torch.save({"state_dict": {"model.conv.weight": torch.tensor([1.0, float("nan")])}, "hyper_parameters": INFO}, path)
@@ -556,6 +557,88 @@ def test_a_rerun_replaces_the_previous_run_and_a_failed_one_leaves_it(tmp_path: 
     assert names == [".gliomaseg-predict.json", "A/A_1_overlay.png", "A/A_1_pred.png", "A/A_2_overlay.png", "A/A_2_pred.png",
                      "A/A_3_overlay.png", "A/A_3_pred.png", "notes.txt", "patients.csv", "predictions.csv",
                      "report.html"]  # no B, no skipped.csv
+
+
+def test_a_run_killed_while_its_files_move_in_is_cleaned_by_the_next(tmp_path: Path, monkeypatch):
+    """The swap is many renames: killed half way, both runs' files stay listed, and the next run leaves only its own."""
+    import json
+    import os
+
+    from gliomaseg.core import io as io_module
+
+    out = tmp_path / "out"
+
+    def run(files: dict[str, str]) -> None:
+        with io_module.run_folder(out, "demo") as work:
+            for rel, text in files.items():
+                (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                (work / rel).write_text(text)
+
+    run({"A/a.png": "1", "table.csv": "1"})
+    real = os.replace
+
+    def dies_on_b(src, dst, *args, **kwargs):
+        if Path(dst).name == "b.png":
+            raise KeyboardInterrupt  # kill -9 between two renames
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(io_module.os, "replace", dies_on_b)
+    with pytest.raises(KeyboardInterrupt):
+        run({"B/b.png": "2", "C/c.png": "2", "table.csv": "2"})
+    manifest = json.loads((out / ".gliomaseg-demo.json").read_text())
+    assert manifest["complete"] is False and set(manifest["files"]) >= {"A/a.png", "B/b.png", "C/c.png", "table.csv"}
+    monkeypatch.undo()
+    run({"D/d.png": "3"})
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == [".gliomaseg-demo.json", "D/d.png"]  # nothing of the first two runs, no empty folder left
+    assert sorted(p.name for p in out.iterdir()) == [".gliomaseg-demo.json", "D"]
+    assert json.loads((out / ".gliomaseg-demo.json").read_text()) == {"command": "demo", "files": ["D/d.png"]}
+
+
+def test_two_slices_of_one_name_are_refused_naming_both(tmp_path: Path, bright_predictor):
+    from gliomaseg.data.sources import open_source
+    from gliomaseg.predict.files import predict
+
+    patient = tmp_path / "in" / "P"
+    patient.mkdir(parents=True)
+    cv2.imwrite(str(patient / "P_1.png"), np.full((32, 32, 3), 200, np.uint8))
+    cv2.imwrite(str(patient / "P_1.tif"), np.full((32, 32, 3), 20, np.uint8))  # would write P_1_pred.png too
+    cv2.imwrite(str(patient / "P_2.png"), np.full((32, 32, 3), 90, np.uint8))
+    with pytest.raises(DataError, match=r"slice 'P_1' of patient 'P' also comes from .*P_1\.(png|tif)") as error:
+        open_source(tmp_path / "in")
+    assert "P_1.png" in str(error.value) and "P_1.tif" in str(error.value)
+    with pytest.raises(DataError):
+        predict(bright_predictor, tmp_path / "in", tmp_path / "out", gifs=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
+    (patient / "P_1.tif").unlink()
+    patients, _ = open_source(tmp_path / "in")
+    assert [item.name for item in patients[0].slices] == ["P_1", "P_2"]
+
+
+def test_several_folders_are_refused_as_folders(tmp_path: Path):
+    from gliomaseg.data.sources import open_source
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DataError, match=r"a: a folder goes alone"):
+        open_source([tmp_path / "a", tmp_path / "b"])
+
+
+def test_a_bad_mask_is_listed_under_its_image_with_the_mask_named(tmp_path: Path, bright_predictor):
+    import pandas as pd
+
+    from gliomaseg.predict.files import predict
+
+    patient = tmp_path / "in" / "P"
+    patient.mkdir(parents=True)
+    for k in (1, 2):
+        cv2.imwrite(str(patient / f"P_{k}.png"), np.full((32, 32, 3), 60 * k, np.uint8))
+    cv2.imwrite(str(patient / "P_2_mask.png"), np.full((32, 32), 77, np.uint8))  # neither 0 nor 255: not a mask
+    result = predict(bright_predictor, tmp_path / "in", tmp_path / "out", gifs=False)
+    assert len(result.predictions) == 1
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert skipped["path"].map(lambda p: Path(p).name).tolist() == ["P_2.png"]
+    assert "P_2_mask.png" in skipped["problem"][0]  # the file at fault is named, not only the image
 
 
 def shutil_rmtree(path: Path) -> None:

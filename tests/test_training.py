@@ -609,6 +609,43 @@ def test_a_resume_with_another_recipe_is_refused_naming_the_options(prepared: Pa
     assert resumed.summary["epochs_completed"] == 1 and resumed.summary["train_images_this_session"] == 0
 
 
+def test_a_resume_refuses_a_run_whose_config_or_data_it_cannot_match(prepared: Path, tmp_path: Path):
+    """Without a readable config.json a resume could not tell another recipe from the run's own; on another split
+    with the same CSV names it would pick its best epoch on patients it may have trained on: both refused, named."""
+    import shutil
+
+    run = tmp_path / "run"
+    train(_config(prepared, run, epochs=1, limit_train_batches=2))
+    record = json.loads((run / "data.json").read_text())
+    assert record["train"]["csv"] == "data_train.csv" and record["val"]["patients"] >= 1
+    config = run / "config.json"
+    text = config.read_text()
+    for broken, problem in ((text[:-20], "is not a readable JSON object"), (None, "is missing"),
+                            (json.dumps({**json.loads(text), "train_csv": 3}), "its options cannot be read as a run's")):
+        if broken is None:
+            config.unlink()
+        else:
+            config.write_text(broken)
+        with pytest.raises(ConfigError, match=rf"config\.json: {problem}"):
+            train(_config(prepared, run, epochs=2, resume=True, limit_train_batches=2))
+        assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 0  # nothing trained on
+    config.write_text(text)
+
+    other = tmp_path / "other_split"  # the same file names, other patients in each set
+    shutil.copytree(prepared, other)
+    train_frame, val_frame = pd.read_csv(other / "data_train.csv"), pd.read_csv(other / "data_val.csv")
+    moved = val_frame["patient"].iloc[0]
+    pd.concat([train_frame, val_frame[val_frame["patient"] == moved]]).to_csv(other / "data_train.csv", index=False)
+    val_frame[val_frame["patient"] != moved].to_csv(other / "data_val.csv", index=False)
+    with pytest.raises(ConfigError, match=r"data\.json: the run was started on other slices \(train data_train\.csv: "
+                                          r"\d+ patients, \d+ slices, digest \w+ then, data_train\.csv: \d+ patients"):
+        train(_config(other, run, epochs=2, resume=True, limit_train_batches=2))
+    moved_data = tmp_path / "moved"  # the same data in another folder resumes
+    shutil.copytree(prepared, moved_data)
+    resumed = train(_config(moved_data, run, epochs=2, resume=True, limit_train_batches=2))
+    assert resumed.summary["epochs_completed"] == 2
+
+
 def test_resume_options_come_from_config_json_and_an_older_file_still_guards(tmp_path: Path, capsys):
     from gliomaseg.training.run import recipe_differences, resume_options, started_config
 

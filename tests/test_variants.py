@@ -119,6 +119,22 @@ def test_a_variant_that_failed_or_is_another_model_is_never_used(pair: Path, tmp
     assert lone.path == fp32 and lone.choice.variant == "fp32"
 
 
+def test_a_damaged_int8_sibling_falls_back_to_fp32_and_says_why(pair: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GLIOMASEG_CACHE_DIR", str(tmp_path / "cache"))
+    fp32 = tmp_path / "m.onnx"
+    shutil.copy(pair, fp32)
+    proto = onnx.load(str(variant_path(pair)))
+    damaged = next(t for t in proto.graph.initializer if len(t.raw_data) > 8)
+    damaged.raw_data = damaged.raw_data[: len(damaged.raw_data) // 2]  # the weights broken, the metadata intact
+    onnx.save(proto, str(variant_path(fp32)))
+    assert check_problem(fp32, variant_path(fp32)) is None  # its check and digest still pass: only loading shows it
+    predictor = open_fastest(fp32)
+    assert predictor.path == fp32 and predictor.choice.variant == "fp32"
+    assert predictor.choice.reason.startswith("m.int8.onnx does not load: not a loadable ONNX model")
+    with pytest.raises(CheckpointError, match="m.int8.onnx: not a loadable"):
+        open_fastest(fp32, "int8")  # asked for by name: its error is the answer
+
+
 def test_the_shipped_model_has_a_checked_int8_variant():
     shipped = shipped_model_path()
     int8 = variant_path(shipped)

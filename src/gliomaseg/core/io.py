@@ -64,8 +64,11 @@ def run_folder(out: str | Path, command: str) -> Iterator[Path]:
     place and listed there.
 
     So a folder holds one run's files, never a mix: a rerun with fewer folds, patients or skipped files leaves no
-    old file behind, a run that fails or is killed (even ``kill -9``) leaves the previous run as it was (its hidden
-    folder is removed by the next run), and files in ``out`` that no gliomaseg run wrote are never touched.
+    old file behind, a run that fails or is killed (even ``kill -9``) while it writes leaves the previous run as it
+    was (its hidden folder is removed by the next run), and files in ``out`` that no gliomaseg run wrote are never
+    touched. The last step, moving the new files in, is a series of renames: a run killed during it leaves a
+    manifest marked ``"complete": false`` that lists both runs' files, and the next run removes every one it does
+    not write itself.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,15 +85,21 @@ def run_folder(out: str | Path, command: str) -> Iterator[Path]:
                 old = [str(f) for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", [])]
             except (ValueError, AttributeError):
                 old = []
+        # The swap below is many renames, not one: listed first, both runs' files are the next run's to remove
+        # should this one be killed half way through it.
+        write_text(json.dumps({"command": command, "files": sorted(set(old) | set(new)), "complete": False}, indent=1),
+                   manifest)
         root = out.resolve()
         for rel in old:
             target = (out / rel)
-            if rel not in new and target.resolve().is_relative_to(root) and target.is_file() and not target.is_symlink():
+            if rel in new or not target.resolve().is_relative_to(root) or target.is_symlink():
+                continue
+            if target.is_file():
                 target.unlink()
-                for folder in target.parents:  # folders the old run made and that are empty now
-                    if folder.resolve() == root or any(folder.iterdir()):
-                        break
-                    folder.rmdir()
+            for folder in target.parents:  # folders the old run made that are empty now (or that a killed swap made)
+                if folder.resolve() == root or not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
         for rel in new:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(work / rel, out / rel)

@@ -122,8 +122,12 @@ def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Pa
         patients = _read_folder(paths[0], problems, top=True)
     else:
         formats = {format_for(p) for p in paths}
-        if None in formats or any(p.is_dir() for p in paths):
-            bad = next(p for p in paths if p.is_dir() or format_for(p) is None)
+        folder = next((p for p in paths if p.is_dir()), None)
+        if folder is not None:
+            raise DataError(f"{folder}: a folder goes alone; give one folder (or the folder above several patients' "
+                            "folders) per run, or several slice files")
+        if None in formats:
+            bad = next(p for p in paths if format_for(p) is None)
             raise DataError(f"{bad}: unsupported input format {bad.suffix or '(none)'}; give a slice, a CSV, a NIfTI case "
                             f"({', '.join(supported_endings())}) or a folder")
         if len(formats) > 1:
@@ -139,6 +143,13 @@ def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Pa
             raise DataError(f"{patient.slices[0].image_path}: patient {patient.name!r} also comes from "
                             f"{other.slices[0].image_path}; two patients of one name would write into one output folder, "
                             "so give them separately (or rename one folder)")
+        names: dict[str, SliceInput] = {}
+        for item in patient.slices:  # a slice's name becomes its output files (P_1.tif and P_1.png: both P_1_pred.png)
+            first = names.setdefault(item.name, item)
+            if first is not item:
+                raise DataError(f"{item.image_path}: slice {item.name!r} of patient {patient.name!r} also comes from "
+                                f"{first.image_path}; two slices of one name would write the same output files, so keep "
+                                "one of them (or rename it)")
     if not patients:
         if problems:  # e.g. a folder of masks alone
             raise DataError(f"{problems[0][0]}: {problems[0][1]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -125,21 +125,42 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
         return predictor
     paths = {"fp32": model, "int8": sibling}
     key = _choice_key(paths, onnx_options)
-    hit = machine.cached(CACHE_KIND, key) if onnx_options.get("use_cache", True) else None
+    use_cache = onnx_options.get("use_cache", True)
+    hit = machine.cached(CACHE_KIND, key) if use_cache else None
     if hit and hit.get("variant") in paths and isinstance(hit.get("rates"), dict):
-        best, rates, when = hit["variant"], hit["rates"], "measured earlier on this machine"
-        predictor = OnnxPredictor(paths[best], **onnx_options)  # the loser's session is never opened
+        # the loser's session is never opened
+        best, rates = hit["variant"], hit["rates"]
+        candidates = {best: OnnxPredictor(model, **onnx_options) if best == "fp32" else _open_sibling(sibling, onnx_options)}
+        when = "measured earlier on this machine"
     else:
-        candidates = {name: OnnxPredictor(path, **onnx_options) for name, path in paths.items()}
+        candidates = {"fp32": OnnxPredictor(model, **onnx_options), "int8": _open_sibling(sibling, onnx_options)}
+        rates, when = {}, "measured"
+    if isinstance(candidates.get("int8"), CheckpointError):  # a damaged sibling: the model asked for still runs
+        failure = candidates["int8"]
+        predictor = candidates.get("fp32") or OnnxPredictor(model, **onnx_options)
+        predictor.choice = Choice(model, "fp32", f"{sibling.name} does not load: {str(failure).partition(': ')[2]}")
+        return predictor
+    if not rates:
         rates = _compare(candidates)
-        best, when = max(rates, key=rates.get), "measured"
-        predictor = candidates[best]
-        if onnx_options.get("use_cache", True):
-            machine.store(CACHE_KIND, key, {"variant": best, "rates": rates})
+        if use_cache:
+            machine.store(CACHE_KIND, key, {"variant": max(rates, key=rates.get), "rates": rates})
+    best = max(rates, key=rates.get)
+    predictor = candidates[best]
     other = "int8" if best == "fp32" else "fp32"
     predictor.choice = Choice(Path(predictor.path), best, f"faster than {other} here, {when}", rates,
                               check if best == "int8" else {})
     return predictor
+
+
+def _open_sibling(sibling: Path, onnx_options: dict):
+    """The int8 sibling's predictor, or the :class:`CheckpointError` that opening it raised (its metadata read, its
+    weights may still be damaged)."""
+    from gliomaseg.inference.onnx_backend import OnnxPredictor
+
+    try:
+        return OnnxPredictor(sibling, **onnx_options)
+    except CheckpointError as exc:
+        return exc
 
 
 def _choice_key(paths: dict[str, Path], onnx_options: dict) -> dict:

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ti
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from gliomaseg.core.defaults import PRECISIONS
-from gliomaseg.core.errors import ConfigError
+from gliomaseg.core.errors import ConfigError, first_line
 from gliomaseg.core.io import BEST_CHECKPOINT, FINAL_CHECKPOINT, LAST_CHECKPOINT, atomic_write, write_text
 from gliomaseg.data.files import read_slices_csv
 from gliomaseg.modeling.models import canonical_architecture, count_parameters, encoder_normalization, parse_decoder_channels
@@ -161,15 +161,18 @@ def _check_same_run(out: Path, config: TrainConfig) -> None:
     """A resume continues the run it finds: the same model, data and recipe (only :data:`MACHINE_OPTIONS` may change),
     and the same model selection (a run with validation, best.ckpt, does not turn into one without, final.ckpt,
     half way: the two models would sit side by side)."""
-    earlier = started_config(out, note=True)
-    if earlier is None:
-        return  # nothing to compare with
     saved = Path(out) / "config.json"
+    earlier = started_config(out, note=True)
+    if earlier is None:  # config.json is written before the first epoch: a last.ckpt without one was tampered with
+        problem = "is missing" if not saved.is_file() else "is not a readable JSON object of options"
+        raise ConfigError(f"{saved}: {problem}, so what the run in {out} was started with cannot be checked; restore it "
+                          "(a resume must not continue another recipe silently) or train into another --out")
     try:
         changed = recipe_differences(earlier, config)
         validated = TrainConfig.from_dict({**earlier, "out": config.out}).validates
-    except (ValueError, TypeError, ConfigError):
-        return  # a hand-edited config.json: nothing to compare with
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise ConfigError(f"{saved}: its options cannot be read as a run's ({first_line(exc)}), so the resume cannot be "
+                          "checked against them; restore the file or train into another --out") from None
     if validated != config.validates:
         was = "with validation (best.ckpt)" if validated else "without validation (--val-csv none, final.ckpt)"
         raise ConfigError(f"{saved}: the run was trained {was}; --resume it the same way or train into another --out")
@@ -180,6 +183,50 @@ def _check_same_run(out: Path, config: TrainConfig) -> None:
         raise ConfigError(f"{saved}: the run was started with other options ({listed}){hint}; --resume it with the "
                           "options it started with (leave them out: a resume takes them from config.json), or train "
                           "into another --out")
+
+
+DATA_RECORD = "data.json"
+
+
+def data_record(train_csv: Path, val_csv: Path | None) -> dict[str, Any]:
+    """What a run trains and validates on, in a form two sessions can compare: per CSV, its patients and slices and a
+    digest of its (patient, slice file name) pairs. Where the data lies may move between sessions; which slices are
+    in each set may not (a resume on another split would pick its best epoch on patients it may have trained on)."""
+    import hashlib
+
+    record: dict[str, Any] = {}
+    for role, csv in (("train", train_csv), ("val", val_csv)):
+        if csv is None:
+            record[role] = None
+            continue
+        frame = read_slices_csv(csv, require_mask=False, check_paths=False)
+        pairs = sorted(f"{patient}/{Path(str(image)).name}" for patient, image in zip(frame["patient"], frame["image_path"]))
+        record[role] = {"csv": Path(csv).name, "patients": int(frame["patient"].nunique()), "slices": len(pairs),
+                        "digest": hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:20]}
+    return record
+
+
+def _check_same_data(out: Path, record: dict[str, Any]) -> None:
+    """A resumed run's CSVs hold the slices it started with (:func:`data_record`); a run from before the record was
+    kept has none to compare (it gets one now)."""
+    saved = Path(out) / DATA_RECORD
+    if not saved.is_file():
+        return
+    try:
+        earlier = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{saved}: not readable JSON, so the resume's data cannot be checked against the run's; "
+                          "restore it or train into another --out") from None
+    changed = [role for role in ("train", "val") if (earlier or {}).get(role) != record[role]]
+    if changed:
+        def describe(entry: Any) -> str:
+            if not isinstance(entry, dict):
+                return "none"
+            return f"{entry.get('csv')}: {entry.get('patients')} patients, {entry.get('slices')} slices, digest {entry.get('digest')}"
+
+        listed = "; ".join(f"{role} {describe(earlier.get(role))} then, {describe(record[role])} now" for role in changed)
+        raise ConfigError(f"{saved}: the run was started on other slices ({listed}); --resume it on the data it started "
+                          "with, or train into another --out")
 
 
 def _drop_stale_final(final: Path, epochs: int) -> None:
@@ -220,6 +267,10 @@ def train(config: TrainConfig) -> TrainResult:
         _drop_stale_final(out / FINAL_CHECKPOINT, config.epochs)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
+    record = data_record(train_csv, val_csv)
+    if resume_from is not None:
+        _check_same_data(out, record)
+    write_text(json.dumps(record, indent=2), out / DATA_RECORD)
     precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
                                  batch_size=config.batch_size, accelerator=config.accelerator,
                                  decoder_channels=parse_decoder_channels(config.decoder_channels))
