@@ -610,9 +610,15 @@ def test_two_slices_of_one_name_are_refused_naming_both(tmp_path: Path, bright_p
     with pytest.raises(DataError):
         predict(bright_predictor, tmp_path / "in", tmp_path / "out", gifs=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
+    renamed, _ = open_source(tmp_path / "in", rename_duplicates=True)  # the viewer's way
+    assert sorted(item.name for item in renamed[0].slices) == ["P_1", "P_1-2", "P_2"]
     (patient / "P_1.tif").unlink()
     patients, _ = open_source(tmp_path / "in")
     assert [item.name for item in patients[0].slices] == ["P_1", "P_2"]
+    image = patient / "P_2.png"
+    (tmp_path / "twice.csv").write_text(f"patient,image_path\nP,{image}\nP,{image}\n")
+    with pytest.raises(DataError, match=r"P_2\.png: listed twice for patient 'P'"):
+        open_source(tmp_path / "twice.csv")
 
 
 def test_several_folders_are_refused_as_folders(tmp_path: Path):

@@ -114,6 +114,22 @@ def test_slice_with_mask_matches_predict(server, predictor, patient: Path, tmp_p
     assert list(temp_root.iterdir()) == []
 
 
+def test_an_upload_of_two_slices_of_one_name_keeps_both(server, patient: Path, tmp_path: Path):
+    """predict refuses P_1.tif beside P_1.png (they would write one output); an upload cannot be asked to rename,
+    so the viewer names the second P_1-2 and segments both."""
+    base, _ = server
+    image = _slices(patient)[0]
+    copy = tmp_path / f"{image.stem}.png"
+    cv2.imwrite(str(copy), cv2.cvtColor(read_image(_slices(patient)[1]), cv2.COLOR_RGB2BGR))
+    status, body = upload(base, [image, copy])
+    assert status == 200, body
+    (case,) = body["cases"]
+    assert case["summary"]["slices"] == 2
+    status, _, raw = request(base + body["masks_zip"])
+    names = sorted(n for n in _zip_pngs(raw))
+    assert status == 200 and names == [f"{patient.name}/{image.stem}-2_pred.png", f"{patient.name}/{image.stem}_pred.png"]
+
+
 def test_patient_zip_and_nifti_volume_match_predict(server, predictor, patient: Path, tmp_path: Path):
     base, temp_root = server
     expected = predict(predictor, patient, tmp_path / "pred", gifs=False, overlays=False)

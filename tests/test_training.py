@@ -630,6 +630,13 @@ def test_a_resume_refuses_a_run_whose_config_or_data_it_cannot_match(prepared: P
             train(_config(prepared, run, epochs=2, resume=True, limit_train_batches=2))
         assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 0  # nothing trained on
     config.write_text(text)
+    for broken in ("null", "[1, 2]", "{"):
+        (run / "data.json").write_text(broken)
+        with pytest.raises(ConfigError, match=r"data\.json: not a readable JSON object"):
+            train(_config(prepared, run, epochs=2, resume=True, limit_train_batches=2))
+    (run / "data.json").write_text(json.dumps({**record, "train": {**record["train"], "patients": 999, "added": 1}}))
+    train(_config(prepared, run, epochs=1, resume=True, limit_train_batches=2))  # fields beside the identity: fine
+    (run / "data.json").write_text(json.dumps(record))
 
     other = tmp_path / "other_split"  # the same file names, other patients in each set
     shutil.copytree(prepared, other)
@@ -638,8 +645,9 @@ def test_a_resume_refuses_a_run_whose_config_or_data_it_cannot_match(prepared: P
     pd.concat([train_frame, val_frame[val_frame["patient"] == moved]]).to_csv(other / "data_train.csv", index=False)
     val_frame[val_frame["patient"] != moved].to_csv(other / "data_val.csv", index=False)
     with pytest.raises(ConfigError, match=r"data\.json: the run was started on other slices \(train data_train\.csv: "
-                                          r"\d+ patients, \d+ slices, digest \w+ then, data_train\.csv: \d+ patients"):
+                                          r"\d+ patients, \d+ slices, digest \w+ then, data_train\.csv: \d+ patients.*; val "):
         train(_config(other, run, epochs=2, resume=True, limit_train_batches=2))
+    assert json.loads((run / "data.json").read_text()) == record  # the run's record is left as it was
     moved_data = tmp_path / "moved"  # the same data in another folder resumes
     shutil.copytree(prepared, moved_data)
     resumed = train(_config(moved_data, run, epochs=2, resume=True, limit_train_batches=2))

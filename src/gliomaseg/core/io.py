@@ -68,7 +68,8 @@ def run_folder(out: str | Path, command: str) -> Iterator[Path]:
     was (its hidden folder is removed by the next run), and files in ``out`` that no gliomaseg run wrote are never
     touched. The last step, moving the new files in, is a series of renames: a run killed during it leaves a
     manifest marked ``"complete": false`` that lists both runs' files, and the next run removes every one it does
-    not write itself.
+    not write itself (so a file of the user's own under a name this run writes, which a finished run would have
+    replaced, is removed by the next run too).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,10 +90,10 @@ def run_folder(out: str | Path, command: str) -> Iterator[Path]:
         # should this one be killed half way through it.
         write_text(json.dumps({"command": command, "files": sorted(set(old) | set(new)), "complete": False}, indent=1),
                    manifest)
-        root = out.resolve()
+        root, writing = out.resolve(), set(new)
         for rel in old:
             target = (out / rel)
-            if rel in new or not target.resolve().is_relative_to(root) or target.is_symlink():
+            if rel in writing or not target.resolve().is_relative_to(root) or target.is_symlink():
                 continue
             if target.is_file():
                 target.unlink()

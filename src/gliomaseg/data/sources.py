@@ -91,8 +91,8 @@ def _read_folder(folder: Path, problems: Problems, *, top: bool) -> list[Patient
     return patients
 
 
-def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Path], *, strict: bool = False
-                ) -> tuple[list[PatientInput], Problems]:
+def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Path], *, strict: bool = False,
+                rename_duplicates: bool = False) -> tuple[list[PatientInput], Problems]:
     """Patients and their slices (in slice order) from what the user gave; a bad file in a batch goes to ``problems``.
 
     Args:
@@ -100,6 +100,8 @@ def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Pa
             NIfTI cases, a DICOM series or case folder, a DICOM SEG) or several (three NIfTI channel files of
             one case, or several slice files), or DICOM series by role (``{"pre": DIR, "flair": DIR, "post": DIR}``).
         strict: raise on the first bad file instead of listing it in ``problems``.
+        rename_duplicates: two slices of one name in a patient (``P_1.tif`` and ``P_1.png``) would write the same
+            output files: refused (one line naming both), or with this the second is named ``P_1-2`` (the viewer).
 
     Returns:
         ``(patients, problems)``; ``problems`` lists ``(path, problem)`` for files left out.
@@ -146,7 +148,15 @@ def open_source(paths: str | Path | Sequence[str | Path] | Mapping[str, str | Pa
         names: dict[str, SliceInput] = {}
         for item in patient.slices:  # a slice's name becomes its output files (P_1.tif and P_1.png: both P_1_pred.png)
             first = names.setdefault(item.name, item)
-            if first is not item:
+            if first is item:
+                continue
+            if rename_duplicates:  # the viewer's way: an upload cannot be asked to rename a file
+                item.name = next(f"{item.name}-{k}" for k in range(2, len(patient.slices) + 2)
+                                 if f"{item.name}-{k}" not in names)
+                names[item.name] = item
+            elif first.image_path == item.image_path:
+                raise DataError(f"{item.image_path}: listed twice for patient {patient.name!r}; each slice once, please")
+            else:
                 raise DataError(f"{item.image_path}: slice {item.name!r} of patient {patient.name!r} also comes from "
                                 f"{first.image_path}; two slices of one name would write the same output files, so keep "
                                 "one of them (or rename it)")

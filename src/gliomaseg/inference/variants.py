@@ -127,7 +127,7 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
     key = _choice_key(paths, onnx_options)
     use_cache = onnx_options.get("use_cache", True)
     hit = machine.cached(CACHE_KIND, key) if use_cache else None
-    if hit and hit.get("variant") in paths and isinstance(hit.get("rates"), dict):
+    if _valid_hit(hit):
         # the loser's session is never opened
         best, rates = hit["variant"], hit["rates"]
         candidates = {best: OnnxPredictor(model, **onnx_options) if best == "fp32" else _open_sibling(sibling, onnx_options)}
@@ -138,10 +138,17 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
     if isinstance(candidates.get("int8"), CheckpointError):  # a damaged sibling: the model asked for still runs
         failure = candidates["int8"]
         predictor = candidates.get("fp32") or OnnxPredictor(model, **onnx_options)
-        predictor.choice = Choice(model, "fp32", f"{sibling.name} does not load: {str(failure).partition(': ')[2]}")
+        predictor.choice = Choice(model, "fp32", f"{sibling.name} does not load: {str(failure).removeprefix(f'{sibling}: ')}")
         return predictor
     if not rates:
-        rates = _compare(candidates)
+        try:
+            rates = _compare(candidates)
+        except CheckpointError as exc:  # the sibling opened but does not run (a wrong output): fp32 runs
+            if Path(str(exc).partition(": ")[0]) != sibling:
+                raise
+            predictor = candidates["fp32"]
+            predictor.choice = Choice(model, "fp32", f"{sibling.name} does not run: {str(exc).removeprefix(f'{sibling}: ')}")
+            return predictor
         if use_cache:
             machine.store(CACHE_KIND, key, {"variant": max(rates, key=rates.get), "rates": rates})
     best = max(rates, key=rates.get)
@@ -163,6 +170,16 @@ def _open_sibling(sibling: Path, onnx_options: dict):
         return exc
 
 
+def _valid_hit(hit: dict | None) -> bool:
+    """A cached choice to trust: both rates finite numbers, and the variant it names the faster of the two."""
+    if not hit or not isinstance(hit.get("rates"), dict) or set(hit["rates"]) != {"fp32", "int8"}:
+        return False
+    rates = hit["rates"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rates.values()):
+        return False
+    return hit.get("variant") == max(rates, key=rates.get)
+
+
 def _choice_key(paths: dict[str, Path], onnx_options: dict) -> dict:
     """The cache key of a choice between ``paths``: this machine, ONNX Runtime, both files' digests and the options
     given (a choice measured with ``--threads 1`` says nothing about 2)."""
@@ -171,7 +188,7 @@ def _choice_key(paths: dict[str, Path], onnx_options: dict) -> dict:
     from gliomaseg.inference.onnx_backend import file_digest
 
     given = {k: onnx_options.get(k) for k in ("threads", "micro_batch")}
-    return machine.machine_key(onnxruntime=ort.__version__, given=given,
+    return machine.machine_key(onnxruntime=ort.__version__, providers=ort.get_available_providers(), given=given,
                                **{name: file_digest(path) for name, path in paths.items()})
 
 

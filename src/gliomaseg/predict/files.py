@@ -237,9 +237,8 @@ def _predict_into(work: Path, predictor, patients, skipped, rows: list[dict], pa
         loaded: list[tuple[SliceInput, np.ndarray, np.ndarray | None]] = []
         for item, result in zip(patient.slices, thread_map(read, patient.slices)):
             if isinstance(result, DataError):
-                message = str(result)  # "FILE: problem"; kept whole when FILE is another one (the slice's mask)
-                named = message.startswith(f"{item.image_path}: ")
-                skipped.append((str(item.image_path), message.partition(": ")[2] if named else message))
+                # "FILE: problem"; kept whole when FILE is another one (the slice's mask)
+                skipped.append((str(item.image_path), str(result).removeprefix(f"{item.image_path}: ")))
             else:
                 loaded.append(result)
         if not loaded:

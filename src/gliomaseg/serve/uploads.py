@@ -233,7 +233,7 @@ def _patient_of(stems: list[str]) -> str:
 
 
 def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: int, memory: _Memory) -> int:
-    patients, skipped = open_source(folder)
+    patients, skipped = open_source(folder, rename_duplicates=True)
     items = [item for patient in patients if patient.geometry is None for item in patient.slices]
     out.notes.extend(f"skipped {path}: {problem}" for path, problem in skipped)
     if len(items) > slices_left:
@@ -270,7 +270,7 @@ def _slice_cases(folder: Path, limits: ServeLimits, out: Gathered, slices_left: 
             except DataError as exc:
                 out.notes.append(f"skipped {exc}")
                 continue
-            case.slice_names.append(item.image_path.stem)
+            case.slice_names.append(item.name)  # unique in its patient: a second P_1 is P_1-2
             case.images.append(image)
             case.truths.append(truth)
         if case.images:
@@ -320,7 +320,7 @@ def _dicom_cases(folder: Path, name: str, limits: ServeLimits, out: Gathered, sl
             truth = [p for p in folder.rglob("*") if p.is_file() and p.parent not in roles.values() and DICOM.is_file(p)]
             patients, skipped = read_sequences(roles, name=clean_name(split_name(name)[0]), truth_files=truth), []
         else:
-            patients, skipped = open_source(folder)
+            patients, skipped = open_source(folder, rename_duplicates=True)
     out.notes.extend(str(w.message) for w in caught)
     out.notes.extend(f"skipped {path}: {problem}" for path, problem in skipped)
     count = 0

@@ -186,6 +186,7 @@ def _check_same_run(out: Path, config: TrainConfig) -> None:
 
 
 DATA_RECORD = "data.json"
+DATA_IDENTITY = ("csv", "slices", "digest")  # the fields of a data record that must match on a resume
 
 
 def data_record(train_csv: Path, val_csv: Path | None) -> dict[str, Any]:
@@ -215,9 +216,17 @@ def _check_same_data(out: Path, record: dict[str, Any]) -> None:
     try:
         earlier = json.loads(saved.read_text())
     except (OSError, ValueError):
-        raise ConfigError(f"{saved}: not readable JSON, so the resume's data cannot be checked against the run's; "
-                          "restore it or train into another --out") from None
-    changed = [role for role in ("train", "val") if (earlier or {}).get(role) != record[role]]
+        earlier = None
+    if not isinstance(earlier, dict):
+        raise ConfigError(f"{saved}: not a readable JSON object, so the resume's data cannot be checked against the "
+                          "run's; restore it or train into another --out")
+
+    def same(before: Any, now: Any) -> bool:  # what says which slices: a later version may record more beside it
+        if before is None or now is None:
+            return before is now
+        return isinstance(before, dict) and all(before.get(k) == now[k] for k in DATA_IDENTITY)
+
+    changed = [role for role in ("train", "val") if not same(earlier.get(role), record[role])]
     if changed:
         def describe(entry: Any) -> str:
             if not isinstance(entry, dict):
@@ -262,14 +271,13 @@ def train(config: TrainConfig) -> TrainResult:
         # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
         (out / BEST_CHECKPOINT).unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
-    else:
+    record = data_record(*config.csv_paths())
+    if resume_from is not None:  # both checks before anything of the run is changed (final.ckpt) or loaded
         _check_same_run(out, config)
+        _check_same_data(out, record)
         _drop_stale_final(out / FINAL_CHECKPOINT, config.epochs)
     L.seed_everything(config.seed, workers=True, verbose=False)
     train_loader, val_loader, train_csv, val_csv = build_loaders(config)
-    record = data_record(train_csv, val_csv)
-    if resume_from is not None:
-        _check_same_data(out, record)
     write_text(json.dumps(record, indent=2), out / DATA_RECORD)
     precision = choose_precision(config.precision, config.model, config.encoder, config.image_size,
                                  batch_size=config.batch_size, accelerator=config.accelerator,
