@@ -595,6 +595,30 @@ def test_a_run_killed_while_its_files_move_in_is_cleaned_by_the_next(tmp_path: P
     assert json.loads((out / ".gliomaseg-demo.json").read_text()) == {"command": "demo", "files": ["D/d.png"]}
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path: Path):
+    import fcntl
+    import os
+
+    from gliomaseg.core import io as io_module
+    from gliomaseg.core.errors import ConfigError
+
+    out = tmp_path / "out"
+    with io_module.run_folder(out, "predict") as work:
+        (work / "a.csv").write_text("1")
+        hidden = list(out.glob(f"{io_module.RUN_PREFIX}*"))
+        with pytest.raises(ConfigError, match=r"out: another gliomaseg run is writing into this folder"):
+            with io_module.run_folder(out, "prepare"):
+                pass
+        assert list(out.glob(f"{io_module.RUN_PREFIX}*")) == hidden  # the first run's work left alone
+    assert (out / "a.csv").read_text() == "1"
+    handle = os.open(out, os.O_RDONLY)  # the lock goes with its holder: once released, the next run proceeds
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    os.close(handle)
+    with io_module.run_folder(out, "predict") as work:
+        (work / "b.csv").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == [".gliomaseg-predict.json", "b.csv"]
+
+
 def test_two_slices_of_one_name_are_refused_naming_both(tmp_path: Path, bright_predictor):
     from gliomaseg.data.sources import open_source
     from gliomaseg.predict.files import predict

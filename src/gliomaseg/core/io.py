@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from gliomaseg.core.errors import DataError, GliomasegError
+from gliomaseg.core.errors import ConfigError, DataError, GliomasegError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, keep_ending: bool = False) -> Path:
@@ -69,44 +69,68 @@ def run_folder(out: str | Path, command: str) -> Iterator[Path]:
     touched. The last step, moving the new files in, is a series of renames: a run killed during it leaves a
     manifest marked ``"complete": false`` that lists both runs' files, and the next run removes every one it does
     not write itself (so a file of the user's own under a name this run writes, which a finished run would have
-    replaced, is removed by the next run too).
+    replaced, is removed by the next run too). Two runs at once into one folder: the second is refused
+    (:class:`ConfigError`), since each would remove the other's hidden folder as a killed run's.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{RUN_PREFIX}*"):  # a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=out))
+    with _only_run_in(out):
+        for stale in out.glob(f"{RUN_PREFIX}*"):  # a run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=out))
+        try:
+            yield work
+            manifest = out / f".gliomaseg-{command}.json"
+            new = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+            old: list[str] = []
+            if manifest.is_file():
+                try:
+                    old = [str(f) for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", [])]
+                except (ValueError, AttributeError):
+                    old = []
+            # The swap below is many renames, not one: listed first, both runs' files are the next run's to remove
+            # should this one be killed half way through it.
+            write_text(json.dumps({"command": command, "files": sorted(set(old) | set(new)), "complete": False}, indent=1),
+                       manifest)
+            root, writing = out.resolve(), set(new)
+            for rel in old:
+                target = (out / rel)
+                if rel in writing or not target.resolve().is_relative_to(root) or target.is_symlink():
+                    continue
+                if target.is_file():
+                    target.unlink()
+                for folder in target.parents:  # folders the old run made that are empty now (or that a killed swap made)
+                    if folder.resolve() == root or not folder.is_dir() or any(folder.iterdir()):
+                        break
+                    folder.rmdir()
+            for rel in new:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work / rel, out / rel)
+            write_text(json.dumps({"command": command, "files": new}, indent=1), manifest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _only_run_in(out: Path) -> Iterator[None]:
+    """One run at a time writes into ``out``: a second would take the first's hidden folder for a killed run's and
+    remove it, and their swaps would mix. The lock is on the folder itself (no lock file to list or leave behind),
+    released when the run ends or its process dies; where ``fcntl`` is missing (Windows) there is none."""
     try:
-        yield work
-        manifest = out / f".gliomaseg-{command}.json"
-        new = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
-        old: list[str] = []
-        if manifest.is_file():
-            try:
-                old = [str(f) for f in json.loads(manifest.read_text(encoding="utf-8")).get("files", [])]
-            except (ValueError, AttributeError):
-                old = []
-        # The swap below is many renames, not one: listed first, both runs' files are the next run's to remove
-        # should this one be killed half way through it.
-        write_text(json.dumps({"command": command, "files": sorted(set(old) | set(new)), "complete": False}, indent=1),
-                   manifest)
-        root, writing = out.resolve(), set(new)
-        for rel in old:
-            target = (out / rel)
-            if rel in writing or not target.resolve().is_relative_to(root) or target.is_symlink():
-                continue
-            if target.is_file():
-                target.unlink()
-            for folder in target.parents:  # folders the old run made that are empty now (or that a killed swap made)
-                if folder.resolve() == root or not folder.is_dir() or any(folder.iterdir()):
-                    break
-                folder.rmdir()
-        for rel in new:
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(work / rel, out / rel)
-        write_text(json.dumps({"command": command, "files": new}, indent=1), manifest)
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{out}: another gliomaseg run is writing into this folder; wait for it to finish or give "
+                              "another output folder") from None
+        yield
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        os.close(handle)
 
 
 def moved(path: Path, work: Path, out: Path) -> Path:
