@@ -619,6 +619,29 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path: Path):
     assert sorted(p.name for p in out.iterdir()) == [".gliomaseg-predict.json", "b.csv"]
 
 
+def test_an_evaluation_killed_half_way_leaves_the_previous_one_whole(tmp_path: Path, monkeypatch):
+    import pandas as pd
+
+    from gliomaseg.evaluation import charts, summary
+    from gliomaseg.evaluation.summary import SCORE_FILES, write_scores
+
+    monkeypatch.setattr(summary, "summary_markdown", lambda values: f"{values['patients']} patients")  # the tables alone
+    out = tmp_path / "eval"
+    patients = pd.DataFrame({"patient": ["A", "B"], "dice_3d": [0.5, 0.9]})
+    slices = pd.DataFrame({"patient": ["A", "B"], "image_path": [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]})
+    write_scores(out, {"patients": 2}, slices, patients)
+    before = {name: (out / name).read_bytes() for name in SCORE_FILES}
+
+    def killed(*args, **kwargs):  # the chart is the last of the five: the tables before it are written by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(charts, "plot_bars", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_scores(out, {"patients": 1}, slices.iloc[:1], patients.iloc[:1])
+    assert {name: (out / name).read_bytes() for name in SCORE_FILES} == before
+    assert pd.read_csv(out / "slices.csv")["image_path"].tolist() == ["../a.tif", "../b.tif"]  # relative to out
+
+
 def test_two_slices_of_one_name_are_refused_naming_both(tmp_path: Path, bright_predictor):
     from gliomaseg.data.sources import open_source
     from gliomaseg.predict.files import predict

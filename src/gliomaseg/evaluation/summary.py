@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliomaseg.core.io import write_csv, write_text
+from gliomaseg.core.io import run_folder, write_csv, write_text
 from gliomaseg.evaluation.metrics import (
     NEUTRAL_MEANING,
 )
@@ -26,7 +26,8 @@ HEADLINE = [
 
 
 def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients: pd.DataFrame) -> None:
-    """``slices.csv``, ``patients.csv``, ``summary.json``, ``summary.md`` and ``patient_dice.png`` in ``out``."""
+    """``slices.csv``, ``patients.csv``, ``summary.json``, ``summary.md`` and ``patient_dice.png`` in ``out``, as one
+    run (:func:`gliomaseg.core.io.run_folder`): a rerun killed half way leaves the previous five, not a mix."""
     from gliomaseg.evaluation.charts import plot_bars
 
     out = Path(out)
@@ -37,13 +38,14 @@ def write_scores(out: str | Path, summary: dict, slices: pd.DataFrame, patients:
         if column in slices:
             slices[column] = [v if not isinstance(v, str) or not v else os.path.relpath(Path(v).resolve(), out.resolve())
                               for v in slices[column]]
-    write_csv(slices, out / SLICES_CSV)
-    write_csv(patients, out / PATIENTS_CSV)
-    write_text(json.dumps(summary, indent=2, default=_json_number), out / SUMMARY_JSON)
-    write_text(summary_markdown(summary), out / SUMMARY_MD)
-    ordered = patients.sort_values("dice_3d")
-    plot_bars(list(ordered["patient"]), list(ordered["dice_3d"]), out / DICE_CHART,
-              title="Per-patient 3D Dice (all slices of a patient as one volume)", ylabel="Dice")
+    with run_folder(out, "evaluate") as work:
+        write_csv(slices, work / SLICES_CSV)
+        write_csv(patients, work / PATIENTS_CSV)
+        write_text(json.dumps(summary, indent=2, default=_json_number), work / SUMMARY_JSON)
+        write_text(summary_markdown(summary), work / SUMMARY_MD)
+        ordered = patients.sort_values("dice_3d")
+        plot_bars(list(ordered["patient"]), list(ordered["dice_3d"]), work / DICE_CHART,
+                  title="Per-patient 3D Dice (all slices of a patient as one volume)", ylabel="Dice")
 
 
 def _json_number(value):
