@@ -654,6 +654,59 @@ def test_a_resume_refuses_a_run_whose_config_or_data_it_cannot_match(prepared: P
     assert resumed.summary["epochs_completed"] == 2
 
 
+def test_distillation_learns_the_teachers_probabilities_and_keeps_it_out_of_the_model(prepared: Path, trained_run: Path,
+                                                                                       tmp_path: Path):
+    """--distill-from: loss = the loss against the truth + w x BCE(model, teacher's probabilities) on the same batch;
+    the teacher is neither trained nor saved with the model; a teacher that reads slices another way is refused."""
+    import torch.nn.functional as F
+
+    from gliomaseg.modeling.card import card_fields
+    from gliomaseg.modeling.spec import load_checkpoint_file
+    from gliomaseg.training.task import SegmentationTask, load_teacher
+
+    teacher_path = trained_run / "best.ckpt"
+    run = tmp_path / "student"
+    result = train(_config(prepared, run, epochs=1, limit_train_batches=2, distill_from=str(teacher_path), distill_weight=2.0,
+                           decoder_channels="64,32,16,8,8"))
+    logged = read_metrics(run).dropna(subset=["train_distill_loss"])
+    assert len(logged) == 1 and 0 < logged["train_distill_loss"].iloc[0] < 10
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    plain = torch.load(trained_run / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(k.startswith("model.") for k in checkpoint["state_dict"])
+    shapes = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+    assert shapes == {k: tuple(v.shape) for k, v in SegmentationTask(decoder_channels=[64, 32, 16, 8, 8]).state_dict().items()}
+    assert shapes != {k: tuple(v.shape) for k, v in plain["state_dict"].items()}  # the student's own decoder, not the teacher's
+    h = checkpoint["hyper_parameters"]
+    assert (h["distill_from"], h["distill_weight"]) == (str(teacher_path), 2.0)
+    card = card_fields(load_checkpoint_file(result.last_checkpoint)[1], h)
+    assert (card["training"]["distilled_from"], card["training"]["distill_weight"]) == ("best.ckpt", 2.0)
+
+    # the formula, on one batch
+    task = SegmentationTask(**{k: v for k, v in h.items() if k in SegmentationTask.__init__.__code__.co_varnames})
+    task._teacher.append(load_teacher(teacher_path, h))
+    images, masks = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.8).float()
+    task.eval()  # no dropout or batch-norm updates between the two forward passes
+    with torch.no_grad():
+        loss = task.training_step((images, masks), 0)
+        logits = task(images)
+        expected = task.loss_fn(logits, masks) + 2.0 * F.binary_cross_entropy_with_logits(
+            logits, torch.sigmoid(task._teacher[0](images)))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert not any(p.requires_grad for p in task._teacher[0].parameters())
+
+    bigger = {**torch.load(teacher_path, map_location="cpu", weights_only=True)}
+    bigger["hyper_parameters"] = {**bigger["hyper_parameters"], "image_size": 128}
+    torch.save(bigger, tmp_path / "teacher128.ckpt")
+    with pytest.raises(ConfigError, match=r"teacher128\.ckpt: the teacher reads slices another way than this model "
+                                          r"\(image size differ"):
+        train(_config(prepared, tmp_path / "refused", epochs=1, limit_train_batches=2,
+                      distill_from=str(tmp_path / "teacher128.ckpt")))
+    for bad, words in (({"distill_weight": 0.0}, "distill-weight must be above 0"),
+                       ({"distill_from": str(tmp_path / "none.ckpt")}, "none.ckpt: --distill-from checkpoint does not exist")):
+        with pytest.raises(ConfigError, match=words):
+            _config(prepared, tmp_path / "bad", **bad).validate()
+
+
 def test_resume_options_come_from_config_json_and_an_older_file_still_guards(tmp_path: Path, capsys):
     from gliomaseg.training.run import recipe_differences, resume_options, started_config
 

@@ -133,7 +133,9 @@ def card_fields(info: ModelInfo, hyper_parameters: dict, summary: dict | None = 
         "threshold": info.threshold,
         "training_data": {"train": _data_counts(train_csv), "model_selection": _data_counts(val_csv),
                           "split": _split(train_csv, val_csv)},
-        "training": {k: h.get(k) for k in ("loss", "optimizer", "lr", "scheduler", "epochs", "lowlr") if k in h},
+        "training": {**{k: h.get(k) for k in ("loss", "optimizer", "lr", "scheduler", "epochs", "lowlr") if k in h},
+                     **({"distilled_from": Path(str(h["distill_from"])).name, "distill_weight": h.get("distill_weight")}
+                        if h.get("distill_from") else {})},
         "validation": {},
         "versions": {"gliomaseg": h.get("gliomaseg_version") or None, "torch": torch_version},
         "intended_use": INTENDED_USE,

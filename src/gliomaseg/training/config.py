@@ -79,6 +79,12 @@ class TrainConfig:
         "probability of a per-channel contrast/brightness/gamma change on a training slice's brain pixels (0: never)")})
     scale_min: float = field(default=CASE_STUDY_SCALE[0], metadata={"help": "smallest zoom of the training Affine"})
     scale_max: float = field(default=CASE_STUDY_SCALE[1], metadata={"help": "largest zoom of the training Affine"})
+    distill_from: str | None = field(default=None, metadata={"help": (
+        "a teacher's checkpoint (e.g. a wider decoder's final.ckpt): the model also learns the teacher's probabilities "
+        "on the same augmented slices (knowledge distillation); the teacher must read slices the same way (size, "
+        "intensity mode, normalization)")})
+    distill_weight: float = field(default=0.5, metadata={"help": (
+        "with --distill-from: loss = the loss against the truth + this weight x BCE(model, teacher's probabilities)")})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from last.ckpt"})
     progress: bool = field(default=True, metadata={"help": "no progress bar"})
     limit_train_batches: float | int | None = field(default=None, metadata={"hidden": True})
@@ -140,6 +146,10 @@ class TrainConfig:
         if not self.validates and self.scheduler == "plateau":
             raise ConfigError("--scheduler plateau (the default) follows the validation Dice; with --val-csv none pass "
                               "--scheduler cosine, step or none")
+        if not 0 < self.distill_weight <= 10:
+            raise ConfigError(f"distill-weight must be above 0 and at most 10, got {self.distill_weight}")
+        if self.distill_from is not None and not Path(self.distill_from).is_file():
+            raise ConfigError(f"{self.distill_from}: --distill-from checkpoint does not exist")
         build_loss(self.loss)
 
     @classmethod

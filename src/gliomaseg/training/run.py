@@ -57,6 +57,7 @@ def task_from_config(config: TrainConfig, train_csv: Path, val_csv: Path | None)
         train_csv=str(train_csv.resolve()), val_csv=str(val_csv.resolve()) if val_csv else None, gliomaseg_version=__version__,
         mean=list(mean), std=list(std), intensity=config.intensity,
         decoder_channels=parse_decoder_channels(config.decoder_channels),
+        distill_from=config.distill_from, distill_weight=config.distill_weight,
     )
     task.val_patients = list(read_slices_csv(val_csv)["patient"]) if val_csv else None
     return task
@@ -131,7 +132,7 @@ def comparable(name: str, value: Any) -> Any:
             return parse_decoder_channels(value)
         except ConfigError:
             return value
-    if name == "encoder_weights":
+    if name in ("encoder_weights", "distill_from"):
         return None if value in (None, "", "none", "None") else Path(str(value)).name  # a file may move with its run
     return value
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Mapping
+
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gliomaseg.core.defaults import IMAGENET_MEAN, IMAGENET_STD
-from gliomaseg.core.errors import TrainingDivergedError
+from gliomaseg.core.errors import ConfigError, TrainingDivergedError
 from gliomaseg.data.resize import resize_probabilities
 from gliomaseg.evaluation.metrics import confusion
 from gliomaseg.evaluation.scorer import PatientScorer
@@ -71,6 +74,8 @@ class SegmentationTask(L.LightningModule):
         val_csv: str | None = None,
         gliomaseg_version: str = "",
         decoder_channels: list[int] | None = None,
+        distill_from: str | None = None,
+        distill_weight: float = train_default("distill_weight"),
     ) -> None:
         super().__init__()
         # In the checkpoint only: the loggers' hparams.yaml would carry the training machine's CSV paths.
@@ -81,6 +86,9 @@ class SegmentationTask(L.LightningModule):
         # Patient of each validation slice, in the validation dataset's order (set by ``train``);
         # without it every slice counts as its own patient.
         self.val_patients: list[str] | None = None
+        # The teacher (distill_from) is loaded when training starts, kept out of the module tree so that it is
+        # neither trained nor saved in this model's checkpoints; a checkpoint loaded to predict never loads it.
+        self._teacher: list[torch.nn.Module] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -90,10 +98,20 @@ class SegmentationTask(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.hparams.get("distill_from") and not self._teacher:
+            self._teacher.append(load_teacher(self.hparams.distill_from, self.hparams, self.device))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        loss = self.loss_fn(self(images), masks)
+        logits = self(images)
+        loss = self.loss_fn(logits, masks)
+        if self._teacher:
+            with torch.no_grad():
+                teacher = torch.sigmoid(self._teacher[0](images.contiguous(memory_format=torch.channels_last)
+                                                         if self.hparams.channels_last else images).float())
+            distill = F.binary_cross_entropy_with_logits(logits.float(), teacher)
+            self.log("train_distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(images))
+            loss = loss + self.hparams.distill_weight * distill
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
@@ -156,3 +174,25 @@ class SegmentationTask(L.LightningModule):
         if h.scheduler == "cosine":
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=h.epochs)}
         return optimizer
+
+
+def load_teacher(path: str | Path, student: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The teacher model of ``path`` in eval mode, frozen, on ``device``; refused (one line naming the file) when it
+    reads slices another way than the ``student``'s hyperparameters say (size, intensity mode, normalization), since
+    both see the same batch."""
+    from gliomaseg.inference.torch_backend import load_checkpoint
+
+    teacher = load_checkpoint(path, channels_last=bool(student.get("channels_last", True)))
+    info = teacher.info
+    differing = [name for name, mine, its in (("image size", student.get("image_size"), info.image_size),
+                                             ("intensity", student.get("intensity"), info.intensity),
+                                             ("mean", list(student.get("mean", [])), list(info.mean)),
+                                             ("std", list(student.get("std", [])), list(info.std)))
+                 if (mine != its if not isinstance(mine, list) else any(abs(a - b) > 1e-6 for a, b in zip(mine, its)))]
+    if differing:
+        raise ConfigError(f"{path}: the teacher reads slices another way than this model ({', '.join(differing)} "
+                          "differ); distill from a teacher trained at the same size, intensity mode and normalization")
+    model = teacher.model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
