@@ -252,6 +252,12 @@ def test_shipped_experiments_load():
     assert [(r.name, r.split) for r in long.runs] == [(r.name, r.split) for r in light.runs] and long.score_last
     for a, b in zip(light.runs, long.runs):
         assert {k: v for k, v in b.options.items() if k != "epochs"} == a.options and b.options["epochs"] == 16
+    # distillation pairs fold by fold with the shipped recipe: the same fold's wider model as teacher is its only change
+    distill = load_experiment("crossval_distill")
+    assert [(r.name, r.split) for r in distill.runs] == [(r.name, r.split) for r in light.runs] and distill.score_last
+    for a, b in zip(light.runs, distill.runs):
+        assert {k: v for k, v in b.options.items() if not k.startswith("distill_")} == a.options
+        assert b.options["distill_from"] == f"experiments/crossval_robust/{a.split}/last.ckpt"
     # the levers compare against the recipe they were measured with, whatever the cpu preset has become
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
@@ -346,7 +352,7 @@ def test_wheel_carries_the_experiments_and_assets(tmp_path: Path):
         assert name in listed.stdout
     missing = subprocess.run([sys.executable, "-m", "gliomaseg", "experiment", "encoder", "--data", "d", "--out", "o"],
                              capture_output=True, text=True, env=env, cwd=outside, timeout=300)
-    assert missing.returncode == 2 and "known: architectures, crossval, crossval_intensity, crossval_light, crossval_long, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
+    assert missing.returncode == 2 and "known: architectures, crossval, crossval_distill, crossval_intensity, crossval_light, crossval_long, crossval_robust, encoders, levers, losses, lowlr, split" in missing.stderr
 
 
 def test_runs_are_scored_on_the_device_they_trained_on(two_runs_done, prepared: Path, tmp_path: Path, monkeypatch):

@@ -148,8 +148,6 @@ class TrainConfig:
                               "--scheduler cosine, step or none")
         if not 0 < self.distill_weight <= 10:
             raise ConfigError(f"distill-weight must be above 0 and at most 10, got {self.distill_weight}")
-        if self.distill_from is not None and not Path(self.distill_from).is_file():
-            raise ConfigError(f"{self.distill_from}: --distill-from checkpoint does not exist")
         build_loss(self.loss)
 
     @classmethod

@@ -272,6 +272,9 @@ def train(config: TrainConfig) -> TrainResult:
         # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
         (out / BEST_CHECKPOINT).unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
+    if config.distill_from and not Path(config.distill_from).is_file():  # checked here, not in validate(): an
+        # experiment file naming a teacher must still load on a machine that does not hold it
+        raise ConfigError(f"{config.distill_from}: --distill-from checkpoint does not exist")
     record = data_record(*config.csv_paths())
     if resume_from is not None:  # both checks before anything of the run is changed (final.ckpt) or loaded
         _check_same_run(out, config)
