@@ -666,8 +666,8 @@ def test_distillation_learns_the_teachers_probabilities_and_keeps_it_out_of_the_
 
     teacher_path = trained_run / "best.ckpt"
     run = tmp_path / "student"
-    result = train(_config(prepared, run, epochs=1, limit_train_batches=2, distill_from=str(teacher_path), distill_weight=2.0,
-                           decoder_channels="64,32,16,8,8"))
+    student = {"distill_weight": 2.0, "decoder_channels": "64,32,16,8,8"}
+    result = train(_config(prepared, run, epochs=1, limit_train_batches=2, distill_from=str(teacher_path), **student))
     logged = read_metrics(run).dropna(subset=["train_distill_loss"])
     assert len(logged) == 1 and 0 < logged["train_distill_loss"].iloc[0] < 10
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
@@ -681,26 +681,53 @@ def test_distillation_learns_the_teachers_probabilities_and_keeps_it_out_of_the_
     card = card_fields(load_checkpoint_file(result.last_checkpoint)[1], h)
     assert (card["training"]["distilled_from"], card["training"]["distill_weight"]) == ("best.ckpt", 2.0)
 
-    # the formula, on one batch
+    # the formula, on one batch, and its gradient (a term on detached logits would leave the model untaught)
     task = SegmentationTask(**{k: v for k, v in h.items() if k in SegmentationTask.__init__.__code__.co_varnames})
     task._teacher.append(load_teacher(teacher_path, h))
+    assert not task._teacher[0].training and not any(p.requires_grad for p in task._teacher[0].parameters())
     images, masks = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.8).float()
-    task.eval()  # no dropout or batch-norm updates between the two forward passes
-    with torch.no_grad():
-        loss = task.training_step((images, masks), 0)
-        logits = task(images)
-        expected = task.loss_fn(logits, masks) + 2.0 * F.binary_cross_entropy_with_logits(
-            logits, torch.sigmoid(task._teacher[0](images)))
+    task.eval()  # no dropout or batch-norm updates between the passes
+    weight = task.model.segmentation_head[0].weight
+    loss = task.training_step((images, masks), 0)
+    (grad,) = torch.autograd.grad(loss, weight)
+    logits = task(images)
+    expected = task.loss_fn(logits, masks) + 2.0 * F.binary_cross_entropy_with_logits(
+        logits, torch.sigmoid(task._teacher[0](images)).detach())
+    (expected_grad,) = torch.autograd.grad(expected, weight)
+    (truth_grad,) = torch.autograd.grad(task.loss_fn(task(images), masks), weight)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    assert not any(p.requires_grad for p in task._teacher[0].parameters())
+    assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7) and not torch.allclose(grad, truth_grad, rtol=1e-3)
 
-    bigger = {**torch.load(teacher_path, map_location="cpu", weights_only=True)}
-    bigger["hyper_parameters"] = {**bigger["hyper_parameters"], "image_size": 128}
-    torch.save(bigger, tmp_path / "teacher128.ckpt")
-    with pytest.raises(ConfigError, match=r"teacher128\.ckpt: the teacher reads slices another way than this model "
-                                          r"\(image size differ"):
-        train(_config(prepared, tmp_path / "refused", epochs=1, limit_train_batches=2,
-                      distill_from=str(tmp_path / "teacher128.ckpt")))
+    # a resume keeps its teacher: the same weights resume, other weights under the same name are refused
+    other = tmp_path / "elsewhere" / "best.ckpt"
+    other.parent.mkdir()
+    changed = torch.load(teacher_path, map_location="cpu", weights_only=True)
+    changed["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in changed["state_dict"].items()}
+    torch.save(changed, other)
+    with pytest.raises(ConfigError, match=r"data\.json: the run was started with another --distill-from teacher "
+                                          r"\(best\.ckpt \(weights \w+\) then, best\.ckpt \(weights \w+\) now\)"):
+        train(_config(prepared, run, epochs=2, resume=True, limit_train_batches=2, distill_from=str(other), **student))
+    resumed = train(_config(prepared, run, epochs=2, resume=True, limit_train_batches=2, distill_from=str(teacher_path),
+                            **student))
+    assert resumed.summary["epochs_completed"] == 2
+    assert read_metrics(run).dropna(subset=["train_distill_loss"])["epoch"].tolist() == [0, 1]  # taught again
+
+    # teachers refused before anything trains, each naming the file and why
+    plain = torch.load(teacher_path, map_location="cpu", weights_only=True)
+    cases = {
+        "teacher128.ckpt": ({"image_size": 128}, r"image size 128 \(teacher\) against 64"),
+        "standardized.ckpt": ({"intensity": "patient"}, r"intensity patient \(teacher\) against fixed"),
+        "last.ckpt": ({"epochs": 5}, r"a run still in progress \(epoch 2 of 5\)"),
+        "peeked.ckpt": ({"train_csv": str(prepared / "data_val.csv")},
+                        r"the teacher trained on \d+ of this run's validation patients"),
+    }
+    for name, (changes, words) in cases.items():
+        bad = tmp_path / "teachers" / name
+        bad.parent.mkdir(exist_ok=True)
+        torch.save({**plain, "hyper_parameters": {**plain["hyper_parameters"], **changes}}, bad)
+        with pytest.raises(ConfigError, match=rf"{name.replace('.', '[.]')}: .*{words}"):
+            train(_config(prepared, tmp_path / "refused", epochs=1, limit_train_batches=2, distill_from=str(bad)))
+        assert not (tmp_path / "refused" / "config.json").exists()  # refused before the run was begun
     with pytest.raises(ConfigError, match="distill-weight must be above 0"):
         _config(prepared, tmp_path / "bad", distill_weight=0.0).validate()
     with pytest.raises(ConfigError, match="none.ckpt: --distill-from checkpoint does not exist"):

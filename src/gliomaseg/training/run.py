@@ -190,6 +190,46 @@ DATA_RECORD = "data.json"
 DATA_IDENTITY = ("csv", "slices", "digest")  # the fields of a data record that must match on a resume
 
 
+def check_teacher(config: TrainConfig, val_csv: Path | None) -> dict[str, Any]:
+    """The ``--distill-from`` checkpoint checked before anything trains (one :class:`ConfigError` naming it): it
+    exists, loads, reads slices as this run's model will (:func:`~gliomaseg.training.task.teacher_differences`), is
+    not a run still in progress (a ``last.ckpt`` short of its epochs), and did not train on this run's validation
+    patients (when its training CSV is on this machine), since through it they would reach the model. Returns the
+    teacher's record for ``data.json``: its file name and a digest of its weights, which a resume must match."""
+    import hashlib
+
+    from gliomaseg.modeling.spec import model_state
+    from gliomaseg.training.task import teacher_differences
+
+    path = Path(config.distill_from)
+    if not path.is_file():
+        raise ConfigError(f"{path}: --distill-from checkpoint does not exist")
+    checkpoint, info = load_checkpoint_file(path)
+    mean, std = encoder_normalization(config.encoder, config.encoder_weights)
+    differing = teacher_differences(info, {"image_size": config.image_size, "intensity": config.intensity,
+                                           "mean": list(mean), "std": list(std)})
+    if differing:
+        raise ConfigError(f"{path}: the teacher reads slices another way than this model ({'; '.join(differing)}); "
+                          "distill from a teacher trained at the same size, intensity mode and normalization")
+    epochs, epoch = checkpoint["hyper_parameters"].get("epochs"), checkpoint.get("epoch")
+    if path.name == LAST_CHECKPOINT and isinstance(epochs, int) and isinstance(epoch, int) and epoch + 1 < epochs:
+        raise ConfigError(f"{path}: a run still in progress (epoch {epoch + 1} of {epochs}); distill from a finished "
+                          "run's model")
+    taught = Path(info.train_csv) if info.train_csv else None
+    if val_csv is not None and taught is not None and taught.is_file():
+        seen = set(read_slices_csv(taught, require_mask=False, check_paths=False)["patient"])
+        held_out = set(read_slices_csv(val_csv, require_mask=False, check_paths=False)["patient"])
+        if seen & held_out:
+            raise ConfigError(f"{path}: the teacher trained on {len(seen & held_out)} of this run's validation patients "
+                              f"(e.g. {sorted(seen & held_out)[0]}, in {taught.name}); through it they would reach the "
+                              "model that is scored on them; use a teacher of the same fold")
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model_state(checkpoint, path).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"file": path.name, "weights_digest": digest.hexdigest()[:20]}
+
+
 def data_record(train_csv: Path, val_csv: Path | None) -> dict[str, Any]:
     """What a run trains and validates on, in a form two sessions can compare: per CSV, its patients and slices and a
     digest of its (patient, slice file name) pairs. Where the data lies may move between sessions; which slices are
@@ -228,6 +268,13 @@ def _check_same_data(out: Path, record: dict[str, Any]) -> None:
         return isinstance(before, dict) and all(before.get(k) == now[k] for k in DATA_IDENTITY)
 
     changed = [role for role in ("train", "val") if not same(earlier.get(role), record[role])]
+    before, now = earlier.get("teacher"), record.get("teacher")
+    if (before or {}).get("weights_digest") != (now or {}).get("weights_digest"):
+        def who(entry: Any) -> str:
+            return "none" if not isinstance(entry, dict) else f"{entry.get('file')} (weights {entry.get('weights_digest')})"
+
+        raise ConfigError(f"{saved}: the run was started with another --distill-from teacher ({who(before)} then, "
+                          f"{who(now)} now); --resume it with its own teacher, or train into another --out")
     if changed:
         def describe(entry: Any) -> str:
             if not isinstance(entry, dict):
@@ -272,10 +319,10 @@ def train(config: TrainConfig) -> TrainResult:
         # best.ckpt would outlive the new run (and be scored) when the new run's first epochs score lower.
         (out / BEST_CHECKPOINT).unlink(missing_ok=True)
         (out / FINAL_CHECKPOINT).unlink(missing_ok=True)
-    if config.distill_from and not Path(config.distill_from).is_file():  # checked here, not in validate(): an
-        # experiment file naming a teacher must still load on a machine that does not hold it
-        raise ConfigError(f"{config.distill_from}: --distill-from checkpoint does not exist")
-    record = data_record(*config.csv_paths())
+    train_csv, val_csv = config.csv_paths()
+    record = data_record(train_csv, val_csv)
+    if config.distill_from:  # here, not in validate(): an experiment file naming a teacher loads on any machine
+        record["teacher"] = check_teacher(config, val_csv)
     if resume_from is not None:  # both checks before anything of the run is changed (final.ckpt) or loaded
         _check_same_run(out, config)
         _check_same_data(out, record)

@@ -101,6 +101,9 @@ class SegmentationTask(L.LightningModule):
         if self.hparams.get("distill_from") and not self._teacher:
             self._teacher.append(load_teacher(self.hparams.distill_from, self.hparams, self.device))
 
+    def on_fit_end(self) -> None:
+        self._teacher.clear()  # its memory (a GPU's too) is not kept after training
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits = self(images)
@@ -176,22 +179,30 @@ class SegmentationTask(L.LightningModule):
         return optimizer
 
 
+def teacher_differences(info: Any, student: Mapping[str, Any]) -> list[str]:
+    """How the teacher described by ``info`` (a :class:`~gliomaseg.modeling.spec.ModelInfo`) reads slices otherwise
+    than a model of hyperparameters ``student``: ``["image size 128 (teacher) against 64", ...]``, empty when alike.
+    Both see the same batch, so size, intensity mode and normalization must agree."""
+    differing = []
+    for name, mine, its in (("image size", student.get("image_size"), info.image_size),
+                            ("intensity", student.get("intensity"), info.intensity),
+                            ("mean", list(student.get("mean", [])), list(info.mean)),
+                            ("std", list(student.get("std", [])), list(info.std))):
+        if mine != its if not isinstance(mine, list) else any(abs(a - b) > 1e-6 for a, b in zip(mine, its)):
+            differing.append(f"{name} {its} (teacher) against {mine}")
+    return differing
+
+
 def load_teacher(path: str | Path, student: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
     """The teacher model of ``path`` in eval mode, frozen, on ``device``; refused (one line naming the file) when it
-    reads slices another way than the ``student``'s hyperparameters say (size, intensity mode, normalization), since
-    both see the same batch."""
+    reads slices another way than the ``student``'s hyperparameters say (:func:`teacher_differences`)."""
     from gliomaseg.inference.torch_backend import load_checkpoint
 
     teacher = load_checkpoint(path, channels_last=bool(student.get("channels_last", True)))
-    info = teacher.info
-    differing = [name for name, mine, its in (("image size", student.get("image_size"), info.image_size),
-                                             ("intensity", student.get("intensity"), info.intensity),
-                                             ("mean", list(student.get("mean", [])), list(info.mean)),
-                                             ("std", list(student.get("std", [])), list(info.std)))
-                 if (mine != its if not isinstance(mine, list) else any(abs(a - b) > 1e-6 for a, b in zip(mine, its)))]
+    differing = teacher_differences(teacher.info, student)
     if differing:
-        raise ConfigError(f"{path}: the teacher reads slices another way than this model ({', '.join(differing)} "
-                          "differ); distill from a teacher trained at the same size, intensity mode and normalization")
+        raise ConfigError(f"{path}: the teacher reads slices another way than this model ({'; '.join(differing)}); "
+                          "distill from a teacher trained at the same size, intensity mode and normalization")
     model = teacher.model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
