@@ -226,7 +226,7 @@ def check_teacher(config: TrainConfig, val_csv: Path | None) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name, tensor in sorted(model_state(checkpoint, path).items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     return {"file": path.name, "weights_digest": digest.hexdigest()[:20]}
 
 
