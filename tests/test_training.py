@@ -724,7 +724,7 @@ def test_distillation_learns_the_teachers_probabilities_and_keeps_it_out_of_the_
     for name, (changes, words) in cases.items():
         bad = tmp_path / "teachers" / name
         bad.parent.mkdir(exist_ok=True)
-        torch.save({**plain, "hyper_parameters": {**plain["hyper_parameters"], **changes}}, bad)
+        torch.save({**plain, "epoch": 1, "hyper_parameters": {**plain["hyper_parameters"], **changes}}, bad)
         with pytest.raises(ConfigError, match=rf"{name.replace('.', '[.]')}: .*{words}"):
             train(_config(prepared, tmp_path / "refused", epochs=1, limit_train_batches=2, distill_from=str(bad)))
         assert not (tmp_path / "refused" / "config.json").exists()  # refused before the run was begun
