@@ -192,25 +192,22 @@ DATA_IDENTITY = ("csv", "slices", "digest")  # the fields of a data record that 
 
 def check_teacher(config: TrainConfig, val_csv: Path | None) -> dict[str, Any]:
     """The ``--distill-from`` checkpoint checked before anything trains (one :class:`ConfigError` naming it): it
-    exists, loads, reads slices as this run's model will (:func:`~gliomaseg.training.task.teacher_differences`), is
+    exists, loads, reads slices as this run's model will (:func:`~gliomaseg.training.task.check_teacher_reads_alike`), is
     not a run still in progress (a ``last.ckpt`` short of its epochs), and did not train on this run's validation
     patients (when its training CSV is on this machine), since through it they would reach the model. Returns the
     teacher's record for ``data.json``: its file name and a digest of its weights, which a resume must match."""
     import hashlib
 
     from gliomaseg.modeling.spec import model_state
-    from gliomaseg.training.task import teacher_differences
+    from gliomaseg.training.task import check_teacher_reads_alike
 
     path = Path(config.distill_from)
     if not path.is_file():
         raise ConfigError(f"{path}: --distill-from checkpoint does not exist")
     checkpoint, info = load_checkpoint_file(path)
     mean, std = encoder_normalization(config.encoder, config.encoder_weights)
-    differing = teacher_differences(info, {"image_size": config.image_size, "intensity": config.intensity,
+    check_teacher_reads_alike(path, info, {"image_size": config.image_size, "intensity": config.intensity,
                                            "mean": list(mean), "std": list(std)})
-    if differing:
-        raise ConfigError(f"{path}: the teacher reads slices another way than this model ({'; '.join(differing)}); "
-                          "distill from a teacher trained at the same size, intensity mode and normalization")
     epochs, epoch = checkpoint["hyper_parameters"].get("epochs"), checkpoint.get("epoch")
     if path.name == LAST_CHECKPOINT and isinstance(epochs, int) and isinstance(epoch, int) and epoch + 1 < epochs:
         raise ConfigError(f"{path}: a run still in progress (epoch {epoch + 1} of {epochs}); distill from a finished "

@@ -193,16 +193,22 @@ def teacher_differences(info: Any, student: Mapping[str, Any]) -> list[str]:
     return differing
 
 
-def load_teacher(path: str | Path, student: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The teacher model of ``path`` in eval mode, frozen, on ``device``; refused (one line naming the file) when it
-    reads slices another way than the ``student``'s hyperparameters say (:func:`teacher_differences`)."""
-    from gliomaseg.inference.torch_backend import load_checkpoint
-
-    teacher = load_checkpoint(path, channels_last=bool(student.get("channels_last", True)))
-    differing = teacher_differences(teacher.info, student)
+def check_teacher_reads_alike(path: str | Path, info: Any, student: Mapping[str, Any]) -> None:
+    """One :class:`ConfigError` naming the teacher ``path`` when :func:`teacher_differences` finds any."""
+    differing = teacher_differences(info, student)
     if differing:
         raise ConfigError(f"{path}: the teacher reads slices another way than this model ({'; '.join(differing)}); "
                           "distill from a teacher trained at the same size, intensity mode and normalization")
+
+
+def load_teacher(path: str | Path, student: Mapping[str, Any], device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The teacher model of ``path`` in eval mode, frozen, on ``device``; refused when it reads slices another way
+    than the ``student``'s hyperparameters say (:func:`check_teacher_reads_alike`: a task fitted without ``train``'s
+    own check gets it here)."""
+    from gliomaseg.inference.torch_backend import load_checkpoint
+
+    teacher = load_checkpoint(path, channels_last=bool(student.get("channels_last", True)))
+    check_teacher_reads_alike(path, teacher.info, student)
     model = teacher.model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
