@@ -144,7 +144,7 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
         try:
             rates = _compare(candidates)
         except CheckpointError as exc:  # the sibling opened but does not run (a wrong output): fp32 runs
-            if Path(str(exc).partition(": ")[0]) != sibling:
+            if not str(exc).startswith(f"{sibling}: "):
                 raise
             predictor = candidates["fp32"]
             predictor.choice = Choice(model, "fp32", f"{sibling.name} does not run: {str(exc).removeprefix(f'{sibling}: ')}")
