@@ -90,10 +90,12 @@ class SegmentationTask(L.LightningModule):
         # neither trained nor saved in this model's checkpoints; a checkpoint loaded to predict never loads it.
         self._teacher: list[torch.nn.Module] = []
 
+    def _laid_out(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the memory layout this model (and its teacher) run in."""
+        return images.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else images
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
+        return self.model(self._laid_out(images))
 
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:
@@ -110,8 +112,7 @@ class SegmentationTask(L.LightningModule):
         loss = self.loss_fn(logits, masks)
         if self._teacher:
             with torch.no_grad():
-                teacher = torch.sigmoid(self._teacher[0](images.contiguous(memory_format=torch.channels_last)
-                                                         if self.hparams.channels_last else images).float())
+                teacher = torch.sigmoid(self._teacher[0](self._laid_out(images)).float())
             distill = F.binary_cross_entropy_with_logits(logits.float(), teacher)
             self.log("train_distill_loss", distill, on_step=False, on_epoch=True, batch_size=len(images))
             loss = loss + self.hparams.distill_weight * distill
