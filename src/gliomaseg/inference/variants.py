@@ -62,7 +62,7 @@ def check_problem(model: Path, candidate: Path) -> str | None:
         return f"{candidate.name} carries no check against fp32"
     numbers = [report.get(k) for k in ("patient_dice_drop", "max_dice_drop_allowed", "patient_dice_drop_max",
                                        "max_single_patient_dice_drop_allowed")]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+    if not all(_finite(v) for v in numbers):
         return f"{candidate.name} failed its check against fp32 (its numbers are missing or not finite)"
     drop, allowed, worst, worst_allowed = numbers
     if drop > allowed or worst > worst_allowed:
@@ -136,19 +136,15 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
         candidates = {"fp32": OnnxPredictor(model, **onnx_options), "int8": _open_sibling(sibling, onnx_options)}
         rates, when = {}, "measured"
     if isinstance(candidates.get("int8"), CheckpointError):  # a damaged sibling: the model asked for still runs
-        failure = candidates["int8"]
-        predictor = candidates.get("fp32") or OnnxPredictor(model, **onnx_options)
-        predictor.choice = Choice(model, "fp32", f"{sibling.name} does not load: {str(failure).removeprefix(f'{sibling}: ')}")
-        return predictor
+        return _fp32_instead(candidates.get("fp32") or OnnxPredictor(model, **onnx_options), sibling, "load",
+                             candidates["int8"])
     if not rates:
         try:
             rates = _compare(candidates)
         except CheckpointError as exc:  # the sibling opened but does not run (a wrong output): fp32 runs
             if not str(exc).startswith(f"{sibling}: "):
                 raise
-            predictor = candidates["fp32"]
-            predictor.choice = Choice(model, "fp32", f"{sibling.name} does not run: {str(exc).removeprefix(f'{sibling}: ')}")
-            return predictor
+            return _fp32_instead(candidates["fp32"], sibling, "run", exc)
         if use_cache:
             machine.store(CACHE_KIND, key, {"variant": max(rates, key=rates.get), "rates": rates})
     best = max(rates, key=rates.get)
@@ -157,6 +153,17 @@ def open_fastest(model: str | Path, variant: str = "auto", **onnx_options):
     predictor.choice = Choice(Path(predictor.path), best, f"faster than {other} here, {when}", rates,
                               check if best == "int8" else {})
     return predictor
+
+
+def _fp32_instead(predictor, sibling: Path, step: str, failure: CheckpointError):
+    """``predictor`` (the fp32 model) with the reason it runs: the sibling failed to ``step`` (load, run)."""
+    predictor.choice = Choice(Path(predictor.path), "fp32",
+                              f"{sibling.name} does not {step}: {str(failure).removeprefix(f'{sibling}: ')}")
+    return predictor
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _open_sibling(sibling: Path, onnx_options: dict):
@@ -175,7 +182,7 @@ def _valid_hit(hit: dict | None) -> bool:
     if not hit or not isinstance(hit.get("rates"), dict) or set(hit["rates"]) != {"fp32", "int8"}:
         return False
     rates = hit["rates"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rates.values()):
+    if not all(_finite(v) for v in rates.values()):
         return False
     return hit.get("variant") == max(rates, key=rates.get)
 
