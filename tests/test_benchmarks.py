@@ -54,3 +54,44 @@ def test_ort_profile_rewrites_nearest_upsampling_exactly(how: str, tmp_path: Pat
     x = np.random.default_rng(0).standard_normal((2, 4, 5, 6)).astype(np.float32)
     run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     assert np.array_equal(run(original), run(rewritten))
+
+
+def test_ort_profile_subpixel_rewrite_is_the_same_convolution(tmp_path: Path, monkeypatch):
+    # Nearest 2x + 3x3 Conv (through a skip Concat, or directly) becomes a ConvTranspose on the small input.
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("bench_ort_profile", BENCHMARKS / "ort_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(1)
+    init = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "two"),
+            numpy_helper.from_array(rng.standard_normal((5, 4 + 3, 3, 3)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b1"),
+            numpy_helper.from_array(rng.standard_normal((2, 5, 3, 3)).astype(np.float32), "w2"),
+            numpy_helper.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "w3")]
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("Resize", ["x", "", "two"], ["up"], mode="nearest", nearest_mode="floor",
+                              coordinate_transformation_mode="asymmetric", name="skip_block"),
+             helper.make_node("Concat", ["up", "skip"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w1", "b1"], ["c1"], **conv),
+             helper.make_node("Resize", ["c1", "", "two"], ["up2"], mode="nearest", name="last_block"),
+             helper.make_node("Conv", ["up2", "w2"], ["c2"], **conv),
+             helper.make_node("Resize", ["c2", "", "two"], ["up3"], mode="nearest", name="two_users"),
+             helper.make_node("Conv", ["up3", "w3"], ["c3"], **conv),
+             helper.make_node("Add", ["c3", "up3"], ["z"])]  # the Resize's output is also read elsewhere: left alone
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 5, 6]),
+                                           helper.make_tensor_value_info("skip", TensorProto.FLOAT, [None, 3, 10, 12])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 2, 40, 48])], init)
+    original, rewritten = tmp_path / "m.onnx", tmp_path / "m.subpixel.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(original))
+    assert module.rewrite_subpixel(original, rewritten) == 2
+    kept = onnx.load(str(rewritten)).graph
+    assert [n.name for n in kept.node if n.op_type == "Resize"] == ["two_users"]
+    assert sum(n.op_type == "ConvTranspose" for n in kept.node) == 2 and "w1" not in {t.name for t in kept.initializer}
+    feed = {"x": rng.standard_normal((2, 4, 5, 6)).astype(np.float32), "skip": rng.standard_normal((2, 3, 10, 12)).astype(np.float32)}
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]  # noqa: E731
+    np.testing.assert_allclose(run(rewritten), run(original), rtol=1e-4, atol=1e-4)
