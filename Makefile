@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,pretrained,dicom]'
 	touch $(STAMP)
 
+# One pytest-xdist worker per core, each pinned to it (tests/conftest.py); worksteal evens out the long tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)
