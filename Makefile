@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,pretrained,dicom]'
 	touch $(STAMP)
 
-# One pytest-xdist worker per core, each pinned to it (tests/conftest.py); worksteal evens out the long tests.
+# One pytest-xdist worker per core (at most 4: each builds every session fixture), each pinned to its core
+# (tests/conftest.py); worksteal evens out the long tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist worksteal
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 demo: $(STAMP)
 	bash scripts/demo.sh $(DEMO)

@@ -375,3 +375,30 @@ def test_crafted_onnx_metadata_gets_one_clear_error(onnx_model: Path, tmp_path: 
     onnx.save(proto, str(tmp_path / "crafted.onnx"))
     with pytest.raises(CheckpointError, match=r"crafted\.onnx: .*(must be|not valid JSON)"):
         OnnxPredictor(tmp_path / "crafted.onnx")
+
+
+def test_predict_on_slice_threads_writes_what_one_thread_writes(bright_predictor, synth_root: Path, tmp_path: Path, monkeypatch):
+    # Under `make test` each xdist worker has one CPU, so the slice pool would otherwise never run in a predict.
+    import threading
+
+    from gliomaseg.core import parallel
+    from gliomaseg.predict import files
+
+    threads: set[str] = set()
+    real = files._write_png
+
+    def write_png(path, array):
+        threads.add(threading.current_thread().name)
+        return real(path, array)
+
+    monkeypatch.setattr(files, "_write_png", write_png)
+    outputs = {}
+    for cpus in (1, 2):
+        monkeypatch.setattr(parallel, "available_cpus", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(parallel, "_executor", None)  # a pool of this size
+        threads.clear()
+        predict(bright_predictor, _patient(synth_root), tmp_path / str(cpus), gifs=False)
+        outputs[cpus] = {p.relative_to(tmp_path / str(cpus)): p.read_bytes() for p in sorted((tmp_path / str(cpus)).rglob("*"))
+                         if p.is_file() and p.suffix in (".png", ".csv")}
+        assert any(t.startswith("gliomaseg-slices") for t in threads) == (cpus == 2)
+    assert len(outputs[1]) > 10 and outputs[1] == outputs[2]

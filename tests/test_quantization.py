@@ -11,6 +11,7 @@ import pytest
 
 from gliomaseg.cli import main
 from gliomaseg.core.errors import GliomasegError
+from gliomaseg.core.machine import available_cpus
 from gliomaseg.export import quantization
 from gliomaseg.export.quantization import QuantizationError, load_slices, write_variant
 from gliomaseg.inference.onnx_backend import OnnxPredictor
@@ -136,9 +137,11 @@ def test_runtime_settings_are_measured_cached_and_overridable(int8_export, monke
     assert len(first.settings.slices_per_second) >= 4 and "micro-batch" in first.settings.message()
     again = OnnxPredictor(model)
     assert again.settings.source.startswith("cached") and again.micro_batch == first.micro_batch
-    forced = OnnxPredictor(model, threads=1, micro_batch=3)
-    assert (forced.settings.threads, forced.micro_batch, forced.settings.source) == (1, 3, "given")
-    assert forced.session.get_session_options().intra_op_num_threads == 1
+    given = available_cpus() + 1  # never the default, which is at most the CPUs this process may use
+    forced = OnnxPredictor(model, threads=given, micro_batch=3)
+    assert first.settings.threads != given
+    assert (forced.settings.threads, forced.micro_batch, forced.settings.source) == (given, 3, "given")
+    assert forced.session.get_session_options().intra_op_num_threads == given
     with pytest.raises(GliomasegError, match="at least 1"):
         OnnxPredictor(model, threads=0)
 
@@ -147,9 +150,9 @@ def test_cli_predict_onnx_says_its_settings(int8_export, synth_root: Path, tmp_p
     model, _ = int8_export
     patient = sorted(synth_root.iterdir())[0]
     assert main(["predict", "--model", str(model), "--input", str(patient), "--out", str(tmp_path / "p"),
-                 "--threads", "1", "--verbose"]) == 0  # the settings are said with --verbose only (issue 24)
+                 "--threads", str(available_cpus() + 1), "--verbose"]) == 0  # settings said with --verbose only (issue 24)
     text = capsys.readouterr().out
-    assert "onnxruntime: 1 thread(s), micro-batch" in text and (tmp_path / "p" / "predictions.csv").is_file()
+    assert f"onnxruntime: {available_cpus() + 1} thread(s), micro-batch" in text and (tmp_path / "p" / "predictions.csv").is_file()
 
 
 def test_calibration_ranges_cover_every_batch(onnx_model: Path, tmp_path: Path):
