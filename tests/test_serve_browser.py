@@ -60,13 +60,20 @@ def served(onnx_model: Path, tmp_path_factory):
         deadline = time.monotonic() + 60
         while True:
             try:
-                if request(base + "/api/health", timeout=2)[0] == 200:
+                # ours has loaded its model and is binding (the line comes just before), so a health answer
+                # from here on is ours or, if another process took the port, followed by ours exiting below
+                if "gliomaseg viewer on" in log.read_text() and request(base + "/api/health", timeout=2)[0] == 200:
                     break
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gliomaseg serve did not start:\n{log.read_text()}")
             time.sleep(0.2)
+        # Another test process may have taken the port between free_port() and the bind: then this server exits
+        # ("address already in use") while the other one answers. Fail loudly rather than test someone else's.
+        time.sleep(1.0)
+        if process.poll() is not None:
+            raise RuntimeError(f"gliomaseg serve exited after another server answered on port {port}:\n{log.read_text()}")
         yield base
     finally:
         process.terminate()
