@@ -32,6 +32,29 @@ from _common import machine  # noqa: E402
 EXACT_NEAREST = {(b"asymmetric", b"floor"), (b"half_pixel", b"round_prefer_floor")}
 
 
+def _load(src: Path):
+    """The model, each tensor's inferred shape (None for an unknown dimension) and its initializers as arrays."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(src))
+    inferred = shape_inference.infer_shapes(model, data_prop=True).graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    return model, shapes, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _save(model, nodes: list, extra: list, dst: Path) -> None:
+    """``model`` with ``nodes`` for its graph and ``extra`` initializers added, checked, written to ``dst``."""
+    import onnx
+
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(extra)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
 def exact_2x(node, shapes: dict, weights: dict) -> bool:
     """Whether a Resize node duplicates each pixel 2x2: nearest, a sampling rule where output x reads input x // 2
     (torch's export: asymmetric, floor; ONNX's defaults: half_pixel, round_prefer_floor; not e.g. ceil), an output
@@ -54,14 +77,9 @@ def exact_2x(node, shapes: dict, weights: dict) -> bool:
 def rewrite_upsampling(src: Path, dst: Path, how: str) -> int:
     """Copy ``src`` to ``dst`` with every exact-2x nearest Resize replaced (``how``: ``d2s`` or ``expand``); returns
     how many were replaced. A Resize whose output is not twice its input (by shape inference) is left alone."""
-    import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    inferred = shape_inference.infer_shapes(model, data_prop=True).graph
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.value_info, *inferred.input, *inferred.output]}
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    model, shapes, weights = _load(src)
     nodes, extra, replaced = [], [], 0
     for node in model.graph.node:
         if node.op_type != "Resize":
@@ -84,11 +102,7 @@ def rewrite_upsampling(src: Path, dst: Path, how: str) -> int:
             nodes += [helper.make_node("Unsqueeze", [x, f"{tag}_axes"], [tag + "_u"], name=tag + "_unsqueeze"),
                       helper.make_node("Expand", [tag + "_u", f"{tag}_reps"], [tag + "_e"], name=tag + "_expand"),
                       helper.make_node("Reshape", [tag + "_e", f"{tag}_shape"], [y], name=tag + "_reshape")]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(extra)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    _save(model, nodes, extra, dst)
     return replaced
 
 
@@ -104,13 +118,9 @@ def rewrite_subpixel(src: Path, dst: Path) -> int:
     Concat with a skip connection) replaced by a ConvTranspose on the Resize's input (plus, for a Concat, a Conv on
     the skip and an Add). Exact in real arithmetic; returns how many were replaced."""
     import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    inferred = shape_inference.infer_shapes(model, data_prop=True).graph
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.value_info, *inferred.input, *inferred.output]}
-    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    model, shapes, weights = _load(src)
     users: dict[str, list] = collections.defaultdict(list)
     for node in model.graph.node:
         for name in node.input:
@@ -179,11 +189,7 @@ def rewrite_subpixel(src: Path, dst: Path) -> int:
         nodes += add.get(id(node), [])
         if id(node) not in drop:
             nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(extra)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    _save(model, nodes, extra, dst)
     return replaced
 
 
