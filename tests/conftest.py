@@ -11,9 +11,9 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Under pytest-xdist (`make test`) each worker runs one thread, pinned to a core of its own where there are as many
-# cores as workers: two workers each spreading threads over both cores wait on each other more than they work (2
-# cores: 7 min 10 s against 3 min 24 s pinned, beside a niced training run). Tests that need more than one CPU say so
-# by patching the count (e.g. gliomaseg.core.parallel.available_cpus).
+# cores as workers. On 2 cores, quiet: 2 min 45 s against 4 min 14 s serial (docs/benchmarks.md); two workers each
+# spreading threads over both cores were slower than serial. Tests that need more than one CPU say so by patching
+# the count (e.g. gliomaseg.core.parallel.available_cpus).
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker.startswith("gw"):
     os.environ["OMP_NUM_THREADS"] = "1"
