@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
+REWRITES = ("d2s", "expand", "subpixel")
 EXACT_NEAREST = {(b"asymmetric", b"floor"), (b"half_pixel", b"round_prefer_floor")}
 
 
@@ -164,37 +166,25 @@ def rewrite_subpixel(src: Path, dst: Path) -> int:
         replaced += 1
         tag = (node.name.replace("/", "_") or f"resize{replaced}") + "_subpixel"
         extra.append(numpy_helper.from_array(taps, tag + "_w"))
-        out = conv.output[0]
-        new = []
-        if skip is None:
-            inputs = [x, tag + "_w"] + ([conv.input[2]] if bias else [])
-            new.append(helper.make_node("ConvTranspose", inputs, [out], strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4], name=tag))
-        else:
+        out, bias_input = conv.output[0], [conv.input[2]] if bias else []
+        # The bias goes on the ConvTranspose when it is the block's whole output, else on the skip's Conv.
+        new = [helper.make_node("ConvTranspose", [x, tag + "_w"] + (bias_input if skip is None else []),
+                                [out if skip is None else tag + "_up"], strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4], name=tag)]
+        if skip is not None:
             extra.append(numpy_helper.from_array(np.ascontiguousarray(w[:, src_shape[1]:]), tag + "_skip_w"))
-            new.append(helper.make_node("ConvTranspose", [x, tag + "_w"], [tag + "_up"], strides=[2, 2], pads=[1, 1, 1, 1],
-                                        kernel_shape=[4, 4], name=tag))
-            skip_inputs = [skip, tag + "_skip_w"] + ([conv.input[2]] if bias else [])
-            new.append(helper.make_node("Conv", skip_inputs, [tag + "_skip"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name=tag + "_skip"))
+            new.append(helper.make_node("Conv", [skip, tag + "_skip_w"] + bias_input, [tag + "_skip"], kernel_shape=[3, 3],
+                                        pads=[1, 1, 1, 1], name=tag + "_skip"))
             new.append(helper.make_node("Add", [tag + "_up", tag + "_skip"], [out], name=tag + "_add"))
             drop.add(id(concat))
         drop.update({id(node), id(conv)})
         add[id(conv)] = new
-    used = ({name for n in nodes_kept(model, drop) for name in n.input} | {name for ns in add.values() for n in ns for name in n.input}
-            | outputs | {i.name for i in model.graph.input})
-    kept = [t for t in model.graph.initializer if t.name in used]
+    nodes = [kept for node in model.graph.node for kept in add.get(id(node), []) + ([node] if id(node) not in drop else [])]
+    used = {name for n in nodes for name in n.input} | outputs | {i.name for i in model.graph.input}
+    initializers = [t for t in model.graph.initializer if t.name in used]  # the replaced convolutions' weights go
     del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    nodes = []
-    for node in model.graph.node:
-        nodes += add.get(id(node), [])
-        if id(node) not in drop:
-            nodes.append(node)
+    model.graph.initializer.extend(initializers)
     _save(model, nodes, extra, dst)
     return replaced
-
-
-def nodes_kept(model, drop: set[int]) -> list:
-    return [n for n in model.graph.node if id(n) not in drop]
 
 
 def session(path: Path, profile: bool = False):
@@ -242,7 +232,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2, help="alternating timing rounds (profiling off)")
-    parser.add_argument("--rewrite", nargs="*", choices=("d2s", "expand", "subpixel"), default=[])
+    parser.add_argument("--rewrite", nargs="*", choices=REWRITES, default=[])
     parser.add_argument("--calibration-csv", type=Path, default=None, help="quantize each rewritten copy to int8 on these slices")
     parser.add_argument("--calibration-slices", type=int, default=64)
     args = parser.parse_args()
@@ -271,7 +261,7 @@ def main() -> None:
     reference = {}
     for name, path in models.items():
         out = session(path).run(None, {session(path).get_inputs()[0].name: inputs})[0]
-        base = name.replace(".d2s", "").replace(".expand", "").replace(".subpixel", "")
+        base = functools.reduce(lambda n, how: n.replace(f".{how}", ""), REWRITES, name)
         if base in reference:
             print(f"{name}: max abs logit difference against {base}: {np.abs(out - reference[base]).max():.3g}")
         else:
