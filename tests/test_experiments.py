@@ -195,6 +195,8 @@ def test_failing_run_is_recorded_and_others_go_on(prepared: Path, tmp_path: Path
         ("name: ..\nruns:\n  - {name: a}\n", "experiment name '..' cannot name a file"),
         ("name: t\ncompare_with: ../x\nruns:\n  - {name: a}\n", "compare_with '../x' cannot name a file"),
         ("name: t\nruns:\n  - {name: a, split: folds}\n", "split must be patient, image or foldK"),
+        ("name: t\npresets: {cpu: {epoks: 8}}\nruns:\n  - {name: a}\n", "preset 'cpu': unknown option.*epoks"),
+        ("name: t\npresets: {cpu: 8}\nruns:\n  - {name: a}\n", "presets must map a preset name to its options"),
     ],
 )
 def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
@@ -262,6 +264,25 @@ def test_shipped_experiments_load():
     assert all(r.options["intensity"] == "fixed" for r in load_experiment("levers").runs if r.name != "intensity-patient")
     with pytest.raises(ConfigError, match="unknown experiment 'encoder'.*encoders"):
         load_experiment("encoder")
+
+
+def test_a_files_preset_entry_amends_the_built_in_preset(prepared: Path, tmp_path: Path):
+    from gliomaseg.experiments.spec import PRESETS, experiment_presets
+
+    spec = _yaml(tmp_path / "pinned.yaml", "name: pinned\npresets: {cpu: {epochs: 3}, tiny: {epochs: 1, image_size: 64}}\n"
+                 "runs:\n  - {name: a, model: unet}\n")
+    presets = experiment_presets(load_experiment(spec))
+    assert presets["cpu"] == {**PRESETS["cpu"], "epochs": 3}  # one key moved, the rest of the recipe kept
+    assert presets["gpu"] == PRESETS["gpu"] and presets["tiny"] == {"epochs": 1, "image_size": 64}
+    assert PRESETS["cpu"]["epochs"] != 3  # the built-in preset itself is untouched
+    with pytest.raises(ConfigError, match="unknown preset 'gpus'.*cpu.*tiny"):
+        run_experiment(spec, prepared, tmp_path / "out", preset="gpus")
+    # the files whose results were measured at 8 epochs keep them under the cpu preset, whatever its length becomes
+    for name in ("crossval", "crossval_intensity", "crossval_robust", "crossval_light", "crossval_distill", "levers",
+                 "encoders", "split"):
+        experiment = load_experiment(name)
+        assert experiment_presets(experiment)["cpu"]["epochs"] == 8, name
+        assert experiment_presets(experiment)["gpu"] == PRESETS["gpu"], name
 
 
 def test_the_cpu_preset_decoder_goes_only_to_architectures_that_have_one():

@@ -12,7 +12,7 @@ import pandas as pd
 
 from gliomaseg.core.errors import ConfigError, DataError
 from gliomaseg.core.io import BEST_CHECKPOINT, LAST_CHECKPOINT, write_csv, write_text
-from gliomaseg.experiments.spec import FOLD_SPLIT, PRESETS, RunSpec, load_experiment
+from gliomaseg.experiments.spec import FOLD_SPLIT, RunSpec, experiment_presets, load_experiment
 from gliomaseg.experiments.summary import _has_scores, write_results
 from gliomaseg.training.config import TrainConfig, train_default
 
@@ -169,7 +169,7 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Run (or continue) an experiment under ``out/<name>``; returns the results table."""
     experiment = load_experiment(name_or_path)
-    presets = {**PRESETS, **experiment.presets}
+    presets = experiment_presets(experiment)
     if preset not in presets:
         raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
     data = Path(data)

@@ -81,6 +81,16 @@ class Experiment:
     score_variants: bool = False
 
 
+def experiment_presets(experiment: Experiment) -> dict[str, dict[str, Any]]:
+    """The presets an experiment runs under: the built-in ones, each amended by the file's ``presets`` entry of that
+    name (``presets: {cpu: {epochs: 8}}`` keeps the length a result was measured with when the preset moves on, and
+    leaves the gpu preset alone); a name the built-ins lack is a new preset of the file's own."""
+    merged = {name: dict(options) for name, options in PRESETS.items()}
+    for name, options in experiment.presets.items():
+        merged[name] = {**merged.get(name, {}), **options}
+    return merged
+
+
 def experiment_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
@@ -135,8 +145,15 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         except ConfigError as exc:
             raise ConfigError(f"{path}: run {name!r}: {exc}") from exc
         runs.append(RunSpec(name=name, options=options, split=split, reference=entry.get("reference"), extra=bool(entry.get("extra"))))
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
+        raise ConfigError(f"{path}: presets must map a preset name to its options")
+    for preset, opts in presets.items():
+        bad = sorted(set(opts) - train_keys)
+        if bad:
+            raise ConfigError(f"{path}: preset {preset!r}: unknown option(s) {', '.join(bad)}")
     compare_with = raw.get("compare_with")
     return Experiment(name=check_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
                       runs=runs, path=path, compare_with=None if compare_with is None else check_name(str(compare_with), "compare_with", path, ConfigError),
-                      presets=raw.get("presets") or {}, score_last=bool(raw.get("score_last", False)),
+                      presets=presets, score_last=bool(raw.get("score_last", False)),
                       score_variants=bool(raw.get("score_variants", False)))
