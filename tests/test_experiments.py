@@ -197,6 +197,7 @@ def test_failing_run_is_recorded_and_others_go_on(prepared: Path, tmp_path: Path
         ("name: t\nruns:\n  - {name: a, split: folds}\n", "split must be patient, image or foldK"),
         ("name: t\npresets: {cpu: {epoks: 8}}\nruns:\n  - {name: a}\n", "preset 'cpu': unknown option.*epoks"),
         ("name: t\npresets: {cpu: 8}\nruns:\n  - {name: a}\n", "presets must map a preset name to its options"),
+        ("name: t\npresets: {cpu: {epochs: 0}}\nruns:\n  - {name: a}\n", "preset 'cpu': epochs, batch size and learning rate must be positive"),
     ],
 )
 def test_yaml_typos_get_clear_errors(tmp_path: Path, text: str, message: str):
@@ -266,7 +267,7 @@ def test_shipped_experiments_load():
         load_experiment("encoder")
 
 
-def test_a_files_preset_entry_amends_the_built_in_preset(prepared: Path, tmp_path: Path):
+def test_a_files_preset_entry_amends_the_built_in_preset(prepared: Path, tmp_path: Path, monkeypatch):
     from gliomaseg.experiments.spec import PRESETS, experiment_presets
 
     spec = _yaml(tmp_path / "pinned.yaml", "name: pinned\npresets: {cpu: {epochs: 3}, tiny: {epochs: 1, image_size: 64}}\n"
@@ -278,8 +279,9 @@ def test_a_files_preset_entry_amends_the_built_in_preset(prepared: Path, tmp_pat
     with pytest.raises(ConfigError, match="unknown preset 'gpus'.*cpu.*tiny"):
         run_experiment(spec, prepared, tmp_path / "out", preset="gpus")
     # the files whose results were measured at 8 epochs keep them under the cpu preset, whatever its length becomes
+    monkeypatch.setitem(PRESETS["cpu"], "epochs", 24)
     for name in ("crossval", "crossval_intensity", "crossval_robust", "crossval_light", "crossval_distill", "levers",
-                 "encoders", "split"):
+                 "encoders", "split", "architectures", "lowlr", "losses"):
         experiment = load_experiment(name)
         assert experiment_presets(experiment)["cpu"]["epochs"] == 8, name
         assert experiment_presets(experiment)["gpu"] == PRESETS["gpu"], name

@@ -152,6 +152,10 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         bad = sorted(set(opts) - train_keys)
         if bad:
             raise ConfigError(f"{path}: preset {preset!r}: unknown option(s) {', '.join(bad)}")
+        try:  # values too, at load, as base's are: not one run after another once training has begun
+            TrainConfig.from_dict({"out": "-", "data": "-", **opts}).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: preset {preset!r}: {exc}") from exc
     compare_with = raw.get("compare_with")
     return Experiment(name=check_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
                       runs=runs, path=path, compare_with=None if compare_with is None else check_name(str(compare_with), "compare_with", path, ConfigError),
