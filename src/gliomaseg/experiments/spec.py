@@ -110,6 +110,14 @@ def shipped_experiments() -> list[Experiment]:
     return [load_experiment(p.stem) for p in sorted(CONFIG_DIR.glob("*.yaml"))]
 
 
+def _check_values(options: dict[str, Any], path: Path, label: str) -> None:
+    """Refuse options TrainConfig would refuse, naming the file and the run or preset they belong to."""
+    try:
+        TrainConfig.from_dict({"out": "-", "data": "-", **options}).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {label}: {exc}") from exc
+
+
 def load_experiment(name_or_path: str | Path) -> Experiment:
     """Read and check an experiment file; every run's options are validated before anything runs."""
     path = experiment_path(name_or_path)
@@ -140,10 +148,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         if split not in ("patient", "image") and not FOLD_SPLIT.fullmatch(str(split)):
             raise ConfigError(f"{path}: run {name!r}: split must be patient, image or foldK (K = 0, 1, ...), got {split!r}")
         options = {**base, **{k: v for k, v in entry.items() if k not in RUN_KEYS}}
-        try:
-            TrainConfig.from_dict({"out": "-", "data": "-", **options}).validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: run {name!r}: {exc}") from exc
+        _check_values(options, path, f"run {name!r}")
         runs.append(RunSpec(name=name, options=options, split=split, reference=entry.get("reference"), extra=bool(entry.get("extra"))))
     presets = raw.get("presets") or {}
     if not isinstance(presets, dict) or not all(isinstance(v, dict) for v in presets.values()):
@@ -152,10 +157,7 @@ def load_experiment(name_or_path: str | Path) -> Experiment:
         bad = sorted(set(opts) - train_keys)
         if bad:
             raise ConfigError(f"{path}: preset {preset!r}: unknown option(s) {', '.join(bad)}")
-        try:  # values too, at load, as base's are: not one run after another once training has begun
-            TrainConfig.from_dict({"out": "-", "data": "-", **opts}).validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: preset {preset!r}: {exc}") from exc
+        _check_values(opts, path, f"preset {preset!r}")  # at load, as a run's are: not once training has begun
     compare_with = raw.get("compare_with")
     return Experiment(name=check_name(str(raw.get("name", path.stem)), "experiment name", path, ConfigError), description=str(raw.get("description", "")),
                       runs=runs, path=path, compare_with=None if compare_with is None else check_name(str(compare_with), "compare_with", path, ConfigError),
