@@ -278,6 +278,8 @@ def test_a_files_preset_entry_amends_the_built_in_preset(prepared: Path, tmp_pat
     assert PRESETS["cpu"]["epochs"] != 3  # the built-in preset itself is untouched
     with pytest.raises(ConfigError, match="unknown preset 'gpus'.*cpu.*tiny"):
         run_experiment(spec, prepared, tmp_path / "out", preset="gpus")
+    assert PRESETS["cpu"]["epochs"] == 16  # adopted by crossval_long.md's rule
+    assert experiment_presets(load_experiment("crossval_long"))["cpu"]["epochs"] == 16
     # the files whose results were measured at 8 epochs keep them under the cpu preset, whatever its length becomes
     monkeypatch.setitem(PRESETS["cpu"], "epochs", 24)
     for name in ("crossval", "crossval_intensity", "crossval_robust", "crossval_light", "crossval_distill", "levers",
