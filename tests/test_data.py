@@ -12,14 +12,13 @@ from sklearn.model_selection import train_test_split
 
 from gliomaseg.cli import main
 from gliomaseg.core import io as core_io
+from gliomaseg.core.errors import DataError
 from gliomaseg.core.limits import MAX_IMAGE_SIDE
 from gliomaseg.data import files
 from gliomaseg.data.dataset import SliceDataset
 from gliomaseg.data.prepare import INFO_COLUMNS, prepare, scan_folder
 from gliomaseg.data.synth import generate
 from gliomaseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms
-from gliomaseg.core.errors import DataError
-
 
 # --- synth -------------------------------------------------------------------------------------
 
@@ -249,8 +248,8 @@ def test_atomic_write_leaves_the_umask_alone_and_keeps_usual_permissions(tmp_pat
 
 
 def test_png_and_gif_outputs_are_written_atomically(tmp_path: Path, monkeypatch):
-    from gliomaseg.evaluation.charts import plot_bars
     from gliomaseg.data.overlay import write_gif
+    from gliomaseg.evaluation.charts import plot_bars
 
     frames = [np.full((16, 16, 3), v, np.uint8) for v in (0, 120, 240)]
     gif = write_gif(frames, tmp_path / "a.gif")

@@ -22,9 +22,9 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLossless, generate_uid  # noqa: E402
 
 from gliomaseg.cli import main  # noqa: E402
+from gliomaseg.core.errors import DataError, InputWarning  # noqa: E402
 from gliomaseg.data.files import scale_volume  # noqa: E402
 from gliomaseg.data.sources import open_source  # noqa: E402
-from gliomaseg.core.errors import DataError, InputWarning  # noqa: E402
 from gliomaseg.predict.files import predict  # noqa: E402
 
 SPACING = (1.0, 1.0, 3.3)  # between rows, between columns, between slices (mm)

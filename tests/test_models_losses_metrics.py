@@ -10,10 +10,10 @@ import torch
 import torchvision
 
 from gliomaseg.core.errors import CheckpointError, ConfigError
-from gliomaseg.modeling.losses import LOSSES, build_loss, parse_loss
 from gliomaseg.evaluation import metrics
 from gliomaseg.evaluation.metrics import REDUCTIONS, all_metrics, dice, hd95, iou, worst_case_distance
 from gliomaseg.evaluation.scorer import SCORE_REDUCTIONS, PatientScorer, dataset_report, patient_table, slice_table
+from gliomaseg.modeling.losses import LOSSES, build_loss, parse_loss
 from gliomaseg.modeling.models import ARCHITECTURES, build_model, canonical_architecture, min_image_size
 
 

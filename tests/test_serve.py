@@ -11,19 +11,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from serve_helpers import live_server, multipart, request, upload
 
 nib = pytest.importorskip("nibabel")
 pytest.importorskip("fastapi")
 
 from gliomaseg.cli import build_parser, main  # noqa: E402
+from gliomaseg.core.io import clean_name  # noqa: E402
 from gliomaseg.data.files import read_image  # noqa: E402
-from gliomaseg.predict.files import predict  # noqa: E402
 from gliomaseg.inference.torch_backend import load_checkpoint  # noqa: E402
+from gliomaseg.predict.files import predict  # noqa: E402
 from gliomaseg.serve.app import STATIC, create_app  # noqa: E402
 from gliomaseg.serve.limits import ServeLimits  # noqa: E402
-from gliomaseg.core.io import clean_name  # noqa: E402
 from gliomaseg.serve.uploads import inside  # noqa: E402
 
 LIMITS = ServeLimits(max_upload_bytes=2 << 20, max_unpacked_bytes=4 << 20, max_files=60, max_image_side=512, max_results=3)

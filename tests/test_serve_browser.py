@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from serve_helpers import free_port, request
 
 from gliomaseg.cli import main

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from script_helpers import load_script
 
 from gliomaseg.assets import SHIPPED_MODEL_CARD, shipped_model_path
 from gliomaseg.cli import main
 from gliomaseg.inference.onnx_backend import OnnxPredictor
-from script_helpers import load_script
 
 
 def test_shipped_model_metadata_and_card():

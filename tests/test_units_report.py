@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliomaseg.data.convert import convert_to_nifti
 from gliomaseg.core.errors import DataError
+from gliomaseg.core.units import volume_text
+from gliomaseg.data.convert import convert_to_nifti
 from gliomaseg.evaluation.evaluate import score
 from gliomaseg.predict.files import predict
-from gliomaseg.core.units import volume_text
 
 
 def _patient(synth_root: Path) -> Path:

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from gliomaseg.cli import main
+from gliomaseg.core.errors import DataError
 from gliomaseg.data.convert import convert_to_nifti
 from gliomaseg.data.sources import open_source
-from gliomaseg.core.errors import DataError
 from gliomaseg.predict.files import predict
 
 
